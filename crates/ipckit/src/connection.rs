@@ -1,0 +1,219 @@
+//! [`Connection`]: a two-way framed link (a connected UNIX socket or a pair of pipes).
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{
+    Fault, RecvError, RecvTimeoutError, Result, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
+use crate::link::{take_fd, Mode, Reader, Writer, DEFAULT_MAX_MESSAGE};
+use crate::message::{Handle, Message, Transferable};
+use crate::sys::{self, Deadline, PeerCred, SocketKind};
+use crate::wire::{HandleKind, HandleMeta, Kind};
+
+/// A two-way message link: both ends send and receive, with no ipckit flow
+/// control (the kernel's buffer bounds what is in flight).
+///
+/// This is the transport under [`crate::rpc`]: a [`crate::rpc::Client`] and a
+/// [`crate::rpc::Server`] each take one. Built by [`crate::unix::connect`],
+/// [`crate::unix::Listener::accept`], [`Connection::pair`] or
+/// [`crate::pipe::duplex`].
+///
+/// # Examples
+///
+/// ```
+/// use ipckit::{Connection, SocketKind};
+/// let (mut a, mut b) = Connection::pair(SocketKind::SeqPacket)?;
+/// a.send("ping")?;
+/// assert_eq!(b.recv()?.bytes(), b"ping");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Connection {
+    pub(crate) reader: Reader,
+    pub(crate) writer: Writer,
+    pub(crate) peer: Option<PeerCred>,
+}
+
+impl Connection {
+    pub(crate) fn from_socket(fd: OwnedFd, kind: SocketKind, max: usize) -> Self {
+        let peer = sys::peer_cred(std::os::fd::AsFd::as_fd(&fd)).ok();
+        let fd = Arc::new(fd);
+        let mode = Mode::of(kind);
+        Connection { reader: Reader::new(fd.clone(), mode, max), writer: Writer::new(fd, mode, max), peer }
+    }
+
+    pub(crate) fn from_pipes(read: OwnedFd, write: OwnedFd, max: usize) -> Self {
+        Connection {
+            reader: Reader::new(Arc::new(read), Mode::PIPE, max),
+            writer: Writer::new(Arc::new(write), Mode::PIPE, max),
+            peer: None,
+        }
+    }
+
+    /// `socketpair(2)`: two connected ends, to keep one and hand the other to a child.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Io`] when the kernel refuses (descriptor limit).
+    pub fn pair(kind: SocketKind) -> Result<(Connection, Connection)> {
+        let (a, b) = sys::socketpair(kind)?;
+        Ok((
+            Connection::from_socket(a, kind, DEFAULT_MAX_MESSAGE),
+            Connection::from_socket(b, kind, DEFAULT_MAX_MESSAGE),
+        ))
+    }
+
+    /// Sets the largest message this end sends or accepts (default 16 MiB).
+    pub fn with_max_message_size(mut self, max: usize) -> Self {
+        self.reader.set_max(max);
+        self.writer.set_max(max);
+        self
+    }
+
+    /// The largest message this end sends or accepts.
+    pub fn max_message_size(&self) -> usize {
+        self.writer.max()
+    }
+
+    /// The peer's pid, uid and gid as the kernel recorded them when the
+    /// connection was made (`SO_PEERCRED`); `None` for pipes.
+    pub fn peer_cred(&self) -> Option<PeerCred> {
+        self.peer
+    }
+
+    /// Sends a message, blocking while the kernel's buffer is full.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Sender::send`].
+    pub fn send(&mut self, msg: impl Into<Message>) -> Result<(), SendError<Message>> {
+        let msg = msg.into();
+        self.send_inner(&msg, Deadline::Never).map_err(|f| SendError::from_fault(f, msg))
+    }
+
+    /// Sends a message if that needs no waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Sender::try_send`].
+    pub fn try_send(&mut self, msg: impl Into<Message>) -> Result<(), TrySendError<Message>> {
+        let msg = msg.into();
+        self.send_inner(&msg, Deadline::Now).map_err(|f| TrySendError::from_fault(f, msg))
+    }
+
+    /// Sends a message, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Sender::send_timeout`].
+    pub fn send_timeout(
+        &mut self,
+        msg: impl Into<Message>,
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError<Message>> {
+        let msg = msg.into();
+        self.send_inner(&msg, Deadline::after(timeout)).map_err(|f| SendTimeoutError::from_fault(f, msg))
+    }
+
+    /// Sends a message, waiting until `deadline` at the latest.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Sender::send_timeout`].
+    pub fn send_deadline(
+        &mut self,
+        msg: impl Into<Message>,
+        deadline: Instant,
+    ) -> Result<(), SendTimeoutError<Message>> {
+        let msg = msg.into();
+        self.send_inner(&msg, Deadline::At(deadline)).map_err(|f| SendTimeoutError::from_fault(f, msg))
+    }
+
+    fn send_inner(&mut self, msg: &Message, deadline: Deadline) -> Result<(), Fault> {
+        self.writer.send(Kind::Data, 0, msg, deadline)
+    }
+
+    /// Receives a message, blocking until one arrives.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Receiver::recv`].
+    pub fn recv(&mut self) -> Result<Message, RecvError> {
+        self.recv_inner(Deadline::Never).map_err(RecvError::from_fault)
+    }
+
+    /// Receives a message if one is ready now.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Receiver::try_recv`].
+    pub fn try_recv(&mut self) -> Result<Message, TryRecvError> {
+        self.recv_inner(Deadline::Now).map_err(TryRecvError::from_fault)
+    }
+
+    /// Receives a message, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Receiver::recv_timeout`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message, RecvTimeoutError> {
+        self.recv_inner(Deadline::after(timeout)).map_err(RecvTimeoutError::from_fault)
+    }
+
+    /// Receives a message, waiting until `deadline` at the latest.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Receiver::recv_timeout`].
+    pub fn recv_deadline(&mut self, deadline: Instant) -> Result<Message, RecvTimeoutError> {
+        self.recv_inner(Deadline::At(deadline)).map_err(RecvTimeoutError::from_fault)
+    }
+
+    fn recv_inner(&mut self, deadline: Deadline) -> Result<Message, Fault> {
+        let frame = self.reader.recv(deadline)?;
+        match frame.kind {
+            Kind::Data => Ok(frame.msg),
+            other => Err(Fault::Frame(crate::FrameError::Unexpected(other as u8))),
+        }
+    }
+}
+
+impl Transferable for Connection {
+    fn into_handle(self) -> Result<Handle> {
+        let mut meta = HandleMeta::new(HandleKind::Connection, 1);
+        meta.flags = self.reader.mode().flags();
+        meta.max_msg = self.reader.max() as u32;
+        meta.pending = self.reader.pending()?;
+        let (r, w) = (self.reader.into_shared(), self.writer.into_shared());
+        let fds = if Arc::ptr_eq(&r, &w) {
+            drop(w);
+            vec![take_fd(r)?]
+        } else {
+            vec![take_fd(r)?, take_fd(w)?]
+        };
+        meta.nfds = fds.len() as u8;
+        Ok(Handle { meta, fds })
+    }
+
+    fn from_handle(handle: Handle) -> Result<Self> {
+        handle.expect(HandleKind::Connection)?;
+        let Handle { meta, fds } = handle;
+        let mode = Mode::from_flags(meta.flags);
+        let max = meta.max_msg as usize;
+        let mut fds = fds.into_iter().map(Arc::new);
+        let r = fds.next().expect("checked count");
+        let w = match fds.next() {
+            Some(w) => w,
+            None if mode.socket => r.clone(),
+            None => return Err(crate::Error::BadHandle("a pipe connection needs two descriptors".into())),
+        };
+        let peer = if mode.socket { sys::peer_cred(std::os::fd::AsFd::as_fd(&*r)).ok() } else { None };
+        Ok(Connection {
+            reader: Reader::with_pending(r, mode, max, meta.pending),
+            writer: Writer::new(w, mode, max),
+            peer,
+        })
+    }
+}

@@ -1,0 +1,281 @@
+//! The serving side of RPC.
+
+use std::collections::VecDeque;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::connection::Connection;
+use crate::error::{Fault, RecvError, RecvTimeoutError, ReplyError, TryRecvError};
+use crate::link::{Reader, Writer};
+use crate::message::Message;
+use crate::sys::{self, Deadline, PeerCred, PollEntry, Ready};
+use crate::unix::Listener;
+use crate::wire::Kind;
+
+/// How long a reply may wait for a client that does not read before it is
+/// abandoned (so one stuck client cannot block a server thread forever).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct ClientConn {
+    reader: Reader,
+    writer: Arc<Mutex<Writer>>,
+    peer: Option<PeerCred>,
+}
+
+/// One request, to be answered with [`Request::reply`] (from any thread, in any order).
+///
+/// Dropping a request without replying leaves its caller to time out.
+#[derive(Debug)]
+pub struct Request {
+    id: u64,
+    msg: Message,
+    writer: Arc<Mutex<Writer>>,
+    peer: Option<PeerCred>,
+}
+
+impl Request {
+    /// The request's payload.
+    pub fn bytes(&self) -> &[u8] {
+        self.msg.bytes()
+    }
+
+    /// The request message (payload and handles).
+    pub fn message(&mut self) -> &mut Message {
+        &mut self.msg
+    }
+
+    /// Decodes the payload as a `T` (postcard).
+    ///
+    /// # Errors
+    ///
+    /// When the payload is not a valid `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, postcard::Error> {
+        postcard::from_bytes(self.msg.bytes())
+    }
+
+    /// The caller's credentials as the kernel recorded them (`SO_PEERCRED`);
+    /// `None` over pipes.
+    pub fn peer_cred(&self) -> Option<PeerCred> {
+        self.peer
+    }
+
+    /// Sends the reply, waiting at most [`REPLY_TIMEOUT`] for the client to make room.
+    ///
+    /// # Errors
+    ///
+    /// [`ReplyError::Disconnected`] when the caller is gone, [`ReplyError::TooLarge`],
+    /// [`ReplyError::Timeout`] when the client does not read, [`ReplyError::Io`].
+    pub fn reply(self, reply: impl Into<Message>) -> Result<(), ReplyError> {
+        self.reply_timeout(reply, REPLY_TIMEOUT)
+    }
+
+    /// Sends the reply, waiting at most `timeout` for the client to make room.
+    ///
+    /// # Errors
+    ///
+    /// As [`Request::reply`].
+    pub fn reply_timeout(self, reply: impl Into<Message>, timeout: Duration) -> Result<(), ReplyError> {
+        let reply = reply.into();
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        w.send(Kind::Reply, self.id, &reply, Deadline::after(timeout)).map_err(ReplyError::from_fault)
+    }
+
+    /// Encodes `value` with postcard and sends it as the reply.
+    ///
+    /// # Errors
+    ///
+    /// As [`Request::reply`], plus [`ReplyError::Codec`].
+    pub fn reply_typed<T: Serialize>(self, value: &T) -> Result<(), ReplyError> {
+        let bytes = postcard::to_stdvec(value)?;
+        self.reply(bytes)
+    }
+}
+
+/// Receives requests from any number of client connections.
+///
+/// Give it a [`Listener`] ([`Server::with_listener`]) to accept clients as
+/// they come, or [`Server::add`] connections by hand. A connection that sends
+/// a malformed or oversized frame is closed and logged; the rest go on.
+#[derive(Debug, Default)]
+pub struct Server {
+    listener: Option<Listener>,
+    conns: Vec<ClientConn>,
+    queue: VecDeque<Request>,
+}
+
+impl Server {
+    /// A server with no connections yet.
+    pub fn new() -> Self {
+        Server::default()
+    }
+
+    /// A server accepting clients from `listener`.
+    pub fn with_listener(listener: Listener) -> Self {
+        Server { listener: Some(listener), ..Server::default() }
+    }
+
+    /// Serves one more connection.
+    pub fn add(&mut self, conn: Connection) {
+        let Connection { reader, writer, peer } = conn;
+        self.conns.push(ClientConn { reader, writer: Arc::new(Mutex::new(writer)), peer });
+    }
+
+    /// How many clients are connected.
+    pub fn clients(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Waits for the next request.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Disconnected`] when there is no listener and every client is gone.
+    pub fn recv(&mut self) -> Result<Request, RecvError> {
+        self.recv_inner(Deadline::Never).map_err(RecvError::from_fault)
+    }
+
+    /// Takes a request if one is ready now.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`], otherwise as [`Server::recv`].
+    pub fn try_recv(&mut self) -> Result<Request, TryRecvError> {
+        self.recv_inner(Deadline::Now).map_err(TryRecvError::from_fault)
+    }
+
+    /// Waits at most `timeout` for the next request.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvTimeoutError::Timeout`], otherwise as [`Server::recv`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Request, RecvTimeoutError> {
+        self.recv_inner(Deadline::after(timeout)).map_err(RecvTimeoutError::from_fault)
+    }
+
+    /// Waits until `deadline` at the latest for the next request.
+    ///
+    /// # Errors
+    ///
+    /// As [`Server::recv_timeout`].
+    pub fn recv_deadline(&mut self, deadline: Instant) -> Result<Request, RecvTimeoutError> {
+        self.recv_inner(Deadline::At(deadline)).map_err(RecvTimeoutError::from_fault)
+    }
+
+    /// Answers every request with `handler` until no client is left (forever
+    /// with a listener). Errors replying to one client are logged and skipped.
+    ///
+    /// # Errors
+    ///
+    /// As [`Server::recv`], except `Disconnected`, which ends the loop with `Ok`.
+    pub fn serve(&mut self, mut handler: impl FnMut(&Request) -> Message) -> Result<(), RecvError> {
+        loop {
+            let req = match self.recv() {
+                Ok(r) => r,
+                Err(RecvError::Disconnected) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let reply = handler(&req);
+            if let Err(e) = req.reply(reply) {
+                tracing::debug!(error = %e, "reply not delivered");
+            }
+        }
+    }
+
+    fn recv_inner(&mut self, deadline: Deadline) -> Result<Request, Fault> {
+        loop {
+            if let Some(r) = self.queue.pop_front() {
+                return Ok(r);
+            }
+            if self.conns.is_empty() && self.listener.is_none() {
+                return Err(Fault::Disconnected);
+            }
+            let mut got = false;
+            for i in (0..self.conns.len()).rev() {
+                while self.conns.get(i).is_some_and(|c| c.reader.has_frame()) {
+                    self.read_from(i);
+                    got = true;
+                }
+            }
+            if got {
+                continue;
+            }
+            let (listener_ready, ready) = {
+                let mut fds: Vec<PollEntry<'_>> = self
+                    .conns
+                    .iter()
+                    .map(|c| PollEntry::from_borrowed_fd(c.reader.fd(), Ready::IN))
+                    .collect();
+                if let Some(l) = &self.listener {
+                    fds.push(PollEntry::from_borrowed_fd(l.as_fd(), Ready::IN));
+                }
+                if sys::wait_many(&mut fds, deadline)? == 0 {
+                    return Err(Fault::Timeout);
+                }
+                let n = self.conns.len();
+                let lr = self.listener.is_some() && !fds[n].revents().is_empty();
+                let ready: Vec<usize> = (0..n).filter(|&i| !fds[i].revents().is_empty()).collect();
+                (lr, ready)
+            };
+            for &i in ready.iter().rev() {
+                self.read_from(i);
+            }
+            if listener_ready {
+                self.accept_all();
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        let Some(l) = &self.listener else { return };
+        let mut fresh = Vec::new();
+        loop {
+            match l.accept_raw() {
+                Ok(Some(fd)) => fresh.push(Connection::from_socket(fd, l.kind(), l.max_message_size())),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    break;
+                }
+            }
+        }
+        for c in fresh {
+            self.add(c);
+        }
+    }
+
+    /// Reads one frame from connection `i` without blocking; a connection
+    /// that breaks the protocol is closed so the others go on.
+    fn read_from(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        match c.reader.recv(Deadline::Now) {
+            Ok(frame) if frame.kind == Kind::Request => {
+                self.queue.push_back(Request {
+                    id: frame.id,
+                    msg: frame.msg,
+                    writer: c.writer.clone(),
+                    peer: c.peer,
+                });
+            }
+            Ok(frame) => {
+                tracing::warn!(kind = frame.kind as u8, peer = ?c.peer, "closing a client that sent a non-request frame");
+                self.conns.remove(i);
+            }
+            Err(Fault::Timeout) => {}
+            Err(Fault::Disconnected) => {
+                self.conns.remove(i);
+            }
+            Err(Fault::Frame(e)) if c.reader.mode().packet => {
+                tracing::warn!(error = %e, peer = ?c.peer, "skipping a bad datagram");
+            }
+            Err(e) => {
+                tracing::warn!(error = ?e, peer = ?c.peer, "closing a client that sent a bad frame");
+                self.conns.remove(i);
+            }
+        }
+    }
+}

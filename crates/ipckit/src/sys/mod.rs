@@ -1,0 +1,390 @@
+//! The one layer where ipckit makes system calls.
+//!
+//! Everything here is a thin wrapper over [`rustix`]; the rest of the crate
+//! never names a system call. Descriptors are created close-on-exec and
+//! non-blocking: blocking with a deadline is done with `poll(2)`, so every
+//! blocking operation can honour a timeout.
+//!
+//! The only raw calls (`close_range(2)` and `fcntl(2)` between `fork` and
+//! `exec`, which rustix does not cover) live in [`raw`].
+
+mod raw;
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::Instant;
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+
+pub(crate) use raw::{keep_only_across_exec, seal_inherited_fd, take_inherited_fd};
+
+/// The most descriptors one message may carry (the kernel's `SCM_MAX_FD`).
+pub const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// When a blocking operation gives up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// Do not block at all (the `try_` form).
+    Now,
+    /// Block until this instant (the `_timeout` and `_deadline` forms).
+    At(Instant),
+    /// Block for as long as it takes.
+    Never,
+}
+
+impl Deadline {
+    pub(crate) fn after(timeout: std::time::Duration) -> Self {
+        match Instant::now().checked_add(timeout) {
+            Some(at) => Deadline::At(at),
+            None => Deadline::Never,
+        }
+    }
+
+    /// The `poll(2)` timeout left, or `None` to wait forever.
+    fn remaining(self) -> Option<Timespec> {
+        match self {
+            Deadline::Now => Some(Timespec { tv_sec: 0, tv_nsec: 0 }),
+            Deadline::Never => None,
+            Deadline::At(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                Some(Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) })
+            }
+        }
+    }
+
+    pub(crate) fn expired(self) -> bool {
+        match self {
+            Deadline::Now => true,
+            Deadline::Never => false,
+            Deadline::At(at) => Instant::now() >= at,
+        }
+    }
+}
+
+/// What a descriptor is waited for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Interest {
+    Read,
+    Write,
+}
+
+impl Interest {
+    fn flags(self) -> PollFlags {
+        match self {
+            Interest::Read => PollFlags::IN,
+            Interest::Write => PollFlags::OUT,
+        }
+    }
+}
+
+/// `poll(2)` on one descriptor until it is ready or the deadline passes.
+///
+/// Returns `Ok(true)` when ready (including hang-up and error, which the
+/// following read or write reports), `Ok(false)` on timeout.
+pub(crate) fn wait(fd: BorrowedFd<'_>, interest: Interest, deadline: Deadline) -> io::Result<bool> {
+    loop {
+        let mut fds = [PollFd::from_borrowed_fd(fd, interest.flags())];
+        match poll(&mut fds, deadline.remaining().as_ref()) {
+            Ok(0) => {
+                if deadline.expired() {
+                    return Ok(false);
+                }
+            }
+            Ok(_) => return Ok(true),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `poll(2)` on many descriptors; readiness is left in each `PollFd`.
+pub(crate) fn wait_many(fds: &mut [PollFd<'_>], deadline: Deadline) -> io::Result<usize> {
+    loop {
+        match poll(fds, deadline.remaining().as_ref()) {
+            Ok(0) if !deadline.expired() => {}
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+pub(crate) use rustix::event::{PollFd as PollEntry, PollFlags as Ready};
+
+/// `pipe2(2)` with `O_CLOEXEC | O_NONBLOCK`: returns (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    set_nonblocking(&r, true)?;
+    set_nonblocking(&w, true)?;
+    Ok((r, w))
+}
+
+/// `mkfifo(3)`: creates a named pipe at `path` with permission bits `mode`.
+pub(crate) fn mkfifo(path: &Path, mode: u32) -> io::Result<()> {
+    rustix::fs::mkfifoat(rustix::fs::CWD, path, Mode::from_raw_mode(mode))?;
+    // mkfifo applies the umask; the caller asked for exactly `mode`.
+    rustix::fs::chmod(path, Mode::from_raw_mode(mode))?;
+    Ok(())
+}
+
+/// Whether `path` names a FIFO.
+pub(crate) fn is_fifo(path: &Path) -> io::Result<bool> {
+    let st = rustix::fs::stat(path)?;
+    Ok(rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo)
+}
+
+/// `open(2)` of a FIFO, for reading or writing, close-on-exec.
+///
+/// With `nonblock` the open itself does not wait for the other side
+/// (a writer then fails with `ENXIO` while no reader has it open).
+pub(crate) fn open_fifo(path: &Path, write: bool, nonblock: bool) -> io::Result<OwnedFd> {
+    let mut flags = OFlags::CLOEXEC | if write { OFlags::WRONLY } else { OFlags::RDONLY };
+    if nonblock {
+        flags |= OFlags::NONBLOCK;
+    }
+    loop {
+        match rustix::fs::open(path, flags, Mode::empty()) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `fcntl(F_SETFL, O_NONBLOCK)` on or off.
+pub(crate) fn set_nonblocking(fd: impl AsFd, on: bool) -> io::Result<()> {
+    rustix::io::ioctl_fionbio(fd, on)?;
+    Ok(())
+}
+
+/// The two UNIX socket types ipckit speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKind {
+    /// `SOCK_STREAM`: a byte stream; ipckit frames messages on it.
+    Stream,
+    /// `SOCK_SEQPACKET`: reliable, ordered, and the kernel keeps message boundaries.
+    SeqPacket,
+}
+
+impl SocketKind {
+    fn raw(self) -> SocketType {
+        match self {
+            SocketKind::Stream => SocketType::STREAM,
+            SocketKind::SeqPacket => SocketType::SEQPACKET,
+        }
+    }
+}
+
+const SOCK_FLAGS: SocketFlags = SocketFlags::CLOEXEC.union(SocketFlags::NONBLOCK);
+
+/// `socket(2)` + `bind(2)` + `listen(2)` on a filesystem path.
+pub(crate) fn unix_listen(path: &Path, kind: SocketKind, backlog: i32) -> io::Result<OwnedFd> {
+    let addr = SocketAddrUnix::new(path)?;
+    let fd = rustix::net::socket_with(AddressFamily::UNIX, kind.raw(), SOCK_FLAGS, None)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, backlog)?;
+    Ok(fd)
+}
+
+/// `socket(2)` + `connect(2)` to a filesystem path.
+///
+/// A UNIX-domain connect completes at once or fails (`ECONNREFUSED` when
+/// nobody listens, `EAGAIN` when the backlog is full).
+pub(crate) fn unix_connect(path: &Path, kind: SocketKind) -> io::Result<OwnedFd> {
+    let addr = SocketAddrUnix::new(path)?;
+    let fd = rustix::net::socket_with(AddressFamily::UNIX, kind.raw(), SocketFlags::CLOEXEC, None)?;
+    loop {
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) => break,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    set_nonblocking(&fd, true)?;
+    Ok(fd)
+}
+
+/// `accept4(2)`: `Ok(None)` when no connection is pending.
+pub(crate) fn unix_accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    loop {
+        match rustix::net::accept_with(listener, SOCK_FLAGS) {
+            Ok(fd) => return Ok(Some(fd)),
+            Err(Errno::AGAIN) => return Ok(None),
+            // The connecting process died before we got to it: not our error.
+            Err(Errno::INTR) | Err(Errno::CONNABORTED) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `socketpair(2)`.
+pub(crate) fn socketpair(kind: SocketKind) -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(AddressFamily::UNIX, kind.raw(), SOCK_FLAGS, None)?)
+}
+
+/// A peer process's identity, as the kernel recorded it (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCred {
+    /// The peer's process id when it connected (or created the pair).
+    pub pid: u32,
+    /// The peer's effective user id.
+    pub uid: u32,
+    /// The peer's effective group id.
+    pub gid: u32,
+}
+
+/// `getsockopt(SO_PEERCRED)`.
+pub(crate) fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
+    let c = rustix::net::sockopt::socket_peercred(fd)?;
+    Ok(PeerCred { pid: c.pid.as_raw_nonzero().get() as u32, uid: c.uid.as_raw(), gid: c.gid.as_raw() })
+}
+
+/// Whether `fd` is a socket (so it can carry descriptors).
+pub(crate) fn is_socket(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fstat(fd)
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
+        .unwrap_or(false)
+}
+
+/// Outcome of a non-blocking transfer.
+pub(crate) enum Xfer {
+    /// This many bytes moved (0 on a read means end of stream).
+    Done(usize),
+    /// The descriptor is not ready.
+    WouldBlock,
+}
+
+fn xfer(r: rustix::io::Result<usize>) -> io::Result<Xfer> {
+    match r {
+        Ok(n) => Ok(Xfer::Done(n)),
+        Err(Errno::AGAIN) => Ok(Xfer::WouldBlock),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `read(2)` once, retrying `EINTR`.
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Xfer> {
+    loop {
+        match rustix::io::read(fd, &mut *buf) {
+            Err(Errno::INTR) => {}
+            r => return xfer(r),
+        }
+    }
+}
+
+/// `writev(2)` once (or `sendmsg(2)` with `MSG_NOSIGNAL` on a socket), retrying `EINTR`.
+pub(crate) fn writev(fd: BorrowedFd<'_>, socket: bool, bufs: &[io::IoSlice<'_>]) -> io::Result<Xfer> {
+    loop {
+        let r = if socket {
+            let mut control = SendAncillaryBuffer::default();
+            rustix::net::sendmsg(fd, bufs, &mut control, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+        } else {
+            rustix::io::writev(fd, bufs)
+        };
+        match r {
+            Err(Errno::INTR) => {}
+            r => return xfer(r),
+        }
+    }
+}
+
+/// `sendmsg(2)` with `SCM_RIGHTS`, retrying `EINTR`.
+pub(crate) fn sendmsg_fds(
+    fd: BorrowedFd<'_>,
+    bufs: &[io::IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<Xfer> {
+    let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    loop {
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
+        }
+        match rustix::net::sendmsg(fd, bufs, &mut control, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+            Err(Errno::INTR) => {}
+            r => return xfer(r),
+        }
+    }
+}
+
+/// What one `recvmsg(2)` brought.
+pub(crate) struct Received {
+    pub(crate) xfer: Xfer,
+    /// The datagram was longer than the buffer (`MSG_TRUNC`); its tail is gone.
+    pub(crate) truncated: bool,
+    /// Descriptors were dropped because the control buffer was too small.
+    pub(crate) fds_lost: bool,
+}
+
+/// `recvmsg(2)` with room for [`MAX_FDS_PER_MESSAGE`] descriptors, which are
+/// appended to `fds` (close-on-exec). Retries `EINTR`.
+pub(crate) fn recvmsg_fds(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<Received> {
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut reset_seen = false;
+    loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [io::IoSliceMut::new(&mut *buf)];
+        let r =
+            rustix::net::recvmsg(fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT);
+        match r {
+            Err(Errno::INTR) => continue,
+            // A peer that closes with unread data of its own makes the kernel
+            // report ECONNRESET once, ahead of what it had already sent to
+            // us; read on to get that data (then end-of-stream).
+            Err(Errno::CONNRESET) if !reset_seen => {
+                reset_seen = true;
+                continue;
+            }
+            Err(Errno::AGAIN) if reset_seen => {
+                return Ok(Received { xfer: Xfer::Done(0), truncated: false, fds_lost: false })
+            }
+            Err(Errno::AGAIN) => {
+                return Ok(Received { xfer: Xfer::WouldBlock, truncated: false, fds_lost: false })
+            }
+            Err(e) => return Err(e.into()),
+            Ok(msg) => {
+                for m in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(rights) = m {
+                        fds.extend(rights);
+                    }
+                }
+                return Ok(Received {
+                    xfer: Xfer::Done(msg.bytes.min(buf.len())),
+                    truncated: msg.flags.contains(ReturnFlags::TRUNC),
+                    fds_lost: msg.flags.contains(ReturnFlags::CTRUNC),
+                });
+            }
+        }
+    }
+}
+
+/// `getpid(2)`.
+pub fn pid() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}
+
+/// `geteuid(2)`.
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// `getegid(2)`.
+pub fn egid() -> u32 {
+    rustix::process::getegid().as_raw()
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC)`: a copy numbered at least `min`.
+pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: i32) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, min)?)
+}

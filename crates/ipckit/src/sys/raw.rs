@@ -1,0 +1,100 @@
+//! The system calls rustix does not wrap, made through `libc`.
+//!
+//! # Safety
+//!
+//! Each call here takes only integers and returns an integer: no memory is
+//! shared with the kernel, so the calls cannot break Rust's memory rules.
+//! They are also async-signal-safe, which [`mark_cloexec_from`] needs because
+//! it runs between `fork` and `exec`.
+#![allow(unsafe_code)]
+
+use std::io;
+
+/// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`: marks every descriptor
+/// numbered `first` or above close-on-exec.
+///
+/// Used in a child between `fork` and `exec`, so it allocates nothing. On
+/// kernels older than 5.11 (no `CLOSE_RANGE_CLOEXEC`) it falls back to
+/// setting the flag one descriptor at a time up to the descriptor limit.
+pub(crate) fn mark_cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range takes three integers and touches no user memory;
+    // with CLOSE_RANGE_CLOEXEC it closes nothing, it only sets a flag.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // SAFETY: sysconf takes an integer and returns one.
+    let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    let max = if max <= 0 { 1024 } else { max.min(1 << 20) as i32 };
+    for fd in first as i32..max {
+        // SAFETY: fcntl(F_SETFD) on a number that may not be an open
+        // descriptor only returns EBADF; it reads and writes no memory.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    Ok(())
+}
+
+/// Arranges for `cmd`'s child to keep exactly the descriptors in `keep`
+/// (besides stdin, stdout and stderr) across `exec`: every other descriptor
+/// is marked close-on-exec, whoever opened it.
+pub(crate) fn keep_only_across_exec(cmd: &mut std::process::Command, keep: Vec<i32>) {
+    use std::os::unix::process::CommandExt;
+    let hook = move || -> io::Result<()> {
+        mark_cloexec_from(3)?;
+        for &fd in &keep {
+            // SAFETY: fcntl(F_SETFD, 0) takes integers only; `fd` is a
+            // descriptor the parent holds open and the child inherited.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the child between fork and exec, where only
+    // async-signal-safe work is allowed: it makes fcntl and close_range
+    // calls, reads a Vec allocated before the fork, and allocates nothing
+    // (io::Error::last_os_error does not allocate).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Takes ownership of a descriptor this process inherited from its parent,
+/// after checking that it is open, and marks it close-on-exec again so it
+/// does not leak further.
+///
+/// The caller guarantees nothing else in the process owns `fd` (the
+/// inheritance table hands each number out once).
+pub(crate) fn take_inherited_fd(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if fd < 3 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "refusing to take stdio as a handle"));
+    }
+    // SAFETY: fcntl(F_SETFD) takes integers; it fails with EBADF if `fd` is not open.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (checked just above), and the inheritance table
+    // hands each inherited number out at most once, so this OwnedFd is its
+    // only owner.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Marks a descriptor this process inherited close-on-exec without taking it.
+pub(crate) fn seal_inherited_fd(fd: i32) {
+    if fd >= 3 {
+        // SAFETY: fcntl(F_SETFD) takes integers; on a closed number it only fails.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
