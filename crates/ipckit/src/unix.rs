@@ -226,7 +226,7 @@ pub fn connect(path: impl AsRef<Path>, kind: SocketKind) -> Result<Connection> {
 ///
 /// As [`Listener::bind`].
 pub fn bind_receiver(path: impl AsRef<Path>, kind: SocketKind, capacity: Capacity) -> Result<Receiver> {
-    Ok(Receiver::listening(Listener::bind(path, kind)?, capacity))
+    Ok(Receiver::listening(Listener::bind(path, kind)?, capacity)?)
 }
 
 /// Connects a channel sender to a receiver bound at `path`. The channel's

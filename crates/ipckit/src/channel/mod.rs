@@ -21,11 +21,14 @@
 //!   a receiver's own `recv` expires after it has asked for a message, that
 //!   message is kept for its next `recv`.
 //!
-//! The protocol (see [`crate::wire`]): the receiver greets each connected
-//! sender with `Hello(capacity)`, returns `Credit(taken)` every
+//! The protocol (see [`crate::wire`]): a receiver bound to a socket path
+//! greets each sender with `Hello(capacity)` as soon as it connects (from
+//! a small acceptor thread, so senders never wait for the receiver to be
+//! receiving), the receiver returns `Credit(taken)` every
 //! `max(1, n/2)` messages, and rendezvous uses `Offer(k)` / `Grant(k)` /
 //! `Data(k)` / `Cancel(k)`.
 
+mod acceptor;
 mod receiver;
 mod sender;
 pub mod typed;

@@ -1,10 +1,11 @@
 //! The receiving end of a channel, possibly fed by many senders.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::acceptor::Acceptor;
 use super::Capacity;
 use crate::error::{Fault, RecvError, RecvTimeoutError, Result, TryRecvError};
 use crate::link::{take_fd, Frame, Mode, Reader, Writer};
@@ -12,7 +13,7 @@ use crate::message::{Handle, Message, Transferable};
 use crate::sys::{self, Deadline, PollEntry, Ready};
 use crate::wire::{HandleKind, HandleMeta, Kind};
 
-/// How long a receiver waits to write a control frame (credit, grant, greeting)
+/// How long a receiver waits to write a control frame (credit, grant)
 /// before deciding the sender is not reading and dropping it.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -30,12 +31,6 @@ struct Source {
     credited: u64,
 }
 
-/// A listening socket that adds a source per accepted connection.
-#[derive(Debug)]
-struct Accepting {
-    listener: crate::unix::Listener,
-}
-
 /// The receiving end of a one-way channel.
 ///
 /// Built by a transport: [`crate::pipe::channel`], [`crate::fifo::open_receiver`],
@@ -49,7 +44,7 @@ struct Accepting {
 #[derive(Debug)]
 pub struct Receiver {
     sources: Vec<Source>,
-    accepting: Option<Accepting>,
+    accepting: Option<Acceptor>,
     capacity: Capacity,
     ready: VecDeque<(u64, Message)>,
     /// The rendezvous grant outstanding: (source key, message id).
@@ -65,10 +60,10 @@ impl Receiver {
         r
     }
 
-    pub(crate) fn listening(listener: crate::unix::Listener, capacity: Capacity) -> Self {
+    pub(crate) fn listening(listener: crate::unix::Listener, capacity: Capacity) -> std::io::Result<Self> {
         let mut r = Receiver::empty(capacity);
-        r.accepting = Some(Accepting { listener });
-        r
+        r.accepting = Some(Acceptor::start(listener, capacity.to_wire())?);
+        Ok(r)
     }
 
     fn empty(capacity: Capacity) -> Self {
@@ -185,7 +180,7 @@ impl Receiver {
                 fds.push(PollEntry::from_borrowed_fd(s.reader.fd(), Ready::IN));
             }
             if let Some(a) = &self.accepting {
-                fds.push(PollEntry::from_borrowed_fd(a.listener.as_fd(), Ready::IN));
+                fds.push(PollEntry::from_borrowed_fd(a.wake_fd(), Ready::IN));
             }
             if sys::wait_many(&mut fds, deadline)? == 0 {
                 return Ok(false);
@@ -223,31 +218,13 @@ impl Receiver {
         }
     }
 
+    /// Adds the senders the acceptor thread has greeted.
     fn accept_all(&mut self) {
-        let Some(accepting) = &self.accepting else { return };
-        let mut fresh = Vec::new();
-        loop {
-            match accepting.listener.accept_raw() {
-                Ok(Some(fd)) => fresh.push(fd),
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    break;
-                }
-            }
-        }
-        let (mode, max) = (accepting.listener.mode(), accepting.listener.max_message_size());
-        for fd in fresh {
+        let Some(acceptor) = &self.accepting else { return };
+        let (mode, max) = (acceptor.mode(), acceptor.max());
+        for fd in acceptor.take() {
             let fd = Arc::new(fd);
-            let mut back = Writer::new(fd.clone(), mode, max);
-            let hello = back.send_control(
-                Kind::Hello,
-                u64::from(self.capacity.to_wire()),
-                Deadline::after(CONTROL_TIMEOUT),
-            );
-            if hello.is_ok() {
-                self.add_source(Reader::new(fd, mode, max), Some(back));
-            }
+            self.add_source(Reader::new(fd.clone(), mode, max), Some(Writer::new(fd, mode, max)));
         }
     }
 
