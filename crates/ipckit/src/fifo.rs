@@ -135,9 +135,8 @@ fn open_reader_deadline(path: &Path, deadline: Deadline) -> Result<std::os::fd::
         Deadline::At(at) => at.saturating_duration_since(std::time::Instant::now()),
         _ => Duration::ZERO,
     };
-    match rx.recv_timeout(wait) {
-        Ok(r) => return r.map_err(|e| Error::io(path.display(), e)),
-        Err(_) => {}
+    if let Ok(r) = rx.recv_timeout(wait) {
+        return r.map_err(|e| Error::io(path.display(), e));
     }
     // Time is up: release the helper.
     let unblock = sys::open_fifo(path, true, true);

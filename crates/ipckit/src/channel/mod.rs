@@ -37,9 +37,10 @@ pub use receiver::Receiver;
 pub use sender::Sender;
 
 /// How many messages a channel holds before `send` blocks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Capacity {
     /// No ipckit flow control: the kernel's buffer decides when `send` blocks.
+    #[default]
     Kernel,
     /// At most this many messages in flight per sender; `0` is a rendezvous
     /// channel (`send` returns once the receiver has asked for the message).
@@ -68,11 +69,5 @@ impl Capacity {
     /// How many taken messages the receiver waits for before returning credit.
     pub(crate) fn credit_batch(n: usize) -> u64 {
         (n as u64 / 2).max(1)
-    }
-}
-
-impl Default for Capacity {
-    fn default() -> Self {
-        Capacity::Kernel
     }
 }

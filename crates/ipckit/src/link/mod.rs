@@ -77,6 +77,10 @@ pub(crate) struct Reader {
     /// Set once a byte stream has lost frame alignment: it cannot recover.
     broken: Option<FrameError>,
     eof: bool,
+    /// The last receive had to wait: in request/reply traffic the next one
+    /// will too, so wait first and read once, instead of a read that fails,
+    /// a wait and a second read. Cleared when a read fills the buffer.
+    starved: bool,
 }
 
 impl Reader {
@@ -91,6 +95,7 @@ impl Reader {
             fds: VecDeque::new(),
             broken: None,
             eof: false,
+            starved: false,
         }
     }
 
@@ -162,6 +167,10 @@ impl Reader {
                 });
             }
             self.make_room();
+            if self.starved && deadline != Deadline::Now && !self.wait_readable(deadline)? {
+                return Err(Fault::Timeout);
+            }
+            let room = self.buf.len() - self.end;
             let got = if self.mode.socket {
                 let mut fds = Vec::new();
                 let r = sys::recvmsg_fds(self.fd.as_fd(), &mut self.buf[self.end..], &mut fds)?;
@@ -175,14 +184,29 @@ impl Reader {
             };
             match got {
                 Xfer::Done(0) => self.eof = true,
-                Xfer::Done(n) => self.end += n,
+                Xfer::Done(n) => {
+                    self.end += n;
+                    if n == room {
+                        self.starved = false;
+                    }
+                }
                 Xfer::WouldBlock => {
-                    if !sys::wait(self.fd.as_fd(), Interest::Read, deadline)? {
+                    if !self.wait_readable(deadline)? {
                         return Err(Fault::Timeout);
                     }
                 }
             }
         }
+    }
+
+    /// Waits until the descriptor is readable; `false` on timeout. Notes
+    /// whether data was already there (the wait returned at once), which
+    /// decides whether the next receive waits first or reads first.
+    fn wait_readable(&mut self, deadline: Deadline) -> Result<bool, Fault> {
+        let start = std::time::Instant::now();
+        let ready = sys::wait(self.fd.as_fd(), Interest::Read, deadline)?;
+        self.starved = start.elapsed() > std::time::Duration::from_micros(3);
+        Ok(ready)
     }
 
     /// Makes space to read into: compacts, and grows up to one full frame.
@@ -254,13 +278,16 @@ impl Reader {
         if self.buf.len() < need {
             self.buf = vec![0; need];
         }
+        if self.starved && deadline != Deadline::Now && !self.wait_readable(deadline)? {
+            return Err(Fault::Timeout);
+        }
         loop {
             let mut fds = Vec::new();
             let got = sys::recvmsg_fds(self.fd.as_fd(), &mut self.buf, &mut fds)?;
             self.fds.extend(fds);
             match got.xfer {
                 Xfer::WouldBlock => {
-                    if !sys::wait(self.fd.as_fd(), Interest::Read, deadline)? {
+                    if !self.wait_readable(deadline)? {
                         return Err(Fault::Timeout);
                     }
                 }
