@@ -65,6 +65,21 @@ impl Connection {
         ))
     }
 
+    /// Adopts a connected UNIX socket opened some other way (for example a
+    /// [`std::os::unix::net::UnixStream`], or a descriptor from socket
+    /// activation). The descriptor is made non-blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::BadHandle`] when `fd` is not a socket, or [`crate::Error::Io`].
+    pub fn from_fd(fd: OwnedFd, kind: SocketKind) -> Result<Connection> {
+        if !sys::is_socket(std::os::fd::AsFd::as_fd(&fd)) {
+            return Err(crate::Error::BadHandle("not a socket".into()));
+        }
+        sys::set_nonblocking(&fd, true)?;
+        Ok(Connection::from_socket(fd, kind, DEFAULT_MAX_MESSAGE))
+    }
+
     /// Sets the largest message this end sends or accepts (default 16 MiB).
     pub fn with_max_message_size(mut self, max: usize) -> Self {
         self.reader.set_max(max);

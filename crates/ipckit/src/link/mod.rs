@@ -219,15 +219,15 @@ impl Reader {
             self.end = 0;
         }
         let want = self.wanted();
-        if self.start + want > self.buf.len() || self.end == self.buf.len() {
+        if self.start > 0 && (self.start + want > self.buf.len() || self.end == self.buf.len()) {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if want > self.buf.len() {
-            self.buf.resize(want, 0);
-        } else if self.end == self.buf.len() {
-            let n = (self.buf.len() * 2).min(HEADER_LEN + self.max).max(self.end + 1);
+        // Grow only when full, doubling towards the frame's size: a peer that
+        // announces a large frame and sends nothing costs no memory.
+        if self.end == self.buf.len() && want > self.buf.len() {
+            let n = (self.buf.len() * 2).min(want);
             self.buf.resize(n, 0);
         }
     }
