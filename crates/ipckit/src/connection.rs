@@ -2,11 +2,8 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use crate::error::{
-    Fault, RecvError, RecvTimeoutError, Result, SendError, SendTimeoutError, TryRecvError, TrySendError,
-};
+use crate::error::{Fault, Result};
 use crate::link::{take_fd, Mode, Reader, Writer, DEFAULT_MAX_MESSAGE};
 use crate::message::{Handle, Message, Transferable};
 use crate::sys::{self, Deadline, PeerCred, SocketKind};
@@ -98,93 +95,13 @@ impl Connection {
         self.peer
     }
 
-    /// Sends a message, blocking while the kernel's buffer is full.
-    ///
-    /// # Errors
-    ///
-    /// As [`crate::Sender::send`].
-    pub fn send(&mut self, msg: impl Into<Message>) -> Result<(), SendError<Message>> {
-        let msg = msg.into();
-        self.send_inner(&msg, Deadline::Never).map_err(|f| SendError::from_fault(f, msg))
-    }
-
-    /// Sends a message if that needs no waiting.
-    ///
-    /// # Errors
-    ///
-    /// As [`crate::Sender::try_send`].
-    pub fn try_send(&mut self, msg: impl Into<Message>) -> Result<(), TrySendError<Message>> {
-        let msg = msg.into();
-        self.send_inner(&msg, Deadline::Now).map_err(|f| TrySendError::from_fault(f, msg))
-    }
-
-    /// Sends a message, waiting at most `timeout`.
-    ///
-    /// # Errors
-    ///
-    /// As [`crate::Sender::send_timeout`].
-    pub fn send_timeout(
-        &mut self,
-        msg: impl Into<Message>,
-        timeout: Duration,
-    ) -> Result<(), SendTimeoutError<Message>> {
-        let msg = msg.into();
-        self.send_inner(&msg, Deadline::after(timeout)).map_err(|f| SendTimeoutError::from_fault(f, msg))
-    }
-
-    /// Sends a message, waiting until `deadline` at the latest.
-    ///
-    /// # Errors
-    ///
-    /// As [`crate::Sender::send_timeout`].
-    pub fn send_deadline(
-        &mut self,
-        msg: impl Into<Message>,
-        deadline: Instant,
-    ) -> Result<(), SendTimeoutError<Message>> {
-        let msg = msg.into();
-        self.send_inner(&msg, Deadline::At(deadline)).map_err(|f| SendTimeoutError::from_fault(f, msg))
-    }
+    send_forms!();
 
     fn send_inner(&mut self, msg: &Message, deadline: Deadline) -> Result<(), Fault> {
         self.writer.send(Kind::Data, 0, msg, deadline)
     }
 
-    /// Receives a message, blocking until one arrives.
-    ///
-    /// # Errors
-    ///
-    /// As [`crate::Receiver::recv`].
-    pub fn recv(&mut self) -> Result<Message, RecvError> {
-        self.recv_inner(Deadline::Never).map_err(RecvError::from_fault)
-    }
-
-    /// Receives a message if one is ready now.
-    ///
-    /// # Errors
-    ///
-    /// As [`crate::Receiver::try_recv`].
-    pub fn try_recv(&mut self) -> Result<Message, TryRecvError> {
-        self.recv_inner(Deadline::Now).map_err(TryRecvError::from_fault)
-    }
-
-    /// Receives a message, waiting at most `timeout`.
-    ///
-    /// # Errors
-    ///
-    /// As [`crate::Receiver::recv_timeout`].
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message, RecvTimeoutError> {
-        self.recv_inner(Deadline::after(timeout)).map_err(RecvTimeoutError::from_fault)
-    }
-
-    /// Receives a message, waiting until `deadline` at the latest.
-    ///
-    /// # Errors
-    ///
-    /// As [`crate::Receiver::recv_timeout`].
-    pub fn recv_deadline(&mut self, deadline: Instant) -> Result<Message, RecvTimeoutError> {
-        self.recv_inner(Deadline::At(deadline)).map_err(RecvTimeoutError::from_fault)
-    }
+    recv_forms!(Message);
 
     fn recv_inner(&mut self, deadline: Deadline) -> Result<Message, Fault> {
         let frame = self.reader.recv(deadline)?;

@@ -349,6 +349,10 @@ pub enum Error {
     /// Nothing exists (or listens) under that name.
     #[error("{0}: not found")]
     NotFound(String),
+    /// The socket file exists but no process is listening on it (its owner
+    /// died without removing it, or has not started listening yet).
+    #[error("{0}: nobody is listening")]
+    NotListening(String),
     /// Something already exists under that name.
     #[error("{0}: already exists")]
     AlreadyExists(String),
@@ -376,7 +380,8 @@ impl Error {
     /// Maps an `io::Error` about `what` to the matching variant.
     pub(crate) fn io(what: impl fmt::Display, e: io::Error) -> Self {
         match e.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Error::NotFound(what.to_string()),
+            io::ErrorKind::NotFound => Error::NotFound(what.to_string()),
+            io::ErrorKind::ConnectionRefused => Error::NotListening(what.to_string()),
             io::ErrorKind::AlreadyExists | io::ErrorKind::AddrInUse => Error::AlreadyExists(what.to_string()),
             io::ErrorKind::PermissionDenied => Error::PermissionDenied(what.to_string()),
             _ => Error::Io(io::Error::new(e.kind(), format!("{what}: {e}"))),

@@ -32,6 +32,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+#[macro_use]
+mod forms;
 mod channel;
 mod connection;
 mod error;

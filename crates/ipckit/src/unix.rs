@@ -219,6 +219,27 @@ pub fn connect(path: impl AsRef<Path>, kind: SocketKind) -> Result<Connection> {
     Ok(Connection::from_socket(fd, kind, DEFAULT_MAX_MESSAGE))
 }
 
+/// As [`connect`], but waits up to `timeout` for a listener to appear at
+/// `path` (for a server that is still starting).
+///
+/// # Errors
+///
+/// [`Error::Timeout`] when nobody listens there in time, otherwise as [`connect`].
+pub fn connect_timeout(path: impl AsRef<Path>, kind: SocketKind, timeout: Duration) -> Result<Connection> {
+    let deadline = Deadline::after(timeout);
+    let mut pause = Duration::from_micros(500);
+    loop {
+        match connect(path.as_ref(), kind) {
+            Err(Error::NotFound(_) | Error::NotListening(_)) if !deadline.expired() => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(Error::NotFound(_) | Error::NotListening(_)) => return Err(Error::Timeout),
+            other => return other,
+        }
+    }
+}
+
 /// Binds a channel receiver at `path` that any number of senders can
 /// [`connect_sender`] to; `capacity` applies to each sender.
 ///

@@ -3,14 +3,14 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::acceptor::Acceptor;
 use super::Capacity;
-use crate::error::{Fault, RecvError, RecvTimeoutError, Result, TryRecvError};
+use crate::error::{Fault, Result};
 use crate::link::{take_fd, Frame, Mode, Reader, Writer};
 use crate::message::{Handle, Message, Transferable};
-use crate::sys::{self, Deadline, PollEntry, Ready};
+use crate::sys::{self, Deadline};
 use crate::wire::{HandleKind, HandleMeta, Kind};
 
 /// How long a receiver waits to write a control frame (credit, grant)
@@ -95,43 +95,7 @@ impl Receiver {
         self.sources.len()
     }
 
-    /// Receives a message, blocking until one arrives.
-    ///
-    /// # Errors
-    ///
-    /// [`RecvError::Disconnected`] once every sender is gone (and the receiver
-    /// is not listening for new ones); [`RecvError::Frame`] when the only
-    /// sender sent something that is not a valid frame.
-    pub fn recv(&mut self) -> Result<Message, RecvError> {
-        self.recv_inner(Deadline::Never).map_err(RecvError::from_fault)
-    }
-
-    /// Receives a message if one is ready now.
-    ///
-    /// # Errors
-    ///
-    /// [`TryRecvError::Empty`] when nothing is ready, otherwise as [`Receiver::recv`].
-    pub fn try_recv(&mut self) -> Result<Message, TryRecvError> {
-        self.recv_inner(Deadline::Now).map_err(TryRecvError::from_fault)
-    }
-
-    /// Receives a message, waiting at most `timeout`.
-    ///
-    /// # Errors
-    ///
-    /// [`RecvTimeoutError::Timeout`] when the time runs out, otherwise as [`Receiver::recv`].
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message, RecvTimeoutError> {
-        self.recv_inner(Deadline::after(timeout)).map_err(RecvTimeoutError::from_fault)
-    }
-
-    /// Receives a message, waiting until `deadline` at the latest.
-    ///
-    /// # Errors
-    ///
-    /// As [`Receiver::recv_timeout`].
-    pub fn recv_deadline(&mut self, deadline: Instant) -> Result<Message, RecvTimeoutError> {
-        self.recv_inner(Deadline::At(deadline)).map_err(RecvTimeoutError::from_fault)
-    }
+    recv_forms!(Message);
 
     pub(crate) fn recv_inner(&mut self, deadline: Deadline) -> Result<Message, Fault> {
         loop {
@@ -174,21 +138,11 @@ impl Receiver {
     /// Polls every source (and the listener) once; reads what is ready.
     /// Returns `false` on timeout.
     fn wait_and_read(&mut self, deadline: Deadline) -> Result<bool, Fault> {
-        let (listener_ready, ready_sources) = {
-            let mut fds: Vec<PollEntry<'_>> = Vec::with_capacity(self.sources.len() + 1);
-            for s in &self.sources {
-                fds.push(PollEntry::from_borrowed_fd(s.reader.fd(), Ready::IN));
-            }
-            if let Some(a) = &self.accepting {
-                fds.push(PollEntry::from_borrowed_fd(a.wake_fd(), Ready::IN));
-            }
-            if sys::wait_many(&mut fds, deadline)? == 0 {
-                return Ok(false);
-            }
-            let n = self.sources.len();
-            let listener_ready = self.accepting.is_some() && !fds[n].revents().is_empty();
-            let ready: Vec<usize> = (0..n).filter(|&i| !fds[i].revents().is_empty()).collect();
-            (listener_ready, ready)
+        let fds = self.sources.iter().map(|s| s.reader.fd());
+        let Some((ready_sources, listener_ready)) =
+            sys::wait_readable_any(fds, self.accepting.as_ref().map(|a| a.wake_fd()), deadline)?
+        else {
+            return Ok(false);
         };
         for &i in ready_sources.iter().rev() {
             self.read_from(i);

@@ -1,9 +1,9 @@
 //! The sending end of a channel.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Capacity;
-use crate::error::{Fault, Result, SendError, SendTimeoutError, TrySendError};
+use crate::error::{Fault, Result};
 use crate::link::{take_fd, Frame, Mode, Reader, Writer};
 use crate::message::{Handle, Message, Transferable};
 use crate::sys::Deadline;
@@ -50,56 +50,7 @@ impl Sender {
         self.writer.max()
     }
 
-    /// Sends a message, blocking while the channel is full (or, for a
-    /// rendezvous channel, until a receiver asks for it).
-    ///
-    /// # Errors
-    ///
-    /// [`SendError::Disconnected`] when the receiver is gone,
-    /// [`SendError::TooLarge`] over the maximum size; the message is handed back.
-    pub fn send(&mut self, msg: impl Into<Message>) -> Result<(), SendError<Message>> {
-        let msg = msg.into();
-        self.send_inner(&msg, Deadline::Never).map_err(|f| SendError::from_fault(f, msg))
-    }
-
-    /// Sends a message only if that needs no waiting.
-    ///
-    /// # Errors
-    ///
-    /// [`TrySendError::Full`] when it would block, otherwise as [`Sender::send`].
-    pub fn try_send(&mut self, msg: impl Into<Message>) -> Result<(), TrySendError<Message>> {
-        let msg = msg.into();
-        self.send_inner(&msg, Deadline::Now).map_err(|f| TrySendError::from_fault(f, msg))
-    }
-
-    /// Sends a message, waiting at most `timeout`.
-    ///
-    /// # Errors
-    ///
-    /// [`SendTimeoutError::Timeout`] when the time runs out (nothing was sent),
-    /// otherwise as [`Sender::send`].
-    pub fn send_timeout(
-        &mut self,
-        msg: impl Into<Message>,
-        timeout: Duration,
-    ) -> Result<(), SendTimeoutError<Message>> {
-        let msg = msg.into();
-        self.send_inner(&msg, Deadline::after(timeout)).map_err(|f| SendTimeoutError::from_fault(f, msg))
-    }
-
-    /// Sends a message, waiting until `deadline` at the latest.
-    ///
-    /// # Errors
-    ///
-    /// As [`Sender::send_timeout`].
-    pub fn send_deadline(
-        &mut self,
-        msg: impl Into<Message>,
-        deadline: Instant,
-    ) -> Result<(), SendTimeoutError<Message>> {
-        let msg = msg.into();
-        self.send_inner(&msg, Deadline::At(deadline)).map_err(|f| SendTimeoutError::from_fault(f, msg))
-    }
+    send_forms!();
 
     pub(crate) fn send_inner(&mut self, msg: &Message, deadline: Deadline) -> Result<(), Fault> {
         let len = msg.data.len();

@@ -3,16 +3,16 @@
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::connection::Connection;
-use crate::error::{Fault, RecvError, RecvTimeoutError, ReplyError, TryRecvError};
+use crate::error::{Fault, RecvError, ReplyError};
 use crate::link::{Reader, Writer};
 use crate::message::Message;
-use crate::sys::{self, Deadline, PeerCred, PollEntry, Ready};
+use crate::sys::{self, Deadline, PeerCred};
 use crate::unix::Listener;
 use crate::wire::Kind;
 
@@ -130,41 +130,7 @@ impl Server {
         self.conns.len()
     }
 
-    /// Waits for the next request.
-    ///
-    /// # Errors
-    ///
-    /// [`RecvError::Disconnected`] when there is no listener and every client is gone.
-    pub fn recv(&mut self) -> Result<Request, RecvError> {
-        self.recv_inner(Deadline::Never).map_err(RecvError::from_fault)
-    }
-
-    /// Takes a request if one is ready now.
-    ///
-    /// # Errors
-    ///
-    /// [`TryRecvError::Empty`], otherwise as [`Server::recv`].
-    pub fn try_recv(&mut self) -> Result<Request, TryRecvError> {
-        self.recv_inner(Deadline::Now).map_err(TryRecvError::from_fault)
-    }
-
-    /// Waits at most `timeout` for the next request.
-    ///
-    /// # Errors
-    ///
-    /// [`RecvTimeoutError::Timeout`], otherwise as [`Server::recv`].
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Request, RecvTimeoutError> {
-        self.recv_inner(Deadline::after(timeout)).map_err(RecvTimeoutError::from_fault)
-    }
-
-    /// Waits until `deadline` at the latest for the next request.
-    ///
-    /// # Errors
-    ///
-    /// As [`Server::recv_timeout`].
-    pub fn recv_deadline(&mut self, deadline: Instant) -> Result<Request, RecvTimeoutError> {
-        self.recv_inner(Deadline::At(deadline)).map_err(RecvTimeoutError::from_fault)
-    }
+    recv_forms!(Request);
 
     /// Answers every request with `handler` until no client is left (forever
     /// with a listener). Errors replying to one client are logged and skipped.
@@ -204,22 +170,11 @@ impl Server {
             if got {
                 continue;
             }
-            let (listener_ready, ready) = {
-                let mut fds: Vec<PollEntry<'_>> = self
-                    .conns
-                    .iter()
-                    .map(|c| PollEntry::from_borrowed_fd(c.reader.fd(), Ready::IN))
-                    .collect();
-                if let Some(l) = &self.listener {
-                    fds.push(PollEntry::from_borrowed_fd(l.as_fd(), Ready::IN));
-                }
-                if sys::wait_many(&mut fds, deadline)? == 0 {
-                    return Err(Fault::Timeout);
-                }
-                let n = self.conns.len();
-                let lr = self.listener.is_some() && !fds[n].revents().is_empty();
-                let ready: Vec<usize> = (0..n).filter(|&i| !fds[i].revents().is_empty()).collect();
-                (lr, ready)
+            let fds = self.conns.iter().map(|c| c.reader.fd());
+            let Some((ready, listener_ready)) =
+                sys::wait_readable_any(fds, self.listener.as_ref().map(|l| l.as_fd()), deadline)?
+            else {
+                return Err(Fault::Timeout);
             };
             for &i in ready.iter().rev() {
                 self.read_from(i);

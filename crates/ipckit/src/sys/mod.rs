@@ -118,6 +118,27 @@ pub(crate) fn wait_many(fds: &mut [PollFd<'_>], deadline: Deadline) -> io::Resul
 
 pub(crate) use rustix::event::{PollFd as PollEntry, PollFlags as Ready};
 
+/// Waits until any of `fds`, or `extra`, is readable (or hung up).
+///
+/// Returns the positions of the ready ones in `fds` and whether `extra` is
+/// ready, or `None` when the deadline passes first.
+pub(crate) fn wait_readable_any<'a>(
+    fds: impl Iterator<Item = BorrowedFd<'a>>,
+    extra: Option<BorrowedFd<'a>>,
+    deadline: Deadline,
+) -> io::Result<Option<(Vec<usize>, bool)>> {
+    let mut set: Vec<PollFd<'a>> = fds.map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN)).collect();
+    let n = set.len();
+    if let Some(fd) = extra {
+        set.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+    }
+    if wait_many(&mut set, deadline)? == 0 {
+        return Ok(None);
+    }
+    let ready = (0..n).filter(|&i| !set[i].revents().is_empty()).collect();
+    Ok(Some((ready, extra.is_some() && !set[n].revents().is_empty())))
+}
+
 /// `pipe2(2)` with `O_CLOEXEC | O_NONBLOCK`: returns (read end, write end).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
