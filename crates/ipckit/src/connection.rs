@@ -106,7 +106,11 @@ impl Connection {
     fn recv_inner(&mut self, deadline: Deadline) -> Result<Message, Fault> {
         let frame = self.reader.recv(deadline)?;
         match frame.kind {
-            Kind::Data => Ok(frame.msg),
+            Kind::Data => {
+                let mut msg = frame.msg;
+                msg.peer = self.peer;
+                Ok(msg)
+            }
             other => Err(Fault::Frame(crate::FrameError::Unexpected(other as u8))),
         }
     }

@@ -3,6 +3,7 @@
 use std::os::fd::OwnedFd;
 
 use crate::error::{Error, Result};
+use crate::sys::PeerCred;
 use crate::wire::{HandleKind, HandleMeta};
 
 /// A handle detached from its owner so it can travel to another process:
@@ -81,12 +82,13 @@ impl Transferable for OwnedFd {
 pub struct Message {
     pub(crate) data: Vec<u8>,
     pub(crate) handles: Vec<Handle>,
+    pub(crate) peer: Option<PeerCred>,
 }
 
 impl Message {
     /// A message with this payload and no handles.
     pub fn new(data: impl Into<Vec<u8>>) -> Self {
-        Message { data: data.into(), handles: Vec::new() }
+        Message { data: data.into(), handles: Vec::new(), peer: None }
     }
 
     /// Attaches an object to pass along with the message.
@@ -102,6 +104,13 @@ impl Message {
     /// Attaches an already detached handle.
     pub fn push_handle(&mut self, handle: Handle) {
         self.handles.push(handle);
+    }
+
+    /// For a received message, who sent it, as the kernel recorded it when
+    /// the sender connected (`SO_PEERCRED`); `None` over pipes and FIFOs,
+    /// and for messages built locally.
+    pub fn sender_cred(&self) -> Option<PeerCred> {
+        self.peer
     }
 
     /// The payload.

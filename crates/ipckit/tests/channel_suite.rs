@@ -86,6 +86,9 @@ fn order_and_content(t: Transport) {
     });
     for (i, n) in sizes.iter().enumerate() {
         let m = ch.rx().recv_timeout(LONG).unwrap();
+        // Sockets say who sent each message, from the kernel; pipes cannot.
+        let who = m.sender_cred().map(|c| (c.pid, c.uid));
+        assert_eq!(who, t.listens().then(|| (std::process::id(), ipckit::euid())));
         assert_eq!(m.bytes().len(), *n, "message {i}");
         assert!(m.bytes().iter().enumerate().all(|(j, &b)| b == (i * 31 + j) as u8), "message {i} corrupted");
     }

@@ -25,6 +25,8 @@ struct Source {
     /// Credits and grants go back here (none for [`Capacity::Kernel`] over a
     /// pipe, nor once the sender stopped reading them).
     back: Option<Writer>,
+    /// Who the kernel says the sender is (sockets only).
+    peer: Option<sys::PeerCred>,
     /// A rendezvous offer waiting for a grant.
     offer: Option<u64>,
     taken: u64,
@@ -81,7 +83,8 @@ impl Receiver {
     fn add_source(&mut self, reader: Reader, back: Option<Writer>) -> u64 {
         let key = self.next_key;
         self.next_key += 1;
-        self.sources.push(Source { key, reader, back, offer: None, taken: 0, credited: 0 });
+        let peer = if reader.mode().socket { sys::peer_cred(reader.fd()).ok() } else { None };
+        self.sources.push(Source { key, reader, back, peer, offer: None, taken: 0, credited: 0 });
         key
     }
 
@@ -189,7 +192,9 @@ impl Receiver {
                 if self.grant == Some((key, frame.id)) {
                     self.grant = None;
                 }
-                self.ready.push_back((key, frame.msg));
+                let mut msg = frame.msg;
+                msg.peer = self.sources[i].peer;
+                self.ready.push_back((key, msg));
             }
             Kind::Offer => self.sources[i].offer = Some(frame.id),
             Kind::Cancel => {
