@@ -64,7 +64,8 @@ impl Connection {
 
     /// Adopts a connected UNIX socket opened some other way (for example a
     /// [`std::os::unix::net::UnixStream`], or a descriptor from socket
-    /// activation). The descriptor is made non-blocking.
+    /// activation). The descriptor is made blocking: ipckit waits in the
+    /// kernel with a receive timeout, and passes `MSG_DONTWAIT` where it must not wait.
     ///
     /// # Errors
     ///
@@ -73,7 +74,7 @@ impl Connection {
         if !sys::is_socket(std::os::fd::AsFd::as_fd(&fd)) {
             return Err(crate::Error::BadHandle("not a socket".into()));
         }
-        sys::set_nonblocking(&fd, true)?;
+        sys::set_nonblocking(&fd, false)?;
         Ok(Connection::from_socket(fd, kind, DEFAULT_MAX_MESSAGE))
     }
 

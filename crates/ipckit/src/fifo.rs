@@ -145,24 +145,23 @@ fn open_reader_deadline(path: &Path, deadline: Deadline) -> Result<std::os::fd::
     match got {
         Ok(Ok(fd)) => {
             // A real writer may have arrived at the same moment: keep the end
-            // if one still has the FIFO open (no hang-up reported).
-            if has_hangup(&fd) {
-                Err(Error::Timeout)
-            } else {
+            // only if one has already written (our own opener never writes).
+            // A missing hang-up proves nothing: a child that another thread
+            // is spawning holds a copy of our opener until it execs.
+            if has_data(&fd) {
                 Ok(fd)
+            } else {
+                Err(Error::Timeout)
             }
         }
         _ => Err(Error::Timeout),
     }
 }
 
-fn has_hangup(fd: &std::os::fd::OwnedFd) -> bool {
+fn has_data(fd: &std::os::fd::OwnedFd) -> bool {
     let mut fds = [sys::PollEntry::new(fd, sys::Ready::IN)];
     match sys::wait_many(&mut fds, Deadline::Now) {
-        Ok(n) if n > 0 => {
-            let r = fds[0].revents();
-            r.contains(sys::Ready::HUP) && !r.contains(sys::Ready::IN)
-        }
+        Ok(n) if n > 0 => fds[0].revents().contains(sys::Ready::IN),
         _ => false,
     }
 }

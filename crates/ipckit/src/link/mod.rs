@@ -77,10 +77,16 @@ pub(crate) struct Reader {
     /// Set once a byte stream has lost frame alignment: it cannot recover.
     broken: Option<FrameError>,
     eof: bool,
-    /// The last receive had to wait: in request/reply traffic the next one
-    /// will too, so wait first and read once, instead of a read that fails,
-    /// a wait and a second read. Cleared when a read fills the buffer.
+    /// Pipes only: the last receive found nothing when it read first. In
+    /// request/reply traffic the next one will not find anything either, so
+    /// wait first and read once instead of a read that fails, a wait and a
+    /// second read. Cleared when data turns out to be queued up.
     starved: bool,
+    /// Sockets only: the `SO_RCVTIMEO` last set (`None`: not known).
+    rcvtimeo: Option<Option<std::time::Duration>>,
+    /// What the last `recvmsg(2)` reported besides its bytes.
+    last_truncated: bool,
+    last_fds_lost: bool,
 }
 
 impl Reader {
@@ -96,6 +102,9 @@ impl Reader {
             broken: None,
             eof: false,
             starved: false,
+            rcvtimeo: None,
+            last_truncated: false,
+            last_fds_lost: false,
         }
     }
 
@@ -155,6 +164,7 @@ impl Reader {
         if self.mode.packet {
             return self.recv_packet(deadline);
         }
+        let mut waited = false;
         loop {
             if let Some(frame) = self.parse()? {
                 return Ok(frame);
@@ -167,18 +177,16 @@ impl Reader {
                 });
             }
             self.make_room();
-            if self.starved && deadline != Deadline::Now && !self.wait_readable(deadline)? {
-                return Err(Fault::Timeout);
+            if !self.mode.socket && self.starved && !waited && deadline != Deadline::Now {
+                waited = true;
+                if !sys::wait(self.fd.as_fd(), Interest::Read, deadline)? {
+                    return Err(Fault::Timeout);
+                }
             }
             let room = self.buf.len() - self.end;
             let got = if self.mode.socket {
-                let mut fds = Vec::new();
-                let r = sys::recvmsg_fds(self.fd.as_fd(), &mut self.buf[self.end..], &mut fds)?;
-                self.fds.extend(fds);
-                if r.fds_lost {
-                    self.broken = Some(FrameError::MissingFds);
-                }
-                r.xfer
+                let end = self.end;
+                self.socket_recv(end, deadline)?
             } else {
                 sys::read(self.fd.as_fd(), &mut self.buf[self.end..])?
             };
@@ -191,7 +199,12 @@ impl Reader {
                     }
                 }
                 Xfer::WouldBlock => {
-                    if !self.wait_readable(deadline)? {
+                    if !waited && !self.mode.socket {
+                        // Reading first found nothing: next time wait first.
+                        self.starved = true;
+                    }
+                    waited = true;
+                    if !sys::wait(self.fd.as_fd(), Interest::Read, deadline)? {
                         return Err(Fault::Timeout);
                     }
                 }
@@ -199,14 +212,53 @@ impl Reader {
         }
     }
 
-    /// Waits until the descriptor is readable; `false` on timeout. Notes
-    /// whether data was already there (the wait returned at once), which
-    /// decides whether the next receive waits first or reads first.
-    fn wait_readable(&mut self, deadline: Deadline) -> Result<bool, Fault> {
-        let start = std::time::Instant::now();
-        let ready = sys::wait(self.fd.as_fd(), Interest::Read, deadline)?;
-        self.starved = start.elapsed() > std::time::Duration::from_micros(3);
-        Ok(ready)
+    /// One `recvmsg(2)` into `buf[at..]` that blocks in the kernel until the
+    /// deadline (`SO_RCVTIMEO`), which wakes much faster than `poll(2)` then
+    /// `recvmsg(2)`. Returns `WouldBlock` when nothing came in time, or when
+    /// the descriptor turns out to be non-blocking; the caller then checks
+    /// the deadline and falls back to `poll(2)`.
+    fn socket_recv(&mut self, at: usize, deadline: Deadline) -> Result<Xfer, Fault> {
+        let block = match deadline {
+            Deadline::Now => false,
+            Deadline::Never => {
+                self.set_recv_timeout(None)?;
+                true
+            }
+            Deadline::At(t) => {
+                let left = t.saturating_duration_since(std::time::Instant::now());
+                // Below a millisecond the kernel's timer would round up (or,
+                // at zero, mean "forever"): poll instead.
+                if left < std::time::Duration::from_millis(1) {
+                    false
+                } else {
+                    // A timeout already set that is not longer than what is
+                    // left (nor much shorter) saves a system call; waking
+                    // early only means a second, shorter wait.
+                    let keep = matches!(self.rcvtimeo, Some(Some(c)) if c <= left && c * 2 >= left);
+                    if !keep {
+                        self.set_recv_timeout(Some(left))?;
+                    }
+                    true
+                }
+            }
+        };
+        let mut fds = Vec::new();
+        let r = sys::recvmsg_fds(self.fd.as_fd(), &mut self.buf[at..], &mut fds, block)?;
+        self.fds.extend(fds);
+        if r.fds_lost {
+            self.broken = Some(FrameError::MissingFds);
+        }
+        self.last_truncated = r.truncated;
+        self.last_fds_lost = r.fds_lost;
+        Ok(r.xfer)
+    }
+
+    fn set_recv_timeout(&mut self, t: Option<std::time::Duration>) -> Result<(), Fault> {
+        if self.rcvtimeo != Some(t) {
+            sys::set_recv_timeout(self.fd.as_fd(), t)?;
+            self.rcvtimeo = Some(t);
+        }
+        Ok(())
     }
 
     /// Makes space to read into: compacts, and grows up to one full frame.
@@ -263,6 +315,10 @@ impl Reader {
         }
         let body_at = self.start + HEADER_LEN;
         self.start = body_at + header.len;
+        if self.end - self.start >= HEADER_LEN {
+            // More is queued up behind this frame: the peer is ahead of us.
+            self.starved = false;
+        }
         let body = &self.buf[body_at..body_at + header.len];
         match build_frame(header, body, &mut self.fds) {
             Ok(f) => Ok(Some(f)),
@@ -278,16 +334,10 @@ impl Reader {
         if self.buf.len() < need {
             self.buf = vec![0; need];
         }
-        if self.starved && deadline != Deadline::Now && !self.wait_readable(deadline)? {
-            return Err(Fault::Timeout);
-        }
         loop {
-            let mut fds = Vec::new();
-            let got = sys::recvmsg_fds(self.fd.as_fd(), &mut self.buf, &mut fds)?;
-            self.fds.extend(fds);
-            match got.xfer {
+            match self.socket_recv(0, deadline)? {
                 Xfer::WouldBlock => {
-                    if !self.wait_readable(deadline)? {
+                    if !sys::wait(self.fd.as_fd(), Interest::Read, deadline)? {
                         return Err(Fault::Timeout);
                     }
                 }
@@ -295,7 +345,7 @@ impl Reader {
                 Xfer::Done(n) => {
                     // Each datagram stands alone: a bad one is an error, and
                     // the connection goes on with the next.
-                    let result = self.packet_frame(n, got.truncated, got.fds_lost);
+                    let result = self.packet_frame(n, self.last_truncated, self.last_fds_lost);
                     self.fds.clear();
                     return result;
                 }
@@ -371,6 +421,15 @@ impl Writer {
         self.max = max;
     }
 
+    /// Gives up on a peer that does not read: nothing more is written, and a
+    /// socket is shut down so both sides see the end of the stream.
+    pub(crate) fn abandon(&mut self) {
+        self.broken = true;
+        if self.mode.socket {
+            let _ = sys::shutdown(self.fd.as_fd());
+        }
+    }
+
     /// Writes a control frame with no body.
     pub(crate) fn send_control(&mut self, kind: Kind, id: u64, deadline: Deadline) -> Result<(), Fault> {
         self.send_parts(kind, id, &[], &[], &[], deadline)
@@ -430,11 +489,11 @@ impl Writer {
         let total = HEADER_LEN + len;
         let mut done = 0usize;
         loop {
-            let parts = remaining_slices(&[&header, table, data], done);
+            let (parts, n) = remaining_slices([&header, table, data], done);
             let r = if !fds.is_empty() && done == 0 {
-                sys::sendmsg_fds(self.fd.as_fd(), &parts, fds)
+                sys::sendmsg_fds(self.fd.as_fd(), &parts[..n], fds)
             } else {
-                sys::writev(self.fd.as_fd(), self.mode.socket, &parts)
+                sys::writev(self.fd.as_fd(), self.mode.socket, &parts[..n])
             };
             match r {
                 Ok(Xfer::Done(n)) => {
@@ -466,16 +525,18 @@ impl Writer {
     }
 }
 
-/// The parts of `bufs` that remain after skipping `skip` bytes.
-fn remaining_slices<'a>(bufs: &[&'a [u8]], mut skip: usize) -> Vec<IoSlice<'a>> {
-    let mut out = Vec::with_capacity(bufs.len());
+/// The parts of `bufs` that remain after skipping `skip` bytes (no allocation).
+fn remaining_slices<'a>(bufs: [&'a [u8]; 3], mut skip: usize) -> ([IoSlice<'a>; 3], usize) {
+    let mut out = [IoSlice::new(&[]); 3];
+    let mut n = 0;
     for b in bufs {
         if skip >= b.len() {
             skip -= b.len();
             continue;
         }
-        out.push(IoSlice::new(&b[skip..]));
+        out[n] = IoSlice::new(&b[skip..]);
+        n += 1;
         skip = 0;
     }
-    out
+    (out, n)
 }

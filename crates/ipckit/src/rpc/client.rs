@@ -41,6 +41,9 @@ struct State {
     pending: HashMap<u64, Option<Message>>,
     dead: Option<Dead>,
     late_replies: u64,
+    /// Callers asleep on the condition variable (a wake-up is a system call:
+    /// skip it when nobody sleeps).
+    sleepers: usize,
 }
 
 /// The calling end of an RPC connection. Share it between threads by reference
@@ -174,6 +177,7 @@ impl Client {
                 return Err(Fault::Timeout);
             }
             if st.reading {
+                st.sleepers += 1;
                 st = match deadline {
                     Deadline::Never => self.wake.wait(st).unwrap_or_else(|e| e.into_inner()),
                     Deadline::Now => st,
@@ -182,6 +186,7 @@ impl Client {
                         self.wake.wait_timeout(st, left).unwrap_or_else(|e| e.into_inner()).0
                     }
                 };
+                st.sleepers -= 1;
                 continue;
             }
             st.reading = true;
@@ -213,7 +218,9 @@ impl Client {
                 }
                 Err(Fault::Io(e)) => st.dead = Some(Dead::Io(e.kind(), e.to_string())),
             }
-            self.wake.notify_all();
+            if st.sleepers > 0 {
+                self.wake.notify_all();
+            }
         }
     }
 }

@@ -16,8 +16,9 @@ use crate::sys::{self, Deadline, PeerCred};
 use crate::unix::Listener;
 use crate::wire::Kind;
 
-/// How long a reply may wait for a client that does not read before it is
-/// abandoned (so one stuck client cannot block a server thread forever).
+/// How long a reply may wait for a client that does not read before the
+/// client is abandoned (so one stuck client cannot block a server thread
+/// forever, nor for this long again with every request it has queued).
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
@@ -76,13 +77,21 @@ impl Request {
 
     /// Sends the reply, waiting at most `timeout` for the client to make room.
     ///
+    /// A client that does not make room in time loses its connection (as one
+    /// that sends garbage does): later replies to it fail at once with
+    /// [`ReplyError::Disconnected`], and its calls end with `Disconnected`.
+    ///
     /// # Errors
     ///
     /// As [`Request::reply`].
     pub fn reply_timeout(self, reply: impl Into<Message>, timeout: Duration) -> Result<(), ReplyError> {
         let reply = reply.into();
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        w.send(Kind::Reply, self.id, &reply, Deadline::after(timeout)).map_err(ReplyError::from_fault)
+        let r = w.send(Kind::Reply, self.id, &reply, Deadline::after(timeout));
+        if matches!(r, Err(Fault::Timeout)) {
+            w.abandon();
+        }
+        r.map_err(ReplyError::from_fault)
     }
 
     /// Encodes `value` with postcard and sends it as the reply.

@@ -203,12 +203,16 @@ impl SocketKind {
     }
 }
 
-const SOCK_FLAGS: SocketFlags = SocketFlags::CLOEXEC.union(SocketFlags::NONBLOCK);
+/// Listening sockets are non-blocking (accept loops until `EAGAIN`).
+const LISTEN_FLAGS: SocketFlags = SocketFlags::CLOEXEC.union(SocketFlags::NONBLOCK);
+/// Connected sockets block: receives wait in the kernel with `SO_RCVTIMEO`,
+/// and every attempt that must not wait passes `MSG_DONTWAIT`.
+const CONN_FLAGS: SocketFlags = SocketFlags::CLOEXEC;
 
 /// `socket(2)` + `bind(2)` + `listen(2)` on a filesystem path.
 pub(crate) fn unix_listen(path: &Path, kind: SocketKind, backlog: i32) -> io::Result<OwnedFd> {
     let addr = SocketAddrUnix::new(path)?;
-    let fd = rustix::net::socket_with(AddressFamily::UNIX, kind.raw(), SOCK_FLAGS, None)?;
+    let fd = rustix::net::socket_with(AddressFamily::UNIX, kind.raw(), LISTEN_FLAGS, None)?;
     rustix::net::bind(&fd, &addr)?;
     rustix::net::listen(&fd, backlog)?;
     Ok(fd)
@@ -220,7 +224,7 @@ pub(crate) fn unix_listen(path: &Path, kind: SocketKind, backlog: i32) -> io::Re
 /// nobody listens, `EAGAIN` when the backlog is full).
 pub(crate) fn unix_connect(path: &Path, kind: SocketKind) -> io::Result<OwnedFd> {
     let addr = SocketAddrUnix::new(path)?;
-    let fd = rustix::net::socket_with(AddressFamily::UNIX, kind.raw(), SocketFlags::CLOEXEC, None)?;
+    let fd = rustix::net::socket_with(AddressFamily::UNIX, kind.raw(), CONN_FLAGS, None)?;
     loop {
         match rustix::net::connect(&fd, &addr) {
             Ok(()) => break,
@@ -228,14 +232,13 @@ pub(crate) fn unix_connect(path: &Path, kind: SocketKind) -> io::Result<OwnedFd>
             Err(e) => return Err(e.into()),
         }
     }
-    set_nonblocking(&fd, true)?;
     Ok(fd)
 }
 
 /// `accept4(2)`: `Ok(None)` when no connection is pending.
 pub(crate) fn unix_accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
     loop {
-        match rustix::net::accept_with(listener, SOCK_FLAGS) {
+        match rustix::net::accept_with(listener, CONN_FLAGS) {
             Ok(fd) => return Ok(Some(fd)),
             Err(Errno::AGAIN) => return Ok(None),
             // The connecting process died before we got to it: not our error.
@@ -245,9 +248,20 @@ pub(crate) fn unix_accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd
     }
 }
 
+/// `shutdown(SHUT_RDWR)`: both ends of the connection see end-of-stream.
+pub(crate) fn shutdown(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::net::shutdown(fd, rustix::net::Shutdown::Both)?)
+}
+
+/// `setsockopt(SO_RCVTIMEO)`: how long a blocking receive waits (`None`: forever).
+pub(crate) fn set_recv_timeout(fd: BorrowedFd<'_>, t: Option<std::time::Duration>) -> io::Result<()> {
+    use rustix::net::sockopt::{set_socket_timeout, Timeout};
+    Ok(set_socket_timeout(fd, Timeout::Recv, t)?)
+}
+
 /// `socketpair(2)`.
 pub(crate) fn socketpair(kind: SocketKind) -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::net::socketpair(AddressFamily::UNIX, kind.raw(), SOCK_FLAGS, None)?)
+    Ok(rustix::net::socketpair(AddressFamily::UNIX, kind.raw(), CONN_FLAGS, None)?)
 }
 
 /// A peer process's identity, as the kernel recorded it (`SO_PEERCRED`).
@@ -345,19 +359,23 @@ pub(crate) struct Received {
 }
 
 /// `recvmsg(2)` with room for [`MAX_FDS_PER_MESSAGE`] descriptors, which are
-/// appended to `fds` (close-on-exec). Retries `EINTR`.
+/// appended to `fds` (close-on-exec). Retries `EINTR`. Without `block` it
+/// passes `MSG_DONTWAIT`; with it, it waits as the socket's `SO_RCVTIMEO` says.
 pub(crate) fn recvmsg_fds(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
+    block: bool,
 ) -> io::Result<Received> {
+    let flags = if block { RecvFlags::CMSG_CLOEXEC } else { RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT };
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     let mut reset_seen = false;
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [io::IoSliceMut::new(&mut *buf)];
-        let r =
-            rustix::net::recvmsg(fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT);
+        // After a reset, do not wait: what is queued is all there will be.
+        let flags = if reset_seen { flags | RecvFlags::DONTWAIT } else { flags };
+        let r = rustix::net::recvmsg(fd, &mut iov, &mut control, flags);
         match r {
             Err(Errno::INTR) => continue,
             // A peer that closes with unread data of its own makes the kernel
