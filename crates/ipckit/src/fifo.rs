@@ -107,6 +107,7 @@ fn open_sender_inner(path: &Path, deadline: Deadline) -> Result<Sender> {
             }
         }
     };
+    // A FIFO does not take RWF_NOWAIT: it stays non-blocking and waits in poll(2).
     sys::set_nonblocking(&fd, true)?;
     Ok(Sender::new(Writer::new(Arc::new(fd), Mode::PIPE, DEFAULT_MAX_MESSAGE), None, Some(Capacity::Kernel)))
 }
@@ -117,6 +118,7 @@ fn open_receiver_inner(path: &Path, deadline: Deadline) -> Result<Receiver> {
         Deadline::Never => sys::open_fifo(path, false, false).map_err(|e| Error::io(path.display(), e))?,
         _ => open_reader_deadline(path, deadline)?,
     };
+    // A FIFO does not take RWF_NOWAIT: it stays non-blocking and waits in poll(2).
     sys::set_nonblocking(&fd, true)?;
     let reader = Reader::new(Arc::new(fd), Mode::PIPE, DEFAULT_MAX_MESSAGE);
     Ok(Receiver::single(reader, None, Capacity::Kernel))

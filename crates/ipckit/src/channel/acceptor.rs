@@ -62,7 +62,7 @@ impl Acceptor {
     /// Takes every connection accepted so far.
     pub(crate) fn take(&self) -> Vec<OwnedFd> {
         let mut buf = [0u8; 64];
-        while let Ok(sys::Xfer::Done(n)) = sys::read(self.wake.as_fd(), &mut buf) {
+        while let Ok(sys::Xfer::Done(n)) = sys::read(self.wake.as_fd(), &mut buf, false) {
             if n == 0 {
                 break;
             }
@@ -123,7 +123,7 @@ fn run(listener: Listener, capacity: u32, inbox: Inbox, wake: OwnedFd, stop: Own
         }
         if !greeted.is_empty() {
             inbox.lock().unwrap_or_else(|e| e.into_inner()).extend(greeted);
-            let _ = sys::writev(wake.as_fd(), false, &[std::io::IoSlice::new(&[1])]);
+            let _ = sys::writev(wake.as_fd(), false, &[std::io::IoSlice::new(&[1])], false);
         }
     }
 }

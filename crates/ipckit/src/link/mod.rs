@@ -177,7 +177,7 @@ impl Reader {
                 });
             }
             self.make_room();
-            if !self.mode.socket && self.starved && !waited && deadline != Deadline::Now {
+            if !self.mode.socket && self.starved && !waited && matches!(deadline, Deadline::At(_)) {
                 waited = true;
                 if !sys::wait(self.fd.as_fd(), Interest::Read, deadline)? {
                     return Err(Fault::Timeout);
@@ -188,7 +188,10 @@ impl Reader {
                 let end = self.end;
                 self.socket_recv(end, deadline)?
             } else {
-                sys::read(self.fd.as_fd(), &mut self.buf[self.end..])?
+                // No deadline: one read that sleeps in the kernel. Otherwise a
+                // read that never sleeps, with poll(2) for the waiting.
+                let block = deadline == Deadline::Never && !waited;
+                sys::read(self.fd.as_fd(), &mut self.buf[self.end..], block)?
             };
             match got {
                 Xfer::Done(0) => self.eof = true,
@@ -493,7 +496,7 @@ impl Writer {
             let r = if !fds.is_empty() && done == 0 {
                 sys::sendmsg_fds(self.fd.as_fd(), &parts[..n], fds)
             } else {
-                sys::writev(self.fd.as_fd(), self.mode.socket, &parts[..n])
+                sys::writev(self.fd.as_fd(), self.mode.socket, &parts[..n], deadline == Deadline::Never)
             };
             match r {
                 Ok(Xfer::Done(n)) => {

@@ -169,6 +169,15 @@ impl Server {
             if self.conns.is_empty() && self.listener.is_none() {
                 return Err(Fault::Disconnected);
             }
+            if self.conns.len() == 1 && self.listener.is_none() {
+                // One client: wait in its receive (no poll set to build, and a
+                // socket blocks in the kernel, which wakes faster than poll).
+                match self.conns[0].reader.recv(deadline) {
+                    Err(Fault::Timeout) => return Err(Fault::Timeout),
+                    r => self.take(0, r),
+                }
+                continue;
+            }
             let mut got = false;
             for i in (0..self.conns.len()).rev() {
                 while self.conns.get(i).is_some_and(|c| c.reader.has_frame()) {
@@ -215,8 +224,14 @@ impl Server {
     /// Reads one frame from connection `i` without blocking; a connection
     /// that breaks the protocol is closed so the others go on.
     fn read_from(&mut self, i: usize) {
+        let r = self.conns[i].reader.recv(Deadline::Now);
+        self.take(i, r);
+    }
+
+    /// Queues what was read from connection `i`, or drops the connection.
+    fn take(&mut self, i: usize, r: Result<crate::link::Frame, Fault>) {
         let c = &mut self.conns[i];
-        match c.reader.recv(Deadline::Now) {
+        match r {
             Ok(frame) if frame.kind == Kind::Request => {
                 self.queue.push_back(Request {
                     id: frame.id,

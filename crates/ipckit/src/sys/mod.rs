@@ -1,9 +1,11 @@
 //! The one layer where ipckit makes system calls.
 //!
 //! Everything here is a thin wrapper over [`rustix`]; the rest of the crate
-//! never names a system call. Descriptors are created close-on-exec and
-//! non-blocking: blocking with a deadline is done with `poll(2)`, so every
-//! blocking operation can honour a timeout.
+//! never names a system call. Descriptors are created close-on-exec. Waits
+//! happen in the kernel where it can time them (`SO_RCVTIMEO` on sockets, a
+//! plain blocking `read(2)` on a pipe with no deadline) and otherwise in
+//! `poll(2)`; attempts that must not wait say so per call (`MSG_DONTWAIT`,
+//! `RWF_NOWAIT`), so every blocking operation honours a deadline.
 //!
 //! The only raw calls (`close_range(2)` and `fcntl(2)` between `fork` and
 //! `exec`, which rustix does not cover) live in [`raw`].
@@ -142,9 +144,36 @@ pub(crate) fn wait_readable_any<'a>(
 /// `pipe2(2)` with `O_CLOEXEC | O_NONBLOCK`: returns (read end, write end).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    set_nonblocking(&r, true)?;
-    set_nonblocking(&w, true)?;
+    let nonblock = !pipes_block();
+    set_nonblocking(&r, nonblock)?;
+    set_nonblocking(&w, nonblock)?;
     Ok((r, w))
+}
+
+/// Whether ipckit's pipes (and FIFOs) are left blocking.
+///
+/// On kernels whose pipes honour `RWF_NOWAIT` (5.x and later), pipe
+/// descriptors block: a receive with no deadline is one `read(2)` that sleeps
+/// in the kernel, and the attempts that must not wait use `preadv2` /
+/// `pwritev2` with `RWF_NOWAIT`. Elsewhere they are `O_NONBLOCK` and every
+/// wait is a `poll(2)`. Probed once per process.
+pub(crate) fn pipes_block() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static NOWAIT: AtomicU8 = AtomicU8::new(0);
+    match NOWAIT.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let ok = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).is_ok_and(|(r, _w)| {
+                let mut b = [0u8; 1];
+                let mut iov = [io::IoSliceMut::new(&mut b)];
+                rustix::io::preadv2(&r, &mut iov, u64::MAX, rustix::io::ReadWriteFlags::NOWAIT)
+                    == Err(Errno::AGAIN)
+            });
+            NOWAIT.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+            ok
+        }
+    }
 }
 
 /// `mkfifo(3)`: creates a named pipe at `path` with permission bits `mode`.
@@ -304,27 +333,55 @@ fn xfer(r: rustix::io::Result<usize>) -> io::Result<Xfer> {
     }
 }
 
-/// `read(2)` once, retrying `EINTR`.
-pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Xfer> {
+/// `read(2)` once on a pipe, retrying `EINTR`: with `block`, as the
+/// descriptor says; without, `preadv2(RWF_NOWAIT)` so it never sleeps.
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8], block: bool) -> io::Result<Xfer> {
+    let nowait = !block && pipes_block();
     loop {
-        match rustix::io::read(fd, &mut *buf) {
+        let r = if nowait {
+            let mut iov = [io::IoSliceMut::new(&mut *buf)];
+            rustix::io::preadv2(fd, &mut iov, u64::MAX, rustix::io::ReadWriteFlags::NOWAIT)
+        } else {
+            rustix::io::read(fd, &mut *buf)
+        };
+        match r {
             Err(Errno::INTR) => {}
+            // This descriptor (a FIFO, say) does not take RWF_NOWAIT: make it
+            // non-blocking for good; waits then go through poll(2).
+            Err(Errno::OPNOTSUPP) if nowait => {
+                set_nonblocking(fd, true)?;
+                return read(fd, buf, true);
+            }
             r => return xfer(r),
         }
     }
 }
 
-/// `writev(2)` once (or `sendmsg(2)` with `MSG_NOSIGNAL` on a socket), retrying `EINTR`.
-pub(crate) fn writev(fd: BorrowedFd<'_>, socket: bool, bufs: &[io::IoSlice<'_>]) -> io::Result<Xfer> {
+/// `writev(2)` once (or `sendmsg(2)` with `MSG_NOSIGNAL | MSG_DONTWAIT` on a
+/// socket), retrying `EINTR`. On a pipe without `block` it is
+/// `pwritev2(RWF_NOWAIT)`, which writes what fits and never sleeps.
+pub(crate) fn writev(
+    fd: BorrowedFd<'_>,
+    socket: bool,
+    bufs: &[io::IoSlice<'_>],
+    block: bool,
+) -> io::Result<Xfer> {
+    let nowait = !block && !socket && pipes_block();
     loop {
         let r = if socket {
             let mut control = SendAncillaryBuffer::default();
             rustix::net::sendmsg(fd, bufs, &mut control, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+        } else if nowait {
+            rustix::io::pwritev2(fd, bufs, u64::MAX, rustix::io::ReadWriteFlags::NOWAIT)
         } else {
             rustix::io::writev(fd, bufs)
         };
         match r {
             Err(Errno::INTR) => {}
+            Err(Errno::OPNOTSUPP) if nowait => {
+                set_nonblocking(fd, true)?;
+                return writev(fd, socket, bufs, true);
+            }
             r => return xfer(r),
         }
     }
