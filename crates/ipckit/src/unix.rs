@@ -247,7 +247,17 @@ pub fn connect_timeout(path: impl AsRef<Path>, kind: SocketKind, timeout: Durati
 ///
 /// As [`Listener::bind`].
 pub fn bind_receiver(path: impl AsRef<Path>, kind: SocketKind, capacity: Capacity) -> Result<Receiver> {
-    Ok(Receiver::listening(Listener::bind(path, kind)?, capacity)?)
+    receiver_on(Listener::bind(path, kind)?, capacity)
+}
+
+/// A channel receiver on a listener you configured (say, with
+/// [`Listener::with_max_message_size`]) or received from another process.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the acceptor thread cannot start.
+pub fn receiver_on(listener: Listener, capacity: Capacity) -> Result<Receiver> {
+    Ok(Receiver::listening(listener, capacity)?)
 }
 
 /// Connects a channel sender to a receiver bound at `path`. The channel's

@@ -45,6 +45,13 @@ impl Sender {
         self.capacity
     }
 
+    /// Sets the largest message this sender sends, in bytes (default 16 MiB;
+    /// keep it at or below the receiver's, or the receiver refuses the frame).
+    pub fn with_max_message_size(mut self, max: usize) -> Self {
+        self.writer.set_max(max);
+        self
+    }
+
     /// The largest message this sender will send, in bytes.
     pub fn max_message_size(&self) -> usize {
         self.writer.max()
