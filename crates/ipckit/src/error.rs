@@ -368,6 +368,10 @@ pub enum Error {
     /// The peer sent something that is not valid.
     #[error("bad frame from peer: {0}")]
     Frame(#[from] FrameError),
+    /// Shared memory holds something that is not a valid ipckit structure
+    /// (a peer or a stray write corrupted it, or it is not ipckit's).
+    #[error("corrupted: {0}")]
+    Corrupted(String),
     /// The operation needs something this transport does not have.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),

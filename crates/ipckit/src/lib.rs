@@ -10,6 +10,8 @@
 //! | [`unix`] | UNIX domain sockets (stream and seqpacket), peer credentials, descriptor passing |
 //! | [`rpc`] | `call`/`reply` with timeouts over any two-way [`Connection`] |
 //! | [`spawn`] | hand exactly the named handles to a child process |
+//! | [`shm`] | named shared-memory segments, checked offsets, two-slot RPC |
+//! | [`perm`] | System V-style owner/group/mode checks |
 //!
 //! One message API everywhere: [`Sender`]/[`Receiver`] (one-way, with a
 //! [`Capacity`]: kernel-buffered, bounded, or rendezvous), [`Connection`]
@@ -40,8 +42,10 @@ mod error;
 pub mod fifo;
 mod link;
 mod message;
+pub mod perm;
 pub mod pipe;
 pub mod rpc;
+pub mod shm;
 pub mod spawn;
 mod sys;
 pub mod unix;

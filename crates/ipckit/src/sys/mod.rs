@@ -10,7 +10,10 @@
 //! The only raw calls (`close_range(2)` and `fcntl(2)` between `fork` and
 //! `exec`, which rustix does not cover) live in [`raw`].
 
+mod map;
 mod raw;
+
+pub(crate) use map::Mapping;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -483,4 +486,68 @@ pub fn egid() -> u32 {
 /// `fcntl(F_DUPFD_CLOEXEC)`: a copy numbered at least `min`.
 pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: i32) -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(fd, min)?)
+}
+
+/// `shm_open(3)` with `O_CREAT | O_EXCL`: a new shared-memory object named
+/// `name` (no leading slash), permission bits exactly `mode`.
+pub(crate) fn shm_create(name: &str, mode: u32) -> io::Result<OwnedFd> {
+    use rustix::shm::OFlags as S;
+    let fd = rustix::shm::open(format!("/{name}"), S::CREATE | S::EXCL | S::RDWR, Mode::from_raw_mode(mode))?;
+    // shm_open applies the umask; the caller asked for exactly `mode`.
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+    Ok(fd)
+}
+
+/// `shm_open(3)` of an existing object, read-write or read-only.
+pub(crate) fn shm_open(name: &str, write: bool) -> io::Result<OwnedFd> {
+    use rustix::shm::OFlags as S;
+    let flags = if write { S::RDWR } else { S::RDONLY };
+    Ok(rustix::shm::open(format!("/{name}"), flags, Mode::empty())?)
+}
+
+/// `shm_unlink(3)`.
+pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
+    Ok(rustix::shm::unlink(format!("/{name}"))?)
+}
+
+/// `ftruncate(2)`.
+pub(crate) fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    Ok(rustix::fs::ftruncate(fd, len)?)
+}
+
+/// `fstat(2)`: size, owner uid, owner gid and permission bits.
+pub(crate) fn file_info(fd: BorrowedFd<'_>) -> io::Result<(u64, u32, u32, u32)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_size as u64, st.st_uid, st.st_gid, st.st_mode & 0o7777))
+}
+
+/// `kill(pid, 0)`: whether a process with this id exists.
+pub fn process_alive(pid: u32) -> bool {
+    match rustix::process::Pid::from_raw(pid as i32) {
+        Some(p) => !matches!(rustix::process::test_kill_process(p), Err(Errno::SRCH)),
+        None => false,
+    }
+}
+
+/// The caller's supplementary groups (`getgroups(2)`).
+pub(crate) fn groups() -> Vec<u32> {
+    rustix::process::getgroups().map(|g| g.into_iter().map(|g| g.as_raw()).collect()).unwrap_or_default()
+}
+
+/// `futex(FUTEX_WAIT)` on a word in shared memory (not process-private):
+/// sleeps while `*word == expected`, at most `timeout`. Returns on a wake,
+/// a changed value, a signal or the timeout alike: callers re-check.
+pub(crate) fn futex_wait(
+    word: &std::sync::atomic::AtomicU32,
+    expected: u32,
+    timeout: Option<std::time::Duration>,
+) {
+    use rustix::thread::futex;
+    let ts = timeout.map(|t| Timespec { tv_sec: t.as_secs() as i64, tv_nsec: i64::from(t.subsec_nanos()) });
+    let _ = futex::wait(word, futex::Flags::empty(), expected, ts.as_ref());
+}
+
+/// `futex(FUTEX_WAKE)` on a word in shared memory: wakes up to `n` waiters.
+pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32, n: u32) {
+    let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), n);
 }

@@ -123,6 +123,8 @@ pub enum HandleKind {
     Connection = 4,
     /// A listening UNIX socket ([`crate::unix::Listener`]).
     Listener = 5,
+    /// A shared-memory segment ([`crate::shm::Segment`]).
+    Segment = 6,
 }
 
 impl HandleKind {
@@ -133,6 +135,7 @@ impl HandleKind {
             3 => HandleKind::Receiver,
             4 => HandleKind::Connection,
             5 => HandleKind::Listener,
+            6 => HandleKind::Segment,
             _ => return None,
         })
     }

@@ -1,0 +1,350 @@
+//! Named shared-memory segments.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Offset;
+use crate::error::{Error, Result};
+use crate::message::{Handle, Transferable};
+use crate::perm::{self, Access, Caller, Owner};
+use crate::sys::{self, Mapping};
+use crate::wire::{HandleKind, HandleMeta};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"IPCKSHM1");
+const VERSION: u32 = 1;
+/// Bytes of ipckit's header at the start of every segment; the user area follows.
+pub const HEADER_LEN: usize = 64;
+/// The largest segment ipckit creates (1 TiB).
+pub const MAX_SEGMENT: usize = 1 << 40;
+/// The prefix of every ipckit object in `/dev/shm`.
+pub const PREFIX: &str = "ipckit.";
+
+// Header fields (offsets).
+const H_MAGIC: usize = 0;
+const H_VERSION: usize = 8;
+const H_KIND: usize = 12;
+const H_SIZE: usize = 16;
+const H_UID: usize = 24;
+const H_GID: usize = 28;
+const H_MODE: usize = 32;
+const H_CREATOR: usize = 36;
+const H_READY: usize = 40;
+
+/// What a segment holds, recorded in its header so that one kind of object
+/// is never opened as another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SegmentKind {
+    /// Plain bytes for the user.
+    Raw = 0,
+    /// The two-slot RPC of [`crate::shm::rpc`].
+    TwoSlotRpc = 1,
+}
+
+/// A named shared-memory segment (POSIX `shm_open(3)` + `mmap(2)`).
+///
+/// Each process maps a segment at its own address, so nothing in it may be a
+/// pointer: data refers to data by [`Offset`], checked against the bounds on
+/// every use. Nothing read from a segment is trusted: another process (or a
+/// corrupted file) can write anything, and a bad header or offset is an
+/// error, never an access outside the mapping.
+///
+/// Segments persist until [`Segment::remove`]d, like System V shared memory.
+///
+/// # Examples
+///
+/// ```
+/// use ipckit::shm::{Offset, Segment};
+/// let name = format!("doc-{}", std::process::id());
+/// let seg = Segment::create(&name, 4096, 0o600)?;
+/// seg.write(Offset::new(100), b"hello")?;
+/// let other = Segment::open(&name)?; // another process would do this
+/// let mut buf = [0u8; 5];
+/// other.read(Offset::new(100), &mut buf)?;
+/// assert_eq!(&buf, b"hello");
+/// Segment::remove(&name)?;
+/// # Ok::<(), ipckit::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Segment {
+    name: String,
+    fd: Arc<OwnedFd>,
+    map: Arc<Mapping>,
+}
+
+impl Segment {
+    /// Creates segment `name` with `size` usable bytes (zeroed), owned by the
+    /// caller, with permission bits `mode` (e.g. `0o600`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`], [`Error::AlreadyExists`], [`Error::PermissionDenied`], [`Error::Io`].
+    pub fn create(name: &str, size: usize, mode: u32) -> Result<Segment> {
+        Segment::create_kind(name, size, mode, SegmentKind::Raw)
+    }
+
+    /// Opens an existing segment for reading and writing.
+    ///
+    /// Both the kernel's file permissions and ipckit's own owner/group/mode
+    /// check (on the header) must allow read and write.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::PermissionDenied`], [`Error::Corrupted`]
+    /// when the header is not a valid ipckit header, [`Error::InvalidName`].
+    pub fn open(name: &str) -> Result<Segment> {
+        Segment::open_kind(name, SegmentKind::Raw)
+    }
+
+    /// Opens segment `name`, creating it (as [`Segment::create`]) if it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// As [`Segment::create`] and [`Segment::open`].
+    pub fn open_or_create(name: &str, size: usize, mode: u32) -> Result<Segment> {
+        match Segment::create(name, size, mode) {
+            Err(Error::AlreadyExists(_)) => Segment::open(name),
+            other => other,
+        }
+    }
+
+    /// Removes segment `name` (`shm_unlink(3)`): the name is free at once;
+    /// processes that have it mapped keep their mapping. Only the owner (or
+    /// root) may remove it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::PermissionDenied`], [`Error::InvalidName`].
+    pub fn remove(name: &str) -> Result<()> {
+        check_name(name)?;
+        let full = format!("{PREFIX}{name}");
+        let fd = sys::shm_open(&full, false).map_err(|e| Error::io(name, e))?;
+        let (_, uid, _, _) = sys::file_info(fd.as_fd())?;
+        let me = sys::euid();
+        if me != 0 && me != uid {
+            return Err(Error::PermissionDenied(name.to_owned()));
+        }
+        sys::shm_unlink(&full).map_err(|e| Error::io(name, e))
+    }
+
+    pub(crate) fn create_kind(name: &str, size: usize, mode: u32, kind: SegmentKind) -> Result<Segment> {
+        check_name(name)?;
+        if size == 0 || size > MAX_SEGMENT {
+            return Err(Error::InvalidName { name: name.to_owned(), why: "size must be 1 byte to 1 TiB" });
+        }
+        let full = format!("{PREFIX}{name}");
+        let fd = sys::shm_create(&full, mode & 0o777).map_err(|e| Error::io(name, e))?;
+        let total = HEADER_LEN + size;
+        let made = (|| -> Result<Segment> {
+            sys::set_len(fd.as_fd(), total as u64)?;
+            let map = Mapping::map(&fd, total)?;
+            let seg = Segment { name: name.to_owned(), fd: Arc::new(fd), map: Arc::new(map) };
+            let h = &seg.map;
+            let w32 = |off, v| h.u32_at(off).expect("header in bounds").store(v, Ordering::Relaxed);
+            h.u64_at(H_MAGIC).expect("header").store(MAGIC, Ordering::Relaxed);
+            w32(H_VERSION, VERSION);
+            w32(H_KIND, kind as u32);
+            h.u64_at(H_SIZE).expect("header").store(total as u64, Ordering::Relaxed);
+            w32(H_UID, sys::euid());
+            w32(H_GID, sys::egid());
+            w32(H_MODE, mode & 0o777);
+            w32(H_CREATOR, sys::pid());
+            // Publish: everything above happens-before a reader that sees READY.
+            h.u32_at(H_READY).expect("header").store(1, Ordering::Release);
+            Ok(seg)
+        })();
+        if made.is_err() {
+            let _ = sys::shm_unlink(&full);
+        }
+        made
+    }
+
+    pub(crate) fn open_kind(name: &str, kind: SegmentKind) -> Result<Segment> {
+        check_name(name)?;
+        let full = format!("{PREFIX}{name}");
+        let fd = sys::shm_open(&full, true).map_err(|e| Error::io(name, e))?;
+        let seg = Segment::from_fd(name.to_owned(), fd)?;
+        seg.expect_kind(kind)?;
+        if !perm::allowed(&seg.owner(), &Caller::current(), Access::ReadWrite) {
+            return Err(Error::PermissionDenied(name.to_owned()));
+        }
+        Ok(seg)
+    }
+
+    /// Maps `fd` and checks its header as input from a stranger.
+    fn from_fd(name: String, fd: OwnedFd) -> Result<Segment> {
+        let corrupt = |why: &str| Error::Corrupted(format!("segment {name:?}: {why}"));
+        let (len, _, _, _) = sys::file_info(fd.as_fd())?;
+        if len < HEADER_LEN as u64 || len > (HEADER_LEN + MAX_SEGMENT) as u64 {
+            return Err(corrupt("too small or too large to be an ipckit segment"));
+        }
+        let map = Mapping::map(&fd, len as usize)?;
+        let seg = Segment { name: name.clone(), fd: Arc::new(fd), map: Arc::new(map) };
+        // The creator may still be writing the header: give it a moment.
+        let until = Instant::now() + Duration::from_secs(1);
+        while seg.header32(H_READY).load(Ordering::Acquire) != 1 {
+            if Instant::now() > until {
+                return Err(corrupt("header never became ready (creator died while creating it?)"));
+            }
+            std::thread::yield_now();
+        }
+        if seg.map.u64_at(H_MAGIC).expect("header").load(Ordering::Relaxed) != MAGIC {
+            return Err(corrupt("bad magic"));
+        }
+        let v = seg.header32(H_VERSION).load(Ordering::Relaxed);
+        if v != VERSION {
+            return Err(corrupt(&format!("layout version {v}, this build reads {VERSION}")));
+        }
+        if seg.map.u64_at(H_SIZE).expect("header").load(Ordering::Relaxed) != len {
+            return Err(corrupt("recorded size does not match the object's size"));
+        }
+        Ok(seg)
+    }
+
+    fn expect_kind(&self, kind: SegmentKind) -> Result<()> {
+        let k = self.header32(H_KIND).load(Ordering::Relaxed);
+        if k != kind as u32 {
+            return Err(Error::Corrupted(format!(
+                "segment {:?} holds kind {k}, expected {:?} ({})",
+                self.name, kind, kind as u32
+            )));
+        }
+        Ok(())
+    }
+
+    fn header32(&self, off: usize) -> &AtomicU32 {
+        self.map.u32_at(off).expect("the header is inside every mapping")
+    }
+
+    /// The segment's name (without ipckit's prefix).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Usable bytes (after ipckit's header).
+    pub fn len(&self) -> usize {
+        self.map.len() - HEADER_LEN
+    }
+
+    /// Whether the segment has no usable bytes (never, for one ipckit made).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Owner and mode as recorded at creation.
+    pub fn owner(&self) -> Owner {
+        Owner {
+            uid: self.header32(H_UID).load(Ordering::Relaxed),
+            gid: self.header32(H_GID).load(Ordering::Relaxed),
+            mode: self.header32(H_MODE).load(Ordering::Relaxed) & 0o777,
+        }
+    }
+
+    /// The pid of the process that created the segment.
+    pub fn creator_pid(&self) -> u32 {
+        self.header32(H_CREATOR).load(Ordering::Relaxed)
+    }
+
+    /// Whether the creating process is gone (the segment may be left over).
+    pub fn is_stale(&self) -> bool {
+        !sys::process_alive(self.creator_pid())
+    }
+
+    /// The 32-bit atomic word at `off` in the user area.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupted`] when `off` is out of bounds or not 4-byte aligned.
+    pub fn atomic_u32(&self, off: Offset<AtomicU32>) -> Result<&AtomicU32> {
+        HEADER_LEN
+            .checked_add(off.get())
+            .and_then(|o| self.map.u32_at(o))
+            .ok_or_else(|| self.bad_offset(off.get(), 4))
+    }
+
+    /// The 64-bit atomic word at `off` in the user area.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupted`] when `off` is out of bounds or not 8-byte aligned.
+    pub fn atomic_u64(&self, off: Offset<AtomicU64>) -> Result<&AtomicU64> {
+        HEADER_LEN
+            .checked_add(off.get())
+            .and_then(|o| self.map.u64_at(o))
+            .ok_or_else(|| self.bad_offset(off.get(), 8))
+    }
+
+    /// Copies `dst.len()` bytes out of the user area at `off`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupted`] when the range is out of bounds.
+    pub fn read(&self, off: Offset<[u8]>, dst: &mut [u8]) -> Result<()> {
+        match HEADER_LEN.checked_add(off.get()) {
+            Some(o) if self.map.read(o, dst) => Ok(()),
+            _ => Err(self.bad_offset(off.get(), dst.len())),
+        }
+    }
+
+    /// Copies `src` into the user area at `off`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupted`] when the range is out of bounds.
+    pub fn write(&self, off: Offset<[u8]>, src: &[u8]) -> Result<()> {
+        match HEADER_LEN.checked_add(off.get()) {
+            Some(o) if self.map.write(o, src) => Ok(()),
+            _ => Err(self.bad_offset(off.get(), src.len())),
+        }
+    }
+
+    fn bad_offset(&self, off: usize, len: usize) -> Error {
+        Error::Corrupted(format!(
+            "segment {:?}: offset {off} (+{len} bytes) is outside its {} bytes or misaligned",
+            self.name,
+            self.len()
+        ))
+    }
+
+    /// The whole mapping (header included), for ipckit's own layouts.
+    pub(crate) fn mapping(&self) -> &Arc<Mapping> {
+        &self.map
+    }
+}
+
+impl Transferable for Segment {
+    fn into_handle(self) -> Result<Handle> {
+        let mut meta = HandleMeta::new(HandleKind::Segment, 1);
+        meta.pending = self.name.as_bytes().to_vec();
+        let fd = self.fd.as_ref().try_clone()?;
+        Ok(Handle { meta, fds: vec![fd] })
+    }
+
+    fn from_handle(handle: Handle) -> Result<Self> {
+        handle.expect(HandleKind::Segment)?;
+        let Handle { meta, fds } = handle;
+        let name = String::from_utf8(meta.pending).map_err(|_| Error::BadHandle("segment name".into()))?;
+        check_name(&name)?;
+        let fd = fds.into_iter().next().expect("checked count");
+        let seg = Segment::from_fd(name, fd)?;
+        Ok(seg)
+    }
+}
+
+/// Segment names: 1-200 letters, digits, `_`, `-`, `.`; no `/`, no `..`, no NUL.
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        "empty"
+    } else if name.len() > 200 {
+        "longer than 200 bytes"
+    } else if name.contains("..") {
+        "contains '..'"
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+        "use only letters, digits, '_', '-' and '.' (no '/', no NUL)"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName { name: name.to_owned(), why })
+}

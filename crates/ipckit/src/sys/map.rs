@@ -1,0 +1,119 @@
+//! A shared memory mapping, and the only code that touches its bytes.
+//!
+//! # Safety
+//!
+//! A [`Mapping`] owns a `MAP_SHARED` region from `mmap(2)` for its whole
+//! life, so its base pointer and length stay valid until `Drop`. Other
+//! processes may write the region at any time, so nothing here hands out a
+//! plain `&T` or `&[u8]` into it: words are reached only as atomics (whose
+//! concurrent use from several processes is exactly what they are for), and
+//! bytes are copied in and out with volatile-free `copy_nonoverlapping`
+//! after a bounds check, the copy being the point at which bytes from a
+//! stranger become ours (and are then validated by the caller). Every
+//! offset is checked against the length (and alignment) before use; a
+//! check that fails is an `Err`/`None`, never an out-of-bounds access.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::AsFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use rustix::mm::{MapFlags, ProtFlags};
+
+/// A `MAP_SHARED`, read-write mapping of a whole shared-memory object.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory shared with other processes; all
+// access goes through atomics or bounds-checked copies, which are as safe
+// from several threads as from several processes.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: `&Mapping` only allows atomic access and copies.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// `mmap(2)` `len` bytes of `fd` from offset 0, shared and read-write.
+    pub(crate) fn map(fd: impl AsFd, len: usize) -> io::Result<Self> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map zero bytes"));
+        }
+        // SAFETY: a fresh mapping at an address the kernel chooses cannot
+        // alias any Rust object; the fd is valid for the call.
+        let p = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                fd,
+                0,
+            )?
+        };
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Mapping { ptr, len })
+    }
+
+    /// The mapped length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn check(&self, off: usize, len: usize, align: usize) -> Option<*mut u8> {
+        let end = off.checked_add(len)?;
+        if end > self.len || off % align != 0 {
+            return None;
+        }
+        // SAFETY: `off + len <= self.len`, so the result stays inside the mapping.
+        Some(unsafe { self.ptr.as_ptr().add(off) })
+    }
+
+    /// The 32-bit word at `off` (4-byte aligned, in bounds), as an atomic.
+    pub(crate) fn u32_at(&self, off: usize) -> Option<&AtomicU32> {
+        let p = self.check(off, 4, 4)?;
+        // SAFETY: in bounds and aligned (checked), valid for the life of
+        // `&self`; AtomicU32 has the layout of u32 and any bit pattern is valid.
+        Some(unsafe { AtomicU32::from_ptr(p.cast()) })
+    }
+
+    /// The 64-bit word at `off` (8-byte aligned, in bounds), as an atomic.
+    pub(crate) fn u64_at(&self, off: usize) -> Option<&AtomicU64> {
+        let p = self.check(off, 8, 8)?;
+        // SAFETY: as for `u32_at`, with 8-byte size and alignment.
+        Some(unsafe { AtomicU64::from_ptr(p.cast()) })
+    }
+
+    /// Copies `dst.len()` bytes out of the mapping at `off`; `false` if out of bounds.
+    pub(crate) fn read(&self, off: usize, dst: &mut [u8]) -> bool {
+        let Some(p) = self.check(off, dst.len(), 1) else { return false };
+        // SAFETY: source in bounds (checked), destination is our own buffer;
+        // the regions cannot overlap (one is shared memory, one is not).
+        unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
+        true
+    }
+
+    /// Copies `src` into the mapping at `off`; `false` if out of bounds.
+    pub(crate) fn write(&self, off: usize, src: &[u8]) -> bool {
+        let Some(p) = self.check(off, src.len(), 1) else { return false };
+        // SAFETY: destination in bounds (checked); source is our own buffer.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+        true
+    }
+
+    /// A raw pointer to `len` bytes at `off`, for zero-copy access by a
+    /// caller that owns those bytes by protocol (a loaned buffer).
+    pub(crate) fn bytes_ptr(&self, off: usize, len: usize) -> Option<NonNull<u8>> {
+        self.check(off, len, 1).and_then(NonNull::new)
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the region was mapped by `map` with this length and nothing
+        // borrowed from it outlives `&self`.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
