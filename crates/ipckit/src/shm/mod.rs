@@ -12,6 +12,7 @@
 //! Everything read from a segment is input from a stranger: lengths, offsets
 //! and state words are validated, and a bad one is [`Error::Corrupted`](crate::Error::Corrupted).
 
+pub mod rpc;
 mod segment;
 
 use std::marker::PhantomData;

@@ -102,12 +102,6 @@ impl Mapping {
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
         true
     }
-
-    /// A raw pointer to `len` bytes at `off`, for zero-copy access by a
-    /// caller that owns those bytes by protocol (a loaned buffer).
-    pub(crate) fn bytes_ptr(&self, off: usize, len: usize) -> Option<NonNull<u8>> {
-        self.check(off, len, 1).and_then(NonNull::new)
-    }
 }
 
 impl Drop for Mapping {

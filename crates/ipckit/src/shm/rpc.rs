@@ -1,0 +1,517 @@
+//! The chapter's two-slot RPC over shared memory.
+//!
+//! A segment holds exactly one request slot and one reply slot; each slot
+//! starts with a status word (`EMPTY` or `FULL`) on a cache line of its own:
+//!
+//! ```text
+//! user area offset  what
+//! 0                 server pid, client pid, slot capacity
+//! 64                request slot: state, waiters, len, seq | data (capacity bytes)
+//! 128 + cap'        reply slot:   state, waiters, len, seq | data
+//! ```
+//!
+//! The client writes its request and flips the request word to `FULL`; the
+//! server copies it out, flips it back to `EMPTY`, and answers the same way
+//! in the reply slot. One call is in flight at a time. A side that waits
+//! does so as its [`WaitMode`] says (the chapter's "message check mode"):
+//! spinning on the word, spinning then sleeping on it with a futex, or
+//! sleeping at once. Publishing makes a `futex` wake only when the other
+//! side is actually asleep, so the spinning fast path makes no system call
+//! at all.
+//!
+//! A side that dies is noticed: a waiter checks the other's pid every
+//! [`LIVENESS_CHECK`], so a call to a server killed with SIGKILL fails with
+//! `Disconnected` within that time instead of hanging. A late reply (to a
+//! call that timed out) is recognised by its sequence number and dropped.
+//! Every length and state read from the segment is validated.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::segment::{Segment, SegmentKind, HEADER_LEN};
+use crate::error::{CallError, Error, Fault, ReplyError, Result};
+use crate::sys::{self, Deadline, Mapping};
+
+/// How often a waiting side checks that the other side is still alive.
+pub const LIVENESS_CHECK: Duration = Duration::from_millis(10);
+
+const EMPTY: u32 = 0;
+const FULL: u32 = 1;
+
+// Offsets (from the start of the mapping).
+const SERVER_PID: usize = HEADER_LEN;
+const CLIENT_PID: usize = HEADER_LEN + 4;
+const CAPACITY: usize = HEADER_LEN + 8;
+const REQUEST: usize = HEADER_LEN + 64;
+const SLOT_HEADER: usize = 64;
+
+/// How a side waits for the other's message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Busy-poll the status word: the lowest latency, one CPU kept busy.
+    Spin,
+    /// Poll this many times, then sleep on the word (futex).
+    SpinThenBlock(u32),
+    /// Sleep on the word (futex) at once: no CPU used while waiting.
+    Block,
+}
+
+impl Default for WaitMode {
+    fn default() -> Self {
+        WaitMode::SpinThenBlock(2000)
+    }
+}
+
+fn align64(n: usize) -> usize {
+    n.div_ceil(64) * 64
+}
+
+/// Where the two slots of a segment are, validated once.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    cap: usize,
+    request: usize,
+    reply: usize,
+}
+
+impl Layout {
+    fn new(cap: usize) -> Self {
+        Layout { cap, request: REQUEST, reply: REQUEST + SLOT_HEADER + align64(cap) }
+    }
+
+    fn total(&self) -> usize {
+        self.reply + SLOT_HEADER + align64(self.cap) - HEADER_LEN
+    }
+
+    /// Reads the capacity a segment claims and checks it fits the segment.
+    fn read(seg: &Segment) -> Result<Layout> {
+        let cap = word(seg.mapping(), CAPACITY).load(Ordering::Relaxed) as usize;
+        let l = Layout::new(cap);
+        if cap == 0 || l.total() > seg.len() {
+            return Err(Error::Corrupted(format!(
+                "two-slot segment {:?} claims {cap}-byte slots, which do not fit its {} bytes",
+                seg.name(),
+                seg.len()
+            )));
+        }
+        Ok(l)
+    }
+}
+
+fn word(map: &Mapping, off: usize) -> &AtomicU32 {
+    map.u32_at(off).expect("offset validated by Layout")
+}
+
+/// One slot: its status word, waiter count, length, sequence number and data.
+struct Slot<'a> {
+    map: &'a Mapping,
+    at: usize,
+    cap: usize,
+}
+
+impl Slot<'_> {
+    fn state(&self) -> &AtomicU32 {
+        word(self.map, self.at)
+    }
+    fn waiters(&self) -> &AtomicU32 {
+        word(self.map, self.at + 4)
+    }
+    fn len(&self) -> &AtomicU32 {
+        word(self.map, self.at + 8)
+    }
+    fn seq(&self) -> &AtomicU32 {
+        word(self.map, self.at + 12)
+    }
+
+    /// Copies a message in and publishes it (the caller owns the slot).
+    fn put(&self, data: &[u8], seq: u32) {
+        let ok = self.map.write(self.at + SLOT_HEADER, data);
+        debug_assert!(ok, "length checked against capacity");
+        self.len().store(data.len() as u32, Ordering::Relaxed);
+        self.seq().store(seq, Ordering::Relaxed);
+        publish(self.state(), self.waiters(), FULL);
+    }
+
+    /// Copies a published message out (validating its length), returning its sequence number.
+    fn take(&self, out: &mut Vec<u8>) -> Result<u32, Fault> {
+        let len = self.len().load(Ordering::Relaxed) as usize;
+        let seq = self.seq().load(Ordering::Relaxed);
+        if len > self.cap {
+            // A peer wrote nonsense: drop the message, keep the slot usable.
+            publish(self.state(), self.waiters(), EMPTY);
+            return Err(Fault::Frame(crate::FrameError::TooLarge { len, max: self.cap }));
+        }
+        out.clear();
+        out.resize(len, 0);
+        let ok = self.map.read(self.at + SLOT_HEADER, out);
+        debug_assert!(ok, "length checked against capacity");
+        publish(self.state(), self.waiters(), EMPTY);
+        Ok(seq)
+    }
+}
+
+/// Stores `value` into the status word and wakes sleepers, if any: with no
+/// sleeper this is one store and one load, no system call.
+fn publish(state: &AtomicU32, waiters: &AtomicU32, value: u32) {
+    state.store(value, Ordering::SeqCst);
+    if waiters.load(Ordering::SeqCst) > 0 {
+        sys::futex_wake(state, u32::MAX);
+    }
+}
+
+/// Waits until `state` holds `want`, as `mode` says, until `deadline`,
+/// failing with `Disconnected` once `peer_alive` says the other side is gone.
+fn wait_for(
+    state: &AtomicU32,
+    waiters: &AtomicU32,
+    want: u32,
+    mode: WaitMode,
+    deadline: Deadline,
+    mut peer_alive: impl FnMut() -> bool,
+) -> Result<(), Fault> {
+    let spins = match mode {
+        WaitMode::Spin => u32::MAX,
+        WaitMode::SpinThenBlock(n) => n,
+        WaitMode::Block => 0,
+    };
+    let mut next_check = Instant::now() + LIVENESS_CHECK;
+    let mut spun = 0u32;
+    loop {
+        let seen = state.load(Ordering::Acquire);
+        if seen == want {
+            return Ok(());
+        }
+        if seen != EMPTY && seen != FULL {
+            return Err(Fault::Frame(crate::FrameError::BadHandles(
+                "slot state word is neither EMPTY nor FULL",
+            )));
+        }
+        if spun < spins {
+            spun += 1;
+            std::hint::spin_loop();
+            if spun % 256 != 0 {
+                continue;
+            }
+        } else {
+            // Sleep on the word; re-check after announcing ourselves so a
+            // publish between the check and the sleep cannot be missed.
+            waiters.fetch_add(1, Ordering::SeqCst);
+            if state.load(Ordering::SeqCst) == seen {
+                let mut nap = LIVENESS_CHECK;
+                if let Deadline::At(at) = deadline {
+                    nap = nap.min(at.saturating_duration_since(Instant::now()));
+                }
+                if deadline != Deadline::Now && !nap.is_zero() {
+                    sys::futex_wait(state, seen, Some(nap));
+                }
+            }
+            waiters.fetch_sub(1, Ordering::SeqCst);
+            if state.load(Ordering::Acquire) == want {
+                return Ok(());
+            }
+        }
+        let now = Instant::now();
+        if deadline.expired() {
+            return Err(Fault::Timeout);
+        }
+        if now >= next_check {
+            if !peer_alive() {
+                return Err(Fault::Disconnected);
+            }
+            next_check = now + LIVENESS_CHECK;
+        }
+    }
+}
+
+fn alive(map: &Mapping, off: usize) -> bool {
+    let pid = word(map, off).load(Ordering::Acquire);
+    pid != 0 && sys::process_alive(pid)
+}
+
+/// The serving side of a two-slot RPC segment (it creates the segment).
+///
+/// # Examples
+///
+/// ```
+/// use ipckit::shm::rpc::{RpcClient, RpcServer};
+/// let name = format!("doc-rpc-{}", std::process::id());
+/// let mut server = RpcServer::create(&name, 256, 0o600)?;
+/// let t = std::thread::spawn(move || {
+///     let req = server.recv().unwrap();
+///     server.reply(&[req[0] + 1]).unwrap();
+/// });
+/// let mut client = RpcClient::open(&name)?;
+/// assert_eq!(client.call(&[41])?, vec![42]);
+/// t.join().unwrap();
+/// ipckit::shm::Segment::remove(&name)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct RpcServer {
+    seg: Segment,
+    layout: Layout,
+    mode: WaitMode,
+    /// Sequence number of the request being answered.
+    current: Option<u32>,
+}
+
+impl RpcServer {
+    /// Creates segment `name` with slots of `max_message` bytes and permission bits `mode`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Segment::create`].
+    pub fn create(name: &str, max_message: usize, mode: u32) -> Result<RpcServer> {
+        let max_message = max_message.max(1);
+        if max_message > u32::MAX as usize / 2 {
+            return Err(Error::InvalidName { name: name.to_owned(), why: "slots are limited to 2 GiB" });
+        }
+        let layout = Layout::new(max_message);
+        let seg = Segment::create_kind(name, layout.total(), mode, SegmentKind::TwoSlotRpc)?;
+        word(seg.mapping(), CAPACITY).store(max_message as u32, Ordering::Relaxed);
+        word(seg.mapping(), SERVER_PID).store(sys::pid(), Ordering::Release);
+        Ok(RpcServer { seg, layout, mode: WaitMode::default(), current: None })
+    }
+
+    /// Sets how the server waits for requests (default: spin then block).
+    pub fn with_wait(mut self, mode: WaitMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The segment underneath.
+    pub fn segment(&self) -> &Segment {
+        &self.seg
+    }
+
+    fn slot(&self, at: usize) -> Slot<'_> {
+        Slot { map: self.seg.mapping(), at, cap: self.layout.cap }
+    }
+
+    recv_forms!(Vec<u8>);
+
+    /// Receives the next request into `buf` (no allocation once `buf` is big enough).
+    ///
+    /// # Errors
+    ///
+    /// As [`RpcServer::recv_timeout`]; `timeout: None` waits forever.
+    pub fn recv_into(
+        &mut self,
+        buf: &mut Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<(), crate::RecvTimeoutError> {
+        let deadline = timeout.map_or(Deadline::Never, Deadline::after);
+        self.recv_inner_into(buf, deadline).map_err(crate::RecvTimeoutError::from_fault)
+    }
+
+    fn recv_inner(&mut self, deadline: Deadline) -> Result<Vec<u8>, Fault> {
+        let mut buf = Vec::new();
+        self.recv_inner_into(&mut buf, deadline)?;
+        Ok(buf)
+    }
+
+    fn recv_inner_into(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> Result<(), Fault> {
+        let map = self.seg.mapping().clone();
+        let req = self.slot(self.layout.request);
+        // A client that is gone ends its session; a new one may attach.
+        let client_gone = || {
+            let pid = word(&map, CLIENT_PID).load(Ordering::Acquire);
+            pid == 0 || sys::process_alive(pid)
+        };
+        match wait_for(req.state(), req.waiters(), FULL, self.mode, deadline, client_gone) {
+            Ok(()) => {}
+            Err(Fault::Disconnected) => {
+                let pid = word(&map, CLIENT_PID).load(Ordering::Acquire);
+                let _ = word(&map, CLIENT_PID).compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+                return Err(Fault::Disconnected);
+            }
+            Err(e) => return Err(e),
+        }
+        let seq = req.take(buf)?;
+        self.current = Some(seq);
+        Ok(())
+    }
+
+    /// Answers the request last received. Never blocks for long: the reply
+    /// slot is free unless the client abandoned an earlier reply, which is
+    /// then overwritten.
+    ///
+    /// # Errors
+    ///
+    /// [`ReplyError::TooLarge`] over the slot size; [`ReplyError::Disconnected`]
+    /// when there is no request to answer.
+    pub fn reply(&mut self, data: &[u8]) -> Result<(), ReplyError> {
+        let Some(seq) = self.current.take() else {
+            return Err(ReplyError::Disconnected);
+        };
+        if data.len() > self.layout.cap {
+            self.current = Some(seq);
+            return Err(ReplyError::TooLarge { len: data.len(), max: self.layout.cap });
+        }
+        let rep = self.slot(self.layout.reply);
+        // The client empties the slot when it reads; an unread (late) reply
+        // it is about to discard gets a moment, then is overwritten.
+        let _ = wait_for(
+            rep.state(),
+            rep.waiters(),
+            EMPTY,
+            WaitMode::Spin,
+            Deadline::after(LIVENESS_CHECK),
+            || true,
+        );
+        rep.put(data, seq);
+        Ok(())
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        let _ = word(self.seg.mapping(), SERVER_PID).compare_exchange(
+            sys::pid(),
+            0,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The calling side of a two-slot RPC segment. One client at a time.
+#[derive(Debug)]
+pub struct RpcClient {
+    seg: Segment,
+    layout: Layout,
+    mode: WaitMode,
+    seq: u32,
+    timeout: Duration,
+}
+
+impl RpcClient {
+    /// Opens the segment a server created and attaches as its client.
+    ///
+    /// # Errors
+    ///
+    /// As [`Segment::open`]; [`Error::NotListening`] when the server is gone;
+    /// [`Error::AlreadyExists`] when another live process is the client.
+    pub fn open(name: &str) -> Result<RpcClient> {
+        let seg = Segment::open_kind(name, SegmentKind::TwoSlotRpc)?;
+        let layout = Layout::read(&seg)?;
+        let map = seg.mapping();
+        if !alive(map, SERVER_PID) {
+            return Err(Error::NotListening(name.to_owned()));
+        }
+        let me = sys::pid();
+        let cell = word(map, CLIENT_PID);
+        loop {
+            let cur = cell.load(Ordering::Acquire);
+            if cur != 0 && sys::process_alive(cur) {
+                return Err(Error::AlreadyExists(format!("{name}: client pid {cur}")));
+            }
+            if cell.compare_exchange(cur, me, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                break;
+            }
+        }
+        // Start clean: nothing of an earlier client's is ours to read.
+        let rep = Slot { map, at: layout.reply, cap: layout.cap };
+        publish(rep.state(), rep.waiters(), EMPTY);
+        Ok(RpcClient { seg, layout, mode: WaitMode::default(), seq: 0, timeout: crate::rpc::DEFAULT_TIMEOUT })
+    }
+
+    /// Sets how the client waits for replies (default: spin then block).
+    pub fn with_wait(mut self, mode: WaitMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets the timeout of [`RpcClient::call`] (default 5 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The largest request or reply, in bytes.
+    pub fn max_message_size(&self) -> usize {
+        self.layout.cap
+    }
+
+    /// Sends `request` and waits for the reply, at most the client's timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::Timeout`], [`CallError::Disconnected`] (the server died or
+    /// left), [`CallError::TooLarge`], [`CallError::Frame`] when the server
+    /// wrote a reply that is not valid.
+    pub fn call(&mut self, request: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.call_timeout(request, self.timeout)
+    }
+
+    /// As [`RpcClient::call`], waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`RpcClient::call`].
+    pub fn call_timeout(&mut self, request: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
+        let mut out = Vec::new();
+        self.call_inner(request, &mut out, Deadline::after(timeout)).map_err(CallError::from_fault)?;
+        Ok(out)
+    }
+
+    /// As [`RpcClient::call`], waiting until `deadline` at the latest.
+    ///
+    /// # Errors
+    ///
+    /// As [`RpcClient::call`].
+    pub fn call_deadline(&mut self, request: &[u8], deadline: Instant) -> Result<Vec<u8>, CallError> {
+        let mut out = Vec::new();
+        self.call_inner(request, &mut out, Deadline::At(deadline)).map_err(CallError::from_fault)?;
+        Ok(out)
+    }
+
+    /// As [`RpcClient::call_timeout`], writing the reply into `out` (no
+    /// allocation once `out` is big enough).
+    ///
+    /// # Errors
+    ///
+    /// As [`RpcClient::call`].
+    pub fn call_into(
+        &mut self,
+        request: &[u8],
+        out: &mut Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
+        self.call_inner(request, out, Deadline::after(timeout)).map_err(CallError::from_fault)
+    }
+
+    fn call_inner(&mut self, request: &[u8], out: &mut Vec<u8>, deadline: Deadline) -> Result<(), Fault> {
+        if request.len() > self.layout.cap {
+            return Err(Fault::TooLarge { len: request.len(), max: self.layout.cap });
+        }
+        let map = self.seg.mapping().clone();
+        let server = || alive(&map, SERVER_PID);
+        let req = Slot { map: &map, at: self.layout.request, cap: self.layout.cap };
+        let rep = Slot { map: &map, at: self.layout.reply, cap: self.layout.cap };
+        // The request slot is free unless an earlier call timed out before
+        // the server took its request: then wait for the server to take it.
+        wait_for(req.state(), req.waiters(), EMPTY, self.mode, deadline, server)?;
+        self.seq = self.seq.wrapping_add(1);
+        req.put(request, self.seq);
+        loop {
+            wait_for(rep.state(), rep.waiters(), FULL, self.mode, deadline, server)?;
+            if rep.take(out)? == self.seq {
+                return Ok(());
+            }
+            // A reply to a call that already gave up: drop it, keep waiting.
+            tracing::debug!("dropping a late reply");
+        }
+    }
+}
+
+impl Drop for RpcClient {
+    fn drop(&mut self) {
+        let _ = word(self.seg.mapping(), CLIENT_PID).compare_exchange(
+            sys::pid(),
+            0,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+}
