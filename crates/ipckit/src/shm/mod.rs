@@ -42,7 +42,7 @@ impl<T: ?Sized> Offset<T> {
 
     /// This offset plus `n` bytes, as an offset to something else
     /// (`None` on overflow).
-    pub fn add<U: ?Sized>(self, n: usize) -> Option<Offset<U>> {
+    pub fn offset_by<U: ?Sized>(self, n: usize) -> Option<Offset<U>> {
         self.raw.checked_add(n).map(Offset::new)
     }
 }
