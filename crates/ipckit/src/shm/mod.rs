@@ -8,15 +8,19 @@
 //!   segment's bounds on every use.
 //! - [`rpc`]: the chapter's two-slot RPC: one request slot, one reply slot,
 //!   a status word in each header.
+//! - [`LoanPool`]: zero-copy loans: fill a buffer in shared memory, send a
+//!   12-byte [`Token`] over any channel, read the buffer in place.
 //!
 //! Everything read from a segment is input from a stranger: lengths, offsets
 //! and state words are validated, and a bad one is [`Error::Corrupted`](crate::Error::Corrupted).
 
+mod pool;
 pub mod rpc;
 mod segment;
 
 use std::marker::PhantomData;
 
+pub use pool::{Loan, LoanMut, LoanPool, Token};
 pub use segment::{Segment, SegmentKind, HEADER_LEN, MAX_SEGMENT, PREFIX};
 
 /// A byte offset into a segment's user area, typed by what lives there.

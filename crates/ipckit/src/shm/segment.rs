@@ -41,6 +41,8 @@ pub enum SegmentKind {
     Raw = 0,
     /// The two-slot RPC of [`crate::shm::rpc`].
     TwoSlotRpc = 1,
+    /// A pool of loanable buffers ([`crate::shm::LoanPool`]).
+    LoanPool = 3,
 }
 
 /// A named shared-memory segment (POSIX `shm_open(3)` + `mmap(2)`).

@@ -111,3 +111,34 @@ impl Drop for Mapping {
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
+
+impl Mapping {
+    /// `len` bytes at `off` as a shared slice, for zero-copy reading.
+    ///
+    /// # Safety
+    ///
+    /// The caller must own those bytes by protocol for the life of the
+    /// slice: no process that follows ipckit's protocol writes them meanwhile
+    /// (a loaned buffer in the `Reading` state). A hostile process could
+    /// still write them; the bytes are then garbage, which callers treat as
+    /// input from a stranger, but never out of bounds.
+    pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> Option<&[u8]> {
+        let p = self.check(off, len, 1)?;
+        // SAFETY: in bounds (checked) and valid while `&self` lives; exclusive
+        // use by protocol is the caller's promise.
+        Some(unsafe { std::slice::from_raw_parts(p, len) })
+    }
+
+    /// `len` bytes at `off` as a mutable slice, for zero-copy writing.
+    ///
+    /// # Safety
+    ///
+    /// As [`Mapping::slice`], and no other slice of these bytes may exist in
+    /// this process (a loaned buffer in the `Writing` state is handed out once).
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice_mut(&self, off: usize, len: usize) -> Option<&mut [u8]> {
+        let p = self.check(off, len, 1)?;
+        // SAFETY: in bounds (checked); uniqueness is the caller's promise.
+        Some(unsafe { std::slice::from_raw_parts_mut(p, len) })
+    }
+}

@@ -1,0 +1,442 @@
+//! Zero-copy loans: a pool of buffers inside a segment.
+//!
+//! A sender borrows a writable buffer in shared memory ([`LoanPool::loan`]),
+//! fills it in place, and turns it into a small [`Token`] that travels over
+//! any ipckit channel (a shared-memory ring, a pipe, a socket). The receiver
+//! redeems the token for a read-only view of the same bytes ([`Loan`]): no
+//! copy in, no copy out. The buffer returns to the pool when the receiver
+//! drops its view.
+//!
+//! Each buffer has a descriptor word holding its state and its holder's pid:
+//!
+//! ```text
+//! Free --loan--> Writing(sender) --send--> InFlight(sender) --redeem--> Reading(receiver) --drop--> Free
+//!                    |--drop unsent--> Free      |--cancel--> Free
+//! ```
+//!
+//! Crashes: a buffer held `Writing` or `Reading` by a process that died is
+//! taken back by the next [`LoanPool::loan`] (or [`LoanPool::reclaim_stale`]),
+//! so a sender whose receiver died gets its buffers back. A token in flight is
+//! never reclaimed behind its receiver's back (that would lose a sent
+//! message): a sender that learns its receiver is gone calls
+//! [`LoanPool::cancel`]. Tokens carry a generation number, so a stale or
+//! forged token is refused, never redeemed against someone else's data.
+//!
+//! # Safety
+//!
+//! The views into shared memory are built by `Mapping::slice` /
+//! `slice_mut`, whose contract this module keeps: a view exists only while
+//! its descriptor word says this process holds the buffer (`Writing` for the
+//! one mutable view, `Reading` for a shared one), and the state changes only
+//! by compare-and-swap, so two processes following the protocol never hold
+//! the same buffer. A hostile process can still scribble on a buffer; the
+//! bytes are then garbage, never an out-of-bounds access.
+#![allow(unsafe_code)]
+
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::segment::{Segment, SegmentKind, HEADER_LEN};
+use crate::error::{Error, Result};
+use crate::sys::{self, Deadline};
+
+const FREE: u32 = 0;
+const WRITING: u32 = 1;
+const IN_FLIGHT: u32 = 2;
+const READING: u32 = 3;
+
+// User-area layout: count, buffer size, frees counter, waiters; then the
+// descriptor table (16 bytes each: state|owner u64, generation, length);
+// then the buffers, each 64-byte aligned.
+const COUNT: usize = HEADER_LEN;
+const SIZE: usize = HEADER_LEN + 4;
+const FREES: usize = HEADER_LEN + 8;
+const WAITERS: usize = HEADER_LEN + 12;
+const TABLE: usize = HEADER_LEN + 64;
+const ENTRY: usize = 16;
+
+fn pack(state: u32, owner: u32) -> u64 {
+    (u64::from(owner) << 32) | u64::from(state)
+}
+
+fn unpack(w: u64) -> (u32, u32) {
+    (w as u32, (w >> 32) as u32)
+}
+
+/// A handle on a loaned buffer that travels between processes (12 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Token {
+    index: u32,
+    generation: u32,
+    len: u32,
+}
+
+impl Token {
+    /// The token as 12 bytes, to send as a message.
+    pub fn to_bytes(self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[0..4].copy_from_slice(&self.index.to_le_bytes());
+        b[4..8].copy_from_slice(&self.generation.to_le_bytes());
+        b[8..12].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+
+    /// Reads a token from a message (validated again when redeemed).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupted`] when `b` is not 12 bytes.
+    pub fn from_bytes(b: &[u8]) -> Result<Token> {
+        let b: &[u8; 12] = b.try_into().map_err(|_| Error::Corrupted("a loan token is 12 bytes".into()))?;
+        let u = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        Ok(Token { index: u(0), generation: u(4), len: u(8) })
+    }
+
+    /// Bytes of payload the token covers.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A pool of equal-sized buffers in a named segment, for zero-copy transfer.
+///
+/// # Examples
+///
+/// ```
+/// use ipckit::shm::LoanPool;
+/// let name = format!("doc-pool-{}", std::process::id());
+/// let pool = LoanPool::create(&name, 4, 1 << 20, 0o600)?;
+/// let mut buf = pool.loan()?;             // a 1 MiB buffer in shared memory
+/// buf[..5].copy_from_slice(b"frame");
+/// let token = buf.send(5);                  // send token.to_bytes() over any channel
+/// // ... in the receiving process: LoanPool::open(&name)?.redeem(token)
+/// let view = pool.redeem(token)?;
+/// assert_eq!(&view[..], b"frame");
+/// drop(view);                               // the buffer is free again
+/// ipckit::shm::Segment::remove(&name)?;
+/// # Ok::<(), ipckit::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct LoanPool {
+    seg: Segment,
+    count: usize,
+    size: usize,
+    data: usize,
+    stride: usize,
+}
+
+impl LoanPool {
+    /// Creates pool `name` of `buffers` buffers of `buffer_size` bytes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Segment::create`]; [`Error::InvalidName`] for a zero or
+    /// oversized geometry.
+    pub fn create(name: &str, buffers: usize, buffer_size: usize, mode: u32) -> Result<LoanPool> {
+        if buffers == 0 || buffers > 1 << 20 || buffer_size == 0 || buffer_size > u32::MAX as usize {
+            return Err(Error::InvalidName {
+                name: name.to_owned(),
+                why: "1..2^20 buffers of 1 byte..4 GiB",
+            });
+        }
+        let (data, stride) = geometry(buffers, buffer_size);
+        let total = data + buffers * stride - HEADER_LEN;
+        let seg = Segment::create_kind(name, total, mode, SegmentKind::LoanPool)?;
+        let m = seg.mapping();
+        m.u32_at(SIZE).expect("header").store(buffer_size as u32, Ordering::Relaxed);
+        m.u32_at(COUNT).expect("header").store(buffers as u32, Ordering::Release);
+        Ok(LoanPool { seg, count: buffers, size: buffer_size, data, stride })
+    }
+
+    /// Opens an existing pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`Segment::open`]; [`Error::Corrupted`] when the recorded geometry
+    /// does not fit the segment.
+    pub fn open(name: &str) -> Result<LoanPool> {
+        let seg = Segment::open_kind(name, SegmentKind::LoanPool)?;
+        let m = seg.mapping();
+        let count = m.u32_at(COUNT).expect("header").load(Ordering::Acquire) as usize;
+        let size = m.u32_at(SIZE).expect("header").load(Ordering::Relaxed) as usize;
+        let (data, stride) = geometry(count.max(1), size.max(1));
+        if count == 0 || size == 0 || data + count * stride > m.len() {
+            return Err(Error::Corrupted(format!("loan pool {name:?}: geometry does not fit its segment")));
+        }
+        Ok(LoanPool { seg, count, size, data, stride })
+    }
+
+    /// Bytes per buffer.
+    pub fn buffer_size(&self) -> usize {
+        self.size
+    }
+
+    /// Number of buffers.
+    pub fn buffers(&self) -> usize {
+        self.count
+    }
+
+    fn word(&self, i: usize) -> &AtomicU64 {
+        self.seg.mapping().u64_at(TABLE + i * ENTRY).expect("index below count, table inside")
+    }
+
+    fn generation(&self, i: usize) -> &AtomicU32 {
+        self.seg.mapping().u32_at(TABLE + i * ENTRY + 8).expect("table inside")
+    }
+
+    fn length(&self, i: usize) -> &AtomicU32 {
+        self.seg.mapping().u32_at(TABLE + i * ENTRY + 12).expect("table inside")
+    }
+
+    fn frees(&self) -> &AtomicU32 {
+        self.seg.mapping().u32_at(FREES).expect("header")
+    }
+
+    fn waiters(&self) -> &AtomicU32 {
+        self.seg.mapping().u32_at(WAITERS).expect("header")
+    }
+
+    /// Borrows a free buffer, waiting as long as it takes for one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupted`] when the pool's table holds nonsense.
+    pub fn loan(&self) -> Result<LoanMut<'_>> {
+        self.loan_inner(Deadline::Never)
+    }
+
+    /// Borrows a free buffer if one is free now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when every buffer is taken.
+    pub fn try_loan(&self) -> Result<LoanMut<'_>> {
+        self.loan_inner(Deadline::Now)
+    }
+
+    /// Borrows a free buffer, waiting at most `timeout` for one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when none came free in time.
+    pub fn loan_timeout(&self, timeout: Duration) -> Result<LoanMut<'_>> {
+        self.loan_inner(Deadline::after(timeout))
+    }
+
+    /// Borrows a free buffer, waiting until `deadline` at the latest.
+    ///
+    /// # Errors
+    ///
+    /// As [`LoanPool::loan_timeout`].
+    pub fn loan_deadline(&self, deadline: Instant) -> Result<LoanMut<'_>> {
+        self.loan_inner(Deadline::At(deadline))
+    }
+
+    fn loan_inner(&self, deadline: Deadline) -> Result<LoanMut<'_>> {
+        let me = sys::pid();
+        loop {
+            let seen = self.frees().load(Ordering::SeqCst);
+            if let Some(i) = self.claim(me) {
+                let generation = self.generation(i).fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+                return Ok(LoanMut { pool: self, index: i, generation, sent: false });
+            }
+            if self.reclaim_stale() > 0 {
+                continue;
+            }
+            if deadline.expired() {
+                return Err(Error::Timeout);
+            }
+            // Sleep until a buffer is freed (or a liveness re-check is due).
+            self.waiters().fetch_add(1, Ordering::SeqCst);
+            if self.frees().load(Ordering::SeqCst) == seen {
+                let mut nap = Duration::from_millis(10);
+                if let Deadline::At(at) = deadline {
+                    nap = nap.min(at.saturating_duration_since(Instant::now()));
+                }
+                sys::futex_wait(self.frees(), seen, Some(nap));
+            }
+            self.waiters().fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Finds a free buffer and marks it `Writing` by `me`.
+    fn claim(&self, me: u32) -> Option<usize> {
+        let start = (me as usize).wrapping_mul(2_654_435_761) % self.count;
+        (0..self.count).map(|k| (start + k) % self.count).find(|&i| {
+            let w = self.word(i);
+            let cur = w.load(Ordering::Acquire);
+            unpack(cur).0 == FREE
+                && w.compare_exchange(cur, pack(WRITING, me), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        })
+    }
+
+    /// Frees buffers held `Writing` or `Reading` by processes that no longer
+    /// exist; returns how many. (`InFlight` buffers are left alone: see
+    /// [`LoanPool::cancel`].)
+    pub fn reclaim_stale(&self) -> usize {
+        let mut n = 0;
+        for i in 0..self.count {
+            let w = self.word(i);
+            let cur = w.load(Ordering::Acquire);
+            let (state, owner) = unpack(cur);
+            if state != FREE
+                && state != IN_FLIGHT
+                && !sys::process_alive(owner)
+                && w.compare_exchange(cur, pack(FREE, 0), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.announce_free();
+        }
+        n
+    }
+
+    fn announce_free(&self) {
+        self.frees().fetch_add(1, Ordering::SeqCst);
+        if self.waiters().load(Ordering::SeqCst) > 0 {
+            sys::futex_wake(self.frees(), u32::MAX);
+        }
+    }
+
+    fn release(&self, i: usize, from: u64) {
+        if self.word(i).compare_exchange(from, pack(FREE, 0), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.announce_free();
+        }
+    }
+
+    /// Takes the buffer a token names, read-only, without copying.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadHandle`] when the token is stale, forged, already
+    /// redeemed, or does not fit the pool.
+    pub fn redeem(&self, token: Token) -> Result<Loan<'_>> {
+        let bad = |why: &str| Error::BadHandle(format!("loan token {token:?}: {why}"));
+        let i = token.index as usize;
+        if i >= self.count || token.len as usize > self.size {
+            return Err(bad("outside the pool"));
+        }
+        if self.generation(i).load(Ordering::Acquire) != token.generation
+            || self.length(i).load(Ordering::Acquire) != token.len
+        {
+            return Err(bad("stale (the buffer has been reused)"));
+        }
+        let w = self.word(i);
+        let cur = w.load(Ordering::Acquire);
+        if unpack(cur).0 != IN_FLIGHT {
+            return Err(bad("not in flight (already redeemed or cancelled)"));
+        }
+        let mine = pack(READING, sys::pid());
+        w.compare_exchange(cur, mine, Ordering::AcqRel, Ordering::Relaxed).map_err(|_| bad("raced"))?;
+        // Re-check the generation now that we hold it.
+        if self.generation(i).load(Ordering::Acquire) != token.generation {
+            self.release(i, mine);
+            return Err(bad("stale (the buffer has been reused)"));
+        }
+        Ok(Loan { pool: self, index: i, len: token.len as usize, word: mine })
+    }
+
+    /// Takes back a buffer whose token was sent but will never be redeemed
+    /// (the receiver is gone, or the send failed).
+    ///
+    /// # Errors
+    ///
+    /// As [`LoanPool::redeem`].
+    pub fn cancel(&self, token: Token) -> Result<()> {
+        let loan = self.redeem(token)?;
+        drop(loan);
+        Ok(())
+    }
+
+    fn bytes(&self, i: usize) -> usize {
+        self.data + i * self.stride
+    }
+}
+
+fn geometry(count: usize, size: usize) -> (usize, usize) {
+    let table_end = TABLE + count * ENTRY;
+    (table_end.div_ceil(64) * 64, size.div_ceil(64) * 64)
+}
+
+/// A buffer borrowed for writing. Deref to `[u8]` (the whole buffer);
+/// [`LoanMut::send`] hands it on, dropping it unsent returns it to the pool.
+#[derive(Debug)]
+pub struct LoanMut<'a> {
+    pool: &'a LoanPool,
+    index: usize,
+    generation: u32,
+    sent: bool,
+}
+
+impl LoanMut<'_> {
+    /// Marks the first `len` bytes as the payload and turns the buffer into
+    /// a token for the receiver (`len` is capped at the buffer size).
+    pub fn send(mut self, len: usize) -> Token {
+        let len = len.min(self.pool.size) as u32;
+        self.pool.length(self.index).store(len, Ordering::Release);
+        let w = self.pool.word(self.index);
+        w.store(pack(IN_FLIGHT, sys::pid()), Ordering::Release);
+        self.sent = true;
+        Token { index: self.index as u32, generation: self.generation, len }
+    }
+}
+
+impl Deref for LoanMut<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let at = self.pool.bytes(self.index);
+        // SAFETY: this process holds the buffer `Writing` (claimed by CAS), so
+        // no protocol-following process touches it until `send` or drop.
+        unsafe { self.pool.seg.mapping().slice(at, self.pool.size) }.expect("buffer inside the pool")
+    }
+}
+
+impl DerefMut for LoanMut<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let at = self.pool.bytes(self.index);
+        // SAFETY: as for `deref`, and `&mut self` makes this the only view.
+        unsafe { self.pool.seg.mapping().slice_mut(at, self.pool.size) }.expect("buffer inside the pool")
+    }
+}
+
+impl Drop for LoanMut<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.pool.release(self.index, pack(WRITING, sys::pid()));
+        }
+    }
+}
+
+/// A received buffer, read in place. Dropping it returns the buffer to the pool.
+#[derive(Debug)]
+pub struct Loan<'a> {
+    pool: &'a LoanPool,
+    index: usize,
+    len: usize,
+    word: u64,
+}
+
+impl Deref for Loan<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let at = self.pool.bytes(self.index);
+        // SAFETY: this process holds the buffer `Reading` (claimed by CAS);
+        // the sender gave it up when it sent the token.
+        unsafe { self.pool.seg.mapping().slice(at, self.len) }
+            .expect("length checked against the buffer size")
+    }
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        self.pool.release(self.index, self.word);
+    }
+}

@@ -1,0 +1,197 @@
+//! Zero-copy loans: 1 MiB buffers filled in place by one process and read in
+//! place by another, tokens over a pipe, and buffers coming back when a
+//! holder dies.
+
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipckit::shm::{LoanPool, Segment, Token};
+use ipckit::{pipe, spawn, Capacity, Error, Receiver};
+
+const LONG: Duration = Duration::from_secs(20);
+const MIB: usize = 1 << 20;
+const ROLE: &str = "IPCKIT_SHM_LOAN_ROLE";
+
+fn name(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t-loan-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Segment::remove(&self.0);
+    }
+}
+
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pattern(seed: u32, len: usize) -> impl Iterator<Item = u8> {
+    (0..len).map(move |i| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed).to_le_bytes()[1])
+}
+
+#[test]
+fn child_main() {
+    let Ok(role) = std::env::var(ROLE) else { return };
+    let (role, pool_name) = role.split_once(':').unwrap();
+    let pool = LoanPool::open(pool_name).unwrap();
+    let mut rx: Receiver = spawn::inherited("tokens").unwrap();
+    match role {
+        // Redeem every token, check the bytes in place, report by exit code.
+        "reader" => {
+            let mut seed = 0;
+            while let Ok(m) = rx.recv_timeout(LONG) {
+                let token = Token::from_bytes(m.bytes()).unwrap();
+                let view = pool.redeem(token).unwrap();
+                if view.len() != MIB || !view.iter().copied().eq(pattern(seed, MIB)) {
+                    std::process::exit(3);
+                }
+                seed += 1;
+            }
+            std::process::exit(if seed == 16 { 0 } else { 4 });
+        }
+        // Redeem one token and die holding the buffer.
+        "hoarder" => {
+            let m = rx.recv_timeout(LONG).unwrap();
+            let view = pool.redeem(Token::from_bytes(m.bytes()).unwrap()).unwrap();
+            std::mem::forget(view);
+            let mut ack: ipckit::Sender = spawn::inherited("ack").unwrap();
+            ack.send_timeout("held", LONG).unwrap();
+            thread::sleep(LONG * 10);
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn spawn_child(role: &str, pool: &str, rx: Receiver, ack: Option<ipckit::Sender>) -> Kid {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+        .env(ROLE, format!("{role}:{pool}"));
+    let mut kit = spawn::Inherit::new();
+    kit.pass("tokens", rx).unwrap();
+    if let Some(ack) = ack {
+        kit.pass("ack", ack).unwrap();
+    }
+    Kid(kit.spawn(&mut cmd).unwrap())
+}
+
+fn wait_exit(kid: &mut Kid) -> i32 {
+    let until = Instant::now() + LONG * 2;
+    loop {
+        if let Some(st) = kid.0.try_wait().unwrap() {
+            return st.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < until, "child did not finish");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn one_mebibyte_loans_cross_processes_without_copies() {
+    let n = name("mib");
+    let _c = Cleanup(n.clone());
+    let pool = LoanPool::create(&n, 4, MIB, 0o600).unwrap();
+    let (mut tx, rx) = pipe::channel(Capacity::Kernel).unwrap();
+    let mut kid = spawn_child("reader", &n, rx, None);
+    for seed in 0..16 {
+        // Only 4 buffers: the 5th loan waits for the reader to drop one.
+        let mut buf = pool.loan_timeout(LONG).unwrap();
+        assert_eq!(buf.len(), MIB);
+        for (b, v) in buf.iter_mut().zip(pattern(seed, MIB)) {
+            *b = v;
+        }
+        let token = buf.send(MIB);
+        tx.send_timeout(token.to_bytes().to_vec(), LONG).unwrap();
+    }
+    drop(tx);
+    assert_eq!(wait_exit(&mut kid), 0, "the reader saw wrong bytes or too few buffers");
+    // Every buffer is back.
+    let all: Vec<_> = (0..4).map(|_| pool.try_loan().unwrap()).collect();
+    assert!(matches!(pool.try_loan(), Err(Error::Timeout)));
+    drop(all);
+}
+
+#[test]
+fn a_receiver_that_dies_holding_a_buffer_gives_it_back() {
+    let n = name("hoard");
+    let _c = Cleanup(n.clone());
+    let pool = LoanPool::create(&n, 1, 4096, 0o600).unwrap();
+    let (mut tx, rx) = pipe::channel(Capacity::Kernel).unwrap();
+    let (ack_tx, mut ack_rx) = pipe::channel(Capacity::Kernel).unwrap();
+    let mut kid = spawn_child("hoarder", &n, rx, Some(ack_tx));
+    let token = pool.loan().unwrap().send(10);
+    tx.send_timeout(token.to_bytes().to_vec(), LONG).unwrap();
+    assert_eq!(ack_rx.recv_timeout(LONG).unwrap().bytes(), b"held");
+    assert!(matches!(pool.try_loan(), Err(Error::Timeout)), "the only buffer is held by the child");
+    let _ = kid.0.kill();
+    let _ = kid.0.wait();
+    // The dead holder's buffer comes back to the next loan.
+    let buf = pool.loan_timeout(LONG).unwrap();
+    assert_eq!(buf.len(), 4096);
+}
+
+#[test]
+fn tokens_are_checked() {
+    let n = name("tokens");
+    let _c = Cleanup(n.clone());
+    let pool = LoanPool::create(&n, 2, 64, 0o600).unwrap();
+    let mut buf = pool.loan().unwrap();
+    buf[..3].copy_from_slice(b"abc");
+    let token = buf.send(3);
+    let view = pool.redeem(token).unwrap();
+    assert_eq!(&view[..], b"abc");
+    assert!(matches!(pool.redeem(token), Err(Error::BadHandle(_))), "redeemed twice");
+    drop(view);
+    assert!(matches!(pool.redeem(token), Err(Error::BadHandle(_))), "redeemed after release");
+    // Forged tokens: out of range index, wrong generation, wrong length, wrong size.
+    let forged = |i: u32, g: u32, l: u32| {
+        let mut b = [0u8; 12];
+        b[0..4].copy_from_slice(&i.to_le_bytes());
+        b[4..8].copy_from_slice(&g.to_le_bytes());
+        b[8..12].copy_from_slice(&l.to_le_bytes());
+        Token::from_bytes(&b).unwrap()
+    };
+    for t in [forged(9, 1, 1), forged(0, 999, 3), forged(0, 1, 65), forged(u32::MAX, u32::MAX, u32::MAX)] {
+        assert!(matches!(pool.redeem(t), Err(Error::BadHandle(_))), "{t:?}");
+    }
+    assert!(Token::from_bytes(&[1, 2, 3]).is_err());
+    // A buffer dropped unsent goes back; a cancelled token's buffer too.
+    drop(pool.loan().unwrap());
+    let t = pool.loan().unwrap().send(1);
+    pool.cancel(t).unwrap();
+    let both: Vec<_> = (0..2).map(|_| pool.try_loan().unwrap()).collect();
+    assert!(matches!(pool.try_loan(), Err(Error::Timeout)));
+    drop(both);
+}
+
+#[test]
+fn a_loan_waits_for_a_buffer_to_come_free() {
+    let n = name("wait");
+    let _c = Cleanup(n.clone());
+    let pool = LoanPool::create(&n, 1, 64, 0o600).unwrap();
+    let other = LoanPool::open(&n).unwrap();
+    let held = pool.loan().unwrap().send(1);
+    let start = Instant::now();
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(150));
+        other.cancel(held).unwrap();
+    });
+    let buf = pool.loan_timeout(LONG).unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(100), "got a buffer that was taken");
+    drop(buf);
+    t.join().unwrap();
+    let start = Instant::now();
+    let _hold = pool.loan().unwrap();
+    assert!(matches!(pool.loan_timeout(Duration::from_millis(100)), Err(Error::Timeout)));
+    assert!(start.elapsed() >= Duration::from_millis(100));
+}
