@@ -8,6 +8,9 @@
 //!   segment's bounds on every use.
 //! - [`rpc`]: the chapter's two-slot RPC: one request slot, one reply slot,
 //!   a status word in each header.
+//! - [`pubsub`]: one publisher, many subscribers, each sees every message;
+//!   history for late joiners; a slow subscriber blocks the publisher or
+//!   loses its oldest messages, as the publisher chooses.
 //! - [`LoanPool`]: zero-copy loans: fill a buffer in shared memory, send a
 //!   12-byte [`Token`] over any channel, read the buffer in place.
 //!
@@ -15,6 +18,7 @@
 //! and state words are validated, and a bad one is [`Error::Corrupted`](crate::Error::Corrupted).
 
 mod pool;
+pub mod pubsub;
 pub mod rpc;
 mod segment;
 

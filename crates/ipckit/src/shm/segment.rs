@@ -43,6 +43,8 @@ pub enum SegmentKind {
     TwoSlotRpc = 1,
     /// A pool of loanable buffers ([`crate::shm::LoanPool`]).
     LoanPool = 3,
+    /// A publish-subscribe ring ([`crate::shm::pubsub`]).
+    PubSub = 4,
 }
 
 /// A named shared-memory segment (POSIX `shm_open(3)` + `mmap(2)`).
