@@ -12,6 +12,7 @@
 //! | [`spawn`] | hand exactly the named handles to a child process |
 //! | [`shm`] | named shared-memory segments, checked offsets, two-slot RPC |
 //! | [`perm`] | System V-style owner/group/mode checks |
+//! | [`sysv`] | System V-style typed message queues in shared memory |
 //!
 //! One message API everywhere: [`Sender`]/[`Receiver`] (one-way, with a
 //! [`Capacity`]: kernel-buffered, bounded, or rendezvous), [`Connection`]
@@ -47,6 +48,7 @@ pub mod pipe;
 pub mod rpc;
 pub mod shm;
 pub mod spawn;
+pub mod sysv;
 mod sys;
 pub mod unix;
 mod wire;

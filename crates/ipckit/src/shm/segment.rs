@@ -41,10 +41,16 @@ pub enum SegmentKind {
     Raw = 0,
     /// The two-slot RPC of [`crate::shm::rpc`].
     TwoSlotRpc = 1,
+    /// A message ring of [`crate::shm::channel`].
+    Ring = 2,
     /// A pool of loanable buffers ([`crate::shm::LoanPool`]).
     LoanPool = 3,
     /// A publish-subscribe ring ([`crate::shm::pubsub`]).
     PubSub = 4,
+    /// A System V-style message queue ([`crate::sysv::MessageQueue`]).
+    MsgQueue = 5,
+    /// A System V-style semaphore set ([`crate::sysv::SemaphoreSet`]).
+    SemSet = 6,
 }
 
 /// A named shared-memory segment (POSIX `shm_open(3)` + `mmap(2)`).
@@ -180,14 +186,19 @@ impl Segment {
     /// Maps `fd` and checks its header as input from a stranger.
     fn from_fd(name: String, fd: OwnedFd) -> Result<Segment> {
         let corrupt = |why: &str| Error::Corrupted(format!("segment {name:?}: {why}"));
-        let (len, _, _, _) = sys::file_info(fd.as_fd())?;
+        // The creator may still be creating it: an object is empty between
+        // `shm_open(O_CREAT)` and `ftruncate`, then its header is written.
+        let until = Instant::now() + Duration::from_secs(1);
+        let (mut len, _, _, _) = sys::file_info(fd.as_fd())?;
+        while len == 0 && Instant::now() <= until {
+            std::thread::yield_now();
+            len = sys::file_info(fd.as_fd())?.0;
+        }
         if len < HEADER_LEN as u64 || len > (HEADER_LEN + MAX_SEGMENT) as u64 {
             return Err(corrupt("too small or too large to be an ipckit segment"));
         }
         let map = Mapping::map(&fd, len as usize)?;
         let seg = Segment { name: name.clone(), fd: Arc::new(fd), map: Arc::new(map) };
-        // The creator may still be writing the header: give it a moment.
-        let until = Instant::now() + Duration::from_secs(1);
         while seg.header32(H_READY).load(Ordering::Acquire) != 1 {
             if Instant::now() > until {
                 return Err(corrupt("header never became ready (creator died while creating it?)"));
@@ -253,7 +264,10 @@ impl Segment {
 
     /// Whether the creating process is gone (the segment may be left over).
     pub fn is_stale(&self) -> bool {
-        !sys::process_alive(self.creator_pid())
+        // The header is untrusted: a value no pid can have (above i32::MAX)
+        // is no process, not a negative pid (a process group) for kill(2).
+        let pid = self.creator_pid();
+        i32::try_from(pid).is_err() || !sys::process_alive(pid)
     }
 
     /// The 32-bit atomic word at `off` in the user area.

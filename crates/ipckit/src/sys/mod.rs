@@ -522,10 +522,26 @@ pub(crate) fn file_info(fd: BorrowedFd<'_>) -> io::Result<(u64, u32, u32, u32)> 
 }
 
 /// `kill(pid, 0)`: whether a process with this id exists.
+///
+/// A zombie (killed, not yet reaped by its parent) counts as dead: it will
+/// never release anything it held.
+///
+/// Pids are often read from shared memory, where anything may be written:
+/// one that does not fit a positive `pid_t` is "not alive" (never a
+/// process group, never a debug assertion).
 pub fn process_alive(pid: u32) -> bool {
-    match rustix::process::Pid::from_raw(pid as i32) {
-        Some(p) => !matches!(rustix::process::test_kill_process(p), Err(Errno::SRCH)),
-        None => false,
+    let Ok(raw) = i32::try_from(pid) else { return false };
+    let Some(p) = rustix::process::Pid::from_raw(raw) else { return false };
+    if matches!(rustix::process::test_kill_process(p), Err(Errno::SRCH)) {
+        return false;
+    }
+    // /proc/<pid>/stat: "pid (comm) S ...": the state follows the last ')'.
+    match std::fs::read(format!("/proc/{pid}/stat")) {
+        Ok(stat) => match stat.iter().rposition(|&b| b == b')') {
+            Some(i) => !matches!(stat.get(i + 2), Some(b'Z' | b'X')),
+            None => true,
+        },
+        Err(_) => true,
     }
 }
 

@@ -1,0 +1,11 @@
+//! System V-style IPC in shared memory: typed message queues (and, next,
+//! semaphore sets), faithful to `msgget`/`msgsnd`/`msgrcv`/`msgctl`.
+//!
+//! Unlike the kernel's objects these live in `/dev/shm` (`ipckit.<name>`),
+//! so an uncontended operation is a few atomic instructions, not a system
+//! call; they are found by name instead of a numeric key.
+
+mod lock;
+mod msgq;
+
+pub use msgq::{MessageQueue, QueueConfig, QueueSet, QueueStat, Select};

@@ -1,0 +1,399 @@
+//! System V-style message queues: a differential test against the kernel's
+//! own System V queue, selection semantics, blocking, permissions, removal,
+//! persistence and crashes in the middle of an operation.
+
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipckit::perm::Access;
+use ipckit::sysv::{MessageQueue, QueueConfig, QueueSet, Select};
+use ipckit::{RecvTimeoutError, SendTimeoutError, TryRecvError, TrySendError};
+
+const LONG: Duration = Duration::from_secs(20);
+const ROLE: &str = "IPCKIT_SYSV_MSGQ_ROLE";
+
+fn name(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t-mq-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = ipckit::shm::Segment::remove(&self.0);
+    }
+}
+
+/// The kernel's System V queue, driven through libc (the reference).
+struct Kernel(i32);
+
+impl Kernel {
+    fn new(qbytes: usize) -> Kernel {
+        // SAFETY: msgget takes integers; IPC_PRIVATE makes a fresh queue.
+        let id = unsafe { libc::msgget(libc::IPC_PRIVATE, 0o600 | libc::IPC_CREAT) };
+        assert!(id >= 0, "msgget: {}", std::io::Error::last_os_error());
+        let k = Kernel(id);
+        k.set_qbytes(qbytes);
+        k
+    }
+
+    fn stat(&self) -> libc::msqid_ds {
+        // SAFETY: msqid_ds is plain data (all-zero is valid); msgctl fills it.
+        let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: `ds` is a valid, writable msqid_ds.
+        let r = unsafe { libc::msgctl(self.0, libc::IPC_STAT, &mut ds) };
+        assert_eq!(r, 0, "IPC_STAT: {}", std::io::Error::last_os_error());
+        ds
+    }
+
+    fn set_qbytes(&self, qbytes: usize) {
+        let mut ds = self.stat();
+        ds.msg_qbytes = qbytes as _;
+        // SAFETY: `ds` is a valid msqid_ds from IPC_STAT.
+        let r = unsafe { libc::msgctl(self.0, libc::IPC_SET, &mut ds) };
+        assert_eq!(r, 0, "IPC_SET: {}", std::io::Error::last_os_error());
+    }
+
+    /// msgsnd with IPC_NOWAIT: Ok, or the errno.
+    fn send(&self, mtype: i64, data: &[u8]) -> Result<(), i32> {
+        let mut buf = mtype.to_ne_bytes().to_vec();
+        buf.extend_from_slice(data);
+        // SAFETY: `buf` holds a long followed by `data.len()` bytes, as msgsnd reads.
+        let r = unsafe { libc::msgsnd(self.0, buf.as_ptr().cast(), data.len(), libc::IPC_NOWAIT) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+        }
+    }
+
+    /// msgrcv with IPC_NOWAIT.
+    fn recv(&self, sel: Select, max: usize) -> Result<(i64, Vec<u8>), i32> {
+        let mut buf = vec![0u8; 8 + max];
+        let mut flags = libc::IPC_NOWAIT;
+        if sel.except {
+            flags |= libc::MSG_EXCEPT;
+        }
+        if sel.truncate {
+            flags |= libc::MSG_NOERROR;
+        }
+        // SAFETY: `buf` has room for a long and `max` bytes, as msgrcv writes.
+        let r = unsafe { libc::msgrcv(self.0, buf.as_mut_ptr().cast(), max, sel.mtype, flags) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+        }
+        let mtype = i64::from_ne_bytes(buf[..8].try_into().unwrap());
+        Ok((mtype, buf[8..8 + r as usize].to_vec()))
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        // SAFETY: IPC_RMID ignores the buffer argument.
+        unsafe { libc::msgctl(self.0, libc::IPC_RMID, std::ptr::null_mut()) };
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so the test is reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn the_same_operations_give_the_same_results_as_the_kernel() {
+    let n = name("diff");
+    let _c = Cleanup(n.clone());
+    let config = QueueConfig { capacity: 2048, max_message: 8192, max_capacity: 4096, mode: 0o600 };
+    let ours = MessageQueue::create(&n, config).unwrap();
+    let theirs = Kernel::new(2048);
+    let mut rng = Rng(0x1d1f_f5ee_d0ff_1ce5);
+    let mut counts = [0usize; 6];
+    for step in 0..20_000 {
+        match rng.below(10) {
+            0..=4 => {
+                let mtype = 1 + rng.below(5) as i64;
+                let big = rng.below(10) == 0;
+                let len = rng.below(if big { 2500 } else { 200 }) as usize;
+                let data: Vec<u8> = (0..len).map(|i| (i as u64 ^ step) as u8).collect();
+                let k = theirs.send(mtype, &data);
+                let o = ours.try_send(mtype, &data);
+                match (&k, &o) {
+                    (Ok(()), Ok(())) => counts[0] += 1,
+                    (Err(libc::EAGAIN), Err(TrySendError::Full(_))) => counts[1] += 1,
+                    _ => panic!("step {step}: send({mtype}, {len}) kernel {k:?} ipckit {o:?}"),
+                }
+            }
+            5..=8 => {
+                let t = rng.below(11) as i64 - 5;
+                let sel =
+                    Select { mtype: t, except: t > 0 && rng.below(3) == 0, truncate: rng.below(3) == 0 };
+                let max = rng.below(250) as usize;
+                let k = theirs.recv(sel, max);
+                let o = ours.try_recv(sel, max);
+                match (&k, &o) {
+                    (Ok(a), Ok(b)) => {
+                        assert_eq!(a, b, "step {step}: recv({sel:?}, {max})");
+                        counts[2] += 1;
+                    }
+                    (Err(libc::ENOMSG), Err(TryRecvError::Empty)) => counts[3] += 1,
+                    (Err(libc::E2BIG), Err(TryRecvError::Frame(ipckit::FrameError::TooLarge { .. }))) => {
+                        counts[4] += 1
+                    }
+                    _ => panic!("step {step}: recv({sel:?}, {max}) kernel {k:?} ipckit {o:?}"),
+                }
+            }
+            _ => {
+                let cap = 256 + rng.below(4096 - 256) as usize;
+                theirs.set_qbytes(cap);
+                ours.set(QueueSet { capacity: Some(cap), ..QueueSet::default() }).unwrap();
+                counts[5] += 1;
+            }
+        }
+        let (k, o) = (theirs.stat(), ours.stat().unwrap());
+        assert_eq!(
+            (k.msg_qnum as usize, k.__msg_cbytes as usize, k.msg_qbytes as usize),
+            (o.messages, o.bytes, o.capacity),
+            "step {step}: statistics differ"
+        );
+    }
+    // Every kind of outcome happened, so the comparison meant something.
+    assert!(counts.iter().all(|&c| c > 100), "outcomes: {counts:?}");
+}
+
+#[test]
+fn selection_follows_msgrcv() {
+    let n = name("select");
+    let _c = Cleanup(n.clone());
+    let q = MessageQueue::create(&n, QueueConfig::default()).unwrap();
+    for (t, m) in [(3, "a"), (1, "b"), (2, "c"), (1, "d"), (5, "e")] {
+        q.send(t, m.as_bytes()).unwrap();
+    }
+    let r = |s: Select| q.try_recv(s, 64).unwrap();
+    assert_eq!(r(Select::of(1)), (1, b"b".to_vec()));
+    assert_eq!(r(Select::except(3)), (2, b"c".to_vec()));
+    assert_eq!(r(Select::of(-4)), (1, b"d".to_vec()));
+    assert_eq!(r(Select::ANY), (3, b"a".to_vec()));
+    assert!(matches!(q.try_recv(Select::of(-4), 64), Err(TryRecvError::Empty)));
+    assert!(matches!(q.try_recv(Select::of(5), 0), Err(TryRecvError::Frame(_))), "E2BIG");
+    assert_eq!(q.try_recv(Select::of(5).truncating(), 0).unwrap(), (5, vec![]), "MSG_NOERROR");
+    assert!(matches!(q.try_send(0, b"x"), Err(TrySendError::Io { .. })), "type must be > 0");
+    let st = q.stat().unwrap();
+    assert_eq!(
+        (st.messages, st.bytes, st.last_sender, st.last_receiver),
+        (0, 0, std::process::id(), std::process::id())
+    );
+    assert!(st.send_time > 0 && st.recv_time > 0 && st.change_time > 0);
+}
+
+#[test]
+fn a_receiver_of_type_seven_is_woken_by_type_seven() {
+    let n = name("wake");
+    let _c = Cleanup(n.clone());
+    let q = Arc::new(MessageQueue::create(&n, QueueConfig::default()).unwrap());
+    let waiters: Vec<_> = [7i64, 3, 9]
+        .into_iter()
+        .map(|t| {
+            let q = q.clone();
+            thread::spawn(move || q.recv_timeout(Select::of(t), 64, LONG).map(|(mt, _)| mt))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(100));
+    for t in [9, 7, 3] {
+        q.send(t, b"x").unwrap();
+    }
+    let got: Vec<i64> = waiters.into_iter().map(|w| w.join().unwrap().unwrap()).collect();
+    assert_eq!(got, [7, 3, 9]);
+}
+
+#[test]
+fn blocking_send_and_receive_with_deadlines() {
+    let n = name("block");
+    let _c = Cleanup(n.clone());
+    let q = Arc::new(
+        MessageQueue::create(
+            &n,
+            QueueConfig { capacity: 100, max_message: 100, max_capacity: 100, mode: 0o600 },
+        )
+        .unwrap(),
+    );
+    q.send(1, &[0; 100]).unwrap();
+    let start = Instant::now();
+    assert!(matches!(q.send_timeout(1, &[1], Duration::from_millis(100)), Err(SendTimeoutError::Timeout(_))));
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    let q2 = q.clone();
+    let sender = thread::spawn(move || q2.send_timeout(2, b"later", LONG));
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(q.recv_timeout(Select::of(1), 100, LONG).unwrap().0, 1);
+    sender.join().unwrap().unwrap();
+    assert!(matches!(
+        q.recv_timeout(Select::of(9), 100, Duration::from_millis(50)),
+        Err(RecvTimeoutError::Timeout)
+    ));
+}
+
+#[test]
+fn removal_wakes_everyone_and_frees_the_name() {
+    let n = name("rm");
+    let _c = Cleanup(n.clone());
+    let q = MessageQueue::create(&n, QueueConfig::default()).unwrap();
+    let other = MessageQueue::open(&n, Access::ReadWrite).unwrap();
+    let t = thread::spawn(move || other.recv_timeout(Select::ANY, 10, LONG));
+    thread::sleep(Duration::from_millis(50));
+    q.remove().unwrap();
+    assert!(matches!(t.join().unwrap(), Err(RecvTimeoutError::Disconnected)));
+    assert!(matches!(MessageQueue::open(&n, Access::Read), Err(ipckit::Error::NotFound(_))));
+    let again = MessageQueue::create(&n, QueueConfig::default()).unwrap();
+    assert_eq!(again.stat().unwrap().messages, 0);
+}
+
+fn spawn_child(role: &str, arg: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+        .env(ROLE, format!("{role}:{arg}"))
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ok(mut c: Child) {
+    let until = Instant::now() + LONG;
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            assert!(st.success(), "child failed: {st}");
+            return;
+        }
+        if Instant::now() > until {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("child timed out");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn child_main() {
+    let Ok(role) = std::env::var(ROLE) else { return };
+    let (role, arg) = role.split_once(':').unwrap();
+    match role {
+        "fill" => {
+            let q = MessageQueue::open(arg, Access::Write).unwrap();
+            for i in 0..10u8 {
+                q.send(1 + i64::from(i % 3), &[i; 10]).unwrap();
+            }
+        }
+        "hammer" => {
+            // Send and receive as fast as possible until killed.
+            let q = MessageQueue::open(arg, Access::ReadWrite).unwrap();
+            let mut i = 0u32;
+            loop {
+                let _ = q.send_timeout(
+                    1 + i64::from(i % 4),
+                    &i.to_le_bytes().repeat(1 + (i % 50) as usize),
+                    LONG,
+                );
+                if i % 2 == 0 {
+                    let _ = q.try_recv(Select::ANY, 1000);
+                }
+                i = i.wrapping_add(1);
+            }
+        }
+        "intruder" => {
+            // Drop to nobody, then try both directions.
+            let gid = rustix::process::Gid::from_raw(65534);
+            let uid = rustix::process::Uid::from_raw(65534);
+            rustix::thread::set_thread_res_gid(gid, gid, gid).unwrap();
+            rustix::thread::set_thread_res_uid(uid, uid, uid).unwrap();
+            let r = MessageQueue::open(arg, Access::Read);
+            std::process::exit(match r {
+                Err(ipckit::Error::PermissionDenied(_)) => 0,
+                other => {
+                    eprintln!("expected PermissionDenied, got {other:?}");
+                    1
+                }
+            });
+        }
+        other => panic!("unknown role {other}"),
+    }
+    std::process::exit(0);
+}
+
+#[test]
+fn messages_outlive_the_processes_that_sent_them() {
+    let n = name("persist");
+    let _c = Cleanup(n.clone());
+    drop(MessageQueue::create(&n, QueueConfig::default()).unwrap());
+    wait_ok(spawn_child("fill", &n));
+    // Nobody has the queue open now; its messages are still there.
+    let q = MessageQueue::open(&n, Access::Read).unwrap();
+    assert_eq!(q.stat().unwrap().messages, 10);
+    for i in [0u8, 3, 6, 9] {
+        assert_eq!(q.try_recv(Select::of(1), 64).unwrap(), (1, vec![i; 10]));
+    }
+}
+
+#[test]
+fn a_process_killed_mid_operation_leaves_the_queue_consistent() {
+    let n = name("kill");
+    let _c = Cleanup(n.clone());
+    let q = MessageQueue::create(
+        &n,
+        QueueConfig { capacity: 4096, max_message: 1000, max_capacity: 4096, mode: 0o600 },
+    )
+    .unwrap();
+    for round in 0..20 {
+        let mut kid = spawn_child("hammer", &n);
+        thread::sleep(Duration::from_millis(20 + (round * 7) % 30));
+        let _ = kid.kill();
+        let _ = kid.wait();
+        // Nobody is stuck on the dead process's lock, and every message is whole.
+        let st = q.stat().unwrap();
+        let mut bytes = 0;
+        let mut count = 0;
+        while let Ok((t, data)) = q.recv_timeout(Select::ANY, 1000, Duration::from_millis(100)) {
+            assert!((1..=4).contains(&t));
+            assert!(!data.is_empty() && data.len() % 4 == 0, "a torn message");
+            let first = &data[..4];
+            assert!(data.chunks(4).all(|c| c == first), "a torn message");
+            bytes += data.len();
+            count += 1;
+        }
+        assert_eq!(
+            (count, bytes),
+            (st.messages, st.bytes),
+            "round {round}: statistics disagree with contents"
+        );
+        q.send_timeout(1, b"still works", LONG).unwrap();
+        assert_eq!(q.recv_timeout(Select::ANY, 100, LONG).unwrap().1, b"still works");
+    }
+}
+
+#[test]
+fn permissions_are_checked_against_the_kernel_identity() {
+    if ipckit::euid() != 0 {
+        eprintln!("not root: skipping the other-uid case");
+        return;
+    }
+    let n = name("perm");
+    let _c = Cleanup(n.clone());
+    let q = MessageQueue::create(&n, QueueConfig { mode: 0o600, ..QueueConfig::default() }).unwrap();
+    wait_ok(spawn_child("intruder", &n));
+    // The owner opens it up to others for writing only: reading stays denied.
+    q.set(QueueSet { mode: Some(0o622), ..QueueSet::default() }).unwrap();
+    assert_eq!(q.stat().unwrap().owner.mode, 0o622);
+    wait_ok(spawn_child("intruder", &n));
+}
