@@ -397,3 +397,35 @@ fn permissions_are_checked_against_the_kernel_identity() {
     assert_eq!(q.stat().unwrap().owner.mode, 0o622);
     wait_ok(spawn_child("intruder", &n));
 }
+
+#[test]
+fn a_durable_queue_survives_in_its_file_and_a_reboot_resets_its_lock() {
+    use ipckit::sysv::Flush;
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = std::env::temp_dir().join(name("durable"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("jobs.mq");
+    {
+        let q = MessageQueue::create_durable(&path, QueueConfig::default(), Flush::EveryOperation).unwrap();
+        q.send(4, b"survive me").unwrap();
+        q.send(2, b"and me").unwrap();
+    }
+    assert!(MessageQueue::create_durable(&path, QueueConfig::default(), Flush::Manual).is_err(), "exists");
+    // Pretend the machine rebooted while pid 1 held the lock: the recorded
+    // boot id no longer matches, and pid 1 is alive (but is not our holder).
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(64)).unwrap();
+        f.write_all(&1u32.to_ne_bytes()).unwrap();
+        f.seek(SeekFrom::Start(64 + 120)).unwrap();
+        f.write_all(&0u64.to_ne_bytes()).unwrap();
+    }
+    let q = MessageQueue::open_durable(&path, Access::ReadWrite, Flush::Manual).unwrap();
+    assert_eq!(q.try_recv(Select::of(-10), 64).unwrap(), (2, b"and me".to_vec()));
+    assert_eq!(q.recv_timeout(Select::ANY, 64, LONG).unwrap(), (4, b"survive me".to_vec()));
+    q.send(1, b"x").unwrap();
+    q.flush().unwrap();
+    q.remove().unwrap();
+    assert!(!path.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,6 +1,7 @@
 //! Named shared-memory segments.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,29 +147,65 @@ impl Segment {
         }
         let full = format!("{PREFIX}{name}");
         let fd = sys::shm_create(&full, mode & 0o777).map_err(|e| Error::io(name, e))?;
-        let total = HEADER_LEN + size;
-        let made = (|| -> Result<Segment> {
-            sys::set_len(fd.as_fd(), total as u64)?;
-            let map = Mapping::map(&fd, total)?;
-            let seg = Segment { name: name.to_owned(), fd: Arc::new(fd), map: Arc::new(map) };
-            let h = &seg.map;
-            let w32 = |off, v| h.u32_at(off).expect("header in bounds").store(v, Ordering::Relaxed);
-            h.u64_at(H_MAGIC).expect("header").store(MAGIC, Ordering::Relaxed);
-            w32(H_VERSION, VERSION);
-            w32(H_KIND, kind as u32);
-            h.u64_at(H_SIZE).expect("header").store(total as u64, Ordering::Relaxed);
-            w32(H_UID, sys::euid());
-            w32(H_GID, sys::egid());
-            w32(H_MODE, mode & 0o777);
-            w32(H_CREATOR, sys::pid());
-            // Publish: everything above happens-before a reader that sees READY.
-            h.u32_at(H_READY).expect("header").store(1, Ordering::Release);
-            Ok(seg)
-        })();
+        let made = Segment::init(fd, name, size, mode, kind);
         if made.is_err() {
             let _ = sys::shm_unlink(&full);
         }
         made
+    }
+
+    /// Sizes, maps and writes the header of a freshly created object.
+    fn init(fd: OwnedFd, name: &str, size: usize, mode: u32, kind: SegmentKind) -> Result<Segment> {
+        let total = HEADER_LEN + size;
+        sys::set_len(fd.as_fd(), total as u64)?;
+        let map = Mapping::map(&fd, total)?;
+        let seg = Segment { name: name.to_owned(), fd: Arc::new(fd), map: Arc::new(map) };
+        let h = &seg.map;
+        let w32 = |off, v| h.u32_at(off).expect("header in bounds").store(v, Ordering::Relaxed);
+        h.u64_at(H_MAGIC).expect("header").store(MAGIC, Ordering::Relaxed);
+        w32(H_VERSION, VERSION);
+        w32(H_KIND, kind as u32);
+        h.u64_at(H_SIZE).expect("header").store(total as u64, Ordering::Relaxed);
+        w32(H_UID, sys::euid());
+        w32(H_GID, sys::egid());
+        w32(H_MODE, mode & 0o777);
+        w32(H_CREATOR, sys::pid());
+        // Publish: everything above happens-before a reader that sees READY.
+        h.u32_at(H_READY).expect("header").store(1, Ordering::Release);
+        Ok(seg)
+    }
+
+    /// As `create_kind`, but in a regular file at `path` (survives a reboot).
+    pub(crate) fn create_file(path: &Path, size: usize, mode: u32, kind: SegmentKind) -> Result<Segment> {
+        if size == 0 || size > MAX_SEGMENT {
+            return Err(Error::InvalidName {
+                name: path.display().to_string(),
+                why: "size must be 1 byte to 1 TiB",
+            });
+        }
+        let fd = sys::file_create(path, mode & 0o777).map_err(|e| Error::io(path.display(), e))?;
+        let made = Segment::init(fd, &path.display().to_string(), size, mode, kind);
+        if made.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        made
+    }
+
+    /// As `open_kind`, for a segment in a regular file.
+    pub(crate) fn open_file(path: &Path, kind: SegmentKind) -> Result<Segment> {
+        let fd = sys::file_open(path).map_err(|e| Error::io(path.display(), e))?;
+        let seg = Segment::from_fd(path.display().to_string(), fd)?;
+        seg.expect_kind(kind)?;
+        if !perm::allowed(&seg.owner(), &Caller::current(), Access::ReadWrite) {
+            return Err(Error::PermissionDenied(path.display().to_string()));
+        }
+        Ok(seg)
+    }
+
+    /// `msync(2)`: writes the segment's pages to its file (for a segment in
+    /// a regular file; a no-op cost for shared memory).
+    pub(crate) fn flush(&self) -> Result<()> {
+        Ok(self.map.flush()?)
     }
 
     pub(crate) fn open_kind(name: &str, kind: SegmentKind) -> Result<Segment> {

@@ -104,6 +104,15 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// `msync(MS_SYNC)`: writes the mapping's dirty pages to the file under it.
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        // SAFETY: the range is exactly this mapping, alive for `&self`.
+        unsafe { rustix::mm::msync(self.ptr.as_ptr().cast(), self.len, rustix::mm::MsyncFlags::SYNC)? };
+        Ok(())
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: the region was mapped by `map` with this length and nothing

@@ -567,3 +567,26 @@ pub(crate) fn futex_wait(
 pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32, n: u32) {
     let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), n);
 }
+
+/// `open(2)` with `O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC`, permission bits exactly `mode`.
+pub(crate) fn file_create(path: &Path, mode: u32) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+    Ok(fd)
+}
+
+/// `open(2)` of an existing file, read-write, close-on-exec.
+pub(crate) fn file_open(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?)
+}
+
+/// This boot's identity (`/proc/sys/kernel/random/boot_id`), hashed: pids
+/// recorded before a reboot mean nothing after it.
+pub(crate) fn boot_id() -> u64 {
+    let id = std::fs::read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    id.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}

@@ -8,4 +8,4 @@
 mod lock;
 mod msgq;
 
-pub use msgq::{MessageQueue, QueueConfig, QueueSet, QueueStat, Select};
+pub use msgq::{Flush, MessageQueue, QueueConfig, QueueSet, QueueStat, Select};

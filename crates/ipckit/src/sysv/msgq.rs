@@ -38,6 +38,7 @@ const CUID: usize = Q + 100;
 const CGID: usize = Q + 104;
 const USED: usize = Q + 108;
 const MAXCAP: usize = Q + 112;
+const BOOT: usize = Q + 120;
 const CHUNKS: usize = Q + 128;
 
 // Chunks: 64 bytes. A message is a header chunk plus a chain of data chunks.
@@ -193,6 +194,21 @@ pub struct MessageQueue {
     seg: Segment,
     chunks: usize,
     caller: Caller,
+    /// For a durable queue: its file, and when to write it out.
+    durable: Option<(std::path::PathBuf, Flush)>,
+}
+
+/// When a durable queue's changes are written to its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// After every committed send and receive (`msync(MS_SYNC)` before the
+    /// operation returns): a message [`MessageQueue::send`] reported as sent
+    /// survives a crash of the machine. Costs a disk write per operation.
+    EveryOperation,
+    /// Only when [`MessageQueue::flush`] is called (and whenever the kernel
+    /// writes dirty pages back on its own, within about 30 s): survives any
+    /// process crash at once, a machine crash up to the last flush.
+    Manual,
 }
 
 fn u32_at(m: &Mapping, off: usize) -> &AtomicU32 {
@@ -216,33 +232,114 @@ impl MessageQueue {
     /// [`Error::AlreadyExists`], [`Error::InvalidName`] (also for a bad
     /// configuration), [`Error::PermissionDenied`], [`Error::Io`].
     pub fn create(name: &str, config: QueueConfig) -> Result<MessageQueue> {
-        let QueueConfig { capacity, max_message, max_capacity, mode } = config;
-        let max_capacity = max_capacity.max(capacity);
-        if max_message == 0 || max_message > 1 << 24 || capacity == 0 || max_capacity > 1 << 26 {
-            return Err(Error::InvalidName {
-                name: name.to_owned(),
-                why: "message size 1 byte..16 MiB, capacity 1 byte..64 MiB",
-            });
+        let (chunks, size) = geometry(name, &config)?;
+        let seg = Segment::create_kind(name, size, file_mode(config.mode & 0o777), SegmentKind::MsgQueue)?;
+        Ok(MessageQueue::init(seg, chunks, &config, None))
+    }
+
+    /// Creates a durable queue in a regular file at `path`: it survives a
+    /// reboot as well as every process exiting. `flush` says when changes
+    /// reach the disk (see [`Flush`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::create`] (`AlreadyExists` when the file exists).
+    pub fn create_durable(
+        path: impl AsRef<std::path::Path>,
+        config: QueueConfig,
+        flush: Flush,
+    ) -> Result<MessageQueue> {
+        let path = path.as_ref();
+        let (chunks, size) = geometry(&path.display().to_string(), &config)?;
+        let seg = Segment::create_file(path, size, file_mode(config.mode & 0o777), SegmentKind::MsgQueue)?;
+        let q = MessageQueue::init(seg, chunks, &config, Some((path.to_owned(), flush)));
+        q.seg.flush()?;
+        Ok(q)
+    }
+
+    /// Opens a durable queue. After a reboot, the pids recorded in it mean
+    /// nothing: its lock is reset and its bookkeeping rebuilt from the
+    /// committed messages.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::open`].
+    pub fn open_durable(
+        path: impl AsRef<std::path::Path>,
+        access: Access,
+        flush: Flush,
+    ) -> Result<MessageQueue> {
+        let path = path.as_ref();
+        let seg = Segment::open_file(path, SegmentKind::MsgQueue)?;
+        let q = MessageQueue::adopt(seg, Some((path.to_owned(), flush)), access)?;
+        let boot = u64_at(q.map(), BOOT);
+        if boot.load(Ordering::Acquire) != sys::boot_id() {
+            for off in [LOCK, LOCK_WAITERS, CHANGE_WAITERS] {
+                u32_at(q.map(), off).store(0, Ordering::SeqCst);
+            }
+            let g = q.lock(Deadline::Never).map_err(fault_error)?;
+            g.repair();
+            boot.store(sys::boot_id(), Ordering::Release);
+            drop(g);
+            q.seg.flush()?;
         }
-        // Worst case: max_capacity one-byte messages (a header chunk and a
-        // data chunk each), or text spread over data chunks.
-        let chunks = (2 * max_capacity).max(max_capacity.div_ceil(DATA) + 1 + max_message.div_ceil(DATA));
-        let size = CHUNKS - HEADER_LEN + chunks * CHUNK;
-        let seg = Segment::create_kind(name, size, file_mode(mode & 0o777), SegmentKind::MsgQueue)?;
+        Ok(q)
+    }
+
+    /// Writes a durable queue's changes to disk now (`msync`); nothing to do
+    /// for a queue in shared memory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the kernel cannot write the file.
+    pub fn flush(&self) -> Result<()> {
+        if self.durable.is_some() {
+            self.seg.flush()?;
+        }
+        Ok(())
+    }
+
+    fn init(
+        seg: Segment,
+        chunks: usize,
+        config: &QueueConfig,
+        durable: Option<(std::path::PathBuf, Flush)>,
+    ) -> MessageQueue {
         let m = seg.mapping();
         let w = |off, v: u32| u32_at(m, off).store(v, Ordering::Relaxed);
         w(NCHUNKS, chunks as u32);
-        w(QBYTES, capacity as u32);
-        w(MAXMSG, max_message as u32);
-        w(MAXCAP, max_capacity as u32);
+        w(QBYTES, config.capacity as u32);
+        w(MAXMSG, config.max_message as u32);
+        w(MAXCAP, config.max_capacity.max(config.capacity) as u32);
         w(UID, sys::euid());
         w(GID, sys::egid());
         w(CUID, sys::euid());
         w(CGID, sys::egid());
-        w(MODE, mode & 0o777);
+        w(MODE, config.mode & 0o777);
         u64_at(m, CTIME).store(now_secs(), Ordering::Relaxed);
+        u64_at(m, BOOT).store(sys::boot_id(), Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
-        Ok(MessageQueue { seg, chunks, caller: Caller::current() })
+        MessageQueue { seg, chunks, caller: Caller::current(), durable }
+    }
+
+    /// Checks an opened segment's geometry and the caller's `access`.
+    fn adopt(
+        seg: Segment,
+        durable: Option<(std::path::PathBuf, Flush)>,
+        access: Access,
+    ) -> Result<MessageQueue> {
+        let chunks = u32_at(seg.mapping(), NCHUNKS).load(Ordering::Acquire) as usize;
+        if chunks == 0 || CHUNKS + chunks * CHUNK > seg.mapping().len() {
+            return Err(Error::Corrupted(format!(
+                "queue {:?}: its chunk count does not fit its segment",
+                seg.name()
+            )));
+        }
+        let q = MessageQueue { seg, chunks, caller: Caller::current(), durable };
+        if !perm::allowed(&q.owner(), &q.caller, access) {
+            return Err(Error::PermissionDenied(q.name().to_owned()));
+        }
+        Ok(q)
     }
 
     /// Opens queue `name` for `access` (checked against its owner and mode now,
@@ -252,18 +349,7 @@ impl MessageQueue {
     ///
     /// [`Error::NotFound`], [`Error::PermissionDenied`], [`Error::Corrupted`].
     pub fn open(name: &str, access: Access) -> Result<MessageQueue> {
-        let seg = Segment::open_kind(name, SegmentKind::MsgQueue)?;
-        let chunks = u32_at(seg.mapping(), NCHUNKS).load(Ordering::Acquire) as usize;
-        if chunks == 0 || CHUNKS + chunks * CHUNK > seg.mapping().len() {
-            return Err(Error::Corrupted(format!(
-                "queue {name:?}: its chunk count does not fit its segment"
-            )));
-        }
-        let q = MessageQueue { seg, chunks, caller: Caller::current() };
-        if !perm::allowed(&q.owner(), &q.caller, access) {
-            return Err(Error::PermissionDenied(name.to_owned()));
-        }
-        Ok(q)
+        MessageQueue::adopt(Segment::open_kind(name, SegmentKind::MsgQueue)?, None, access)
     }
 
     /// Opens queue `name`, creating it with `config` if it does not exist.
@@ -545,6 +631,9 @@ impl MessageQueue {
         g.put(REMOVED, 1);
         g.changed();
         drop(g);
+        if let Some((path, _)) = &self.durable {
+            return std::fs::remove_file(path).map_err(|e| Error::io(path.display(), e));
+        }
         let full = format!("{}{}", crate::shm::PREFIX, self.name());
         sys::shm_unlink(&full).map_err(|e| Error::io(self.name(), e))
     }
@@ -557,6 +646,25 @@ impl MessageQueue {
     pub fn remove_name(name: &str) -> Result<()> {
         MessageQueue::open(name, Access::Read).or_else(|_| MessageQueue::open(name, Access::Write))?.remove()
     }
+}
+
+/// Checks a configuration; returns the chunk count and the segment size.
+fn geometry(name: &str, config: &QueueConfig) -> Result<(usize, usize)> {
+    let max_capacity = config.max_capacity.max(config.capacity);
+    if config.max_message == 0
+        || config.max_message > 1 << 24
+        || config.capacity == 0
+        || max_capacity > 1 << 26
+    {
+        return Err(Error::InvalidName {
+            name: name.to_owned(),
+            why: "message size 1 byte..16 MiB, capacity 1 byte..64 MiB",
+        });
+    }
+    // Worst case: max_capacity one-byte messages (a header chunk and a data
+    // chunk each), or text spread over data chunks.
+    let chunks = (2 * max_capacity).max(max_capacity.div_ceil(DATA) + 1 + config.max_message.div_ceil(DATA));
+    Ok((chunks, CHUNKS - HEADER_LEN + chunks * CHUNK))
 }
 
 fn fault_error(f: Fault) -> Error {
@@ -591,6 +699,16 @@ impl Guard<'_> {
 
     fn put(&self, off: usize, v: u32) {
         u32_at(self.q.map(), off).store(v, Ordering::Relaxed);
+    }
+
+    /// With [`Flush::EveryOperation`], writes the committed change to disk
+    /// before the operation returns.
+    fn durable_commit(&self) {
+        if let Some((path, Flush::EveryOperation)) = &self.q.durable {
+            if let Err(e) = self.q.seg.flush() {
+                tracing::error!(path = %path.display(), error = %e, "msync failed: the change may not survive a reboot");
+            }
+        }
     }
 
     /// Wakes every sleeper: each re-checks its own condition.
@@ -707,6 +825,7 @@ impl Guard<'_> {
         self.put(USED, (used + need) as u32);
         self.put(LSPID, sys::pid());
         u64_at(m, STIME).store(now_secs(), Ordering::Relaxed);
+        self.durable_commit();
         self.changed();
         true
     }
@@ -785,6 +904,7 @@ impl Guard<'_> {
         }
         self.put(LRPID, sys::pid());
         u64_at(self.q.map(), RTIME).store(now_secs(), Ordering::Relaxed);
+        self.durable_commit();
         self.changed();
         Ok(Some((mtype, out)))
     }
