@@ -131,8 +131,9 @@ impl Segment {
     pub fn remove(name: &str) -> Result<()> {
         check_name(name)?;
         let full = format!("{PREFIX}{name}");
-        let fd = sys::shm_open(&full, false).map_err(|e| Error::io(name, e))?;
-        let (_, uid, _, _) = sys::file_info(fd.as_fd())?;
+        // Look at whatever is under the name without opening it (it may be a
+        // FIFO or a symlink someone planted): only its owner matters here.
+        let uid = sys::shm_owner(&full).map_err(|e| Error::io(name, e))?;
         let me = sys::euid();
         if me != 0 && me != uid {
             return Err(Error::PermissionDenied(name.to_owned()));
@@ -211,7 +212,7 @@ impl Segment {
     pub(crate) fn open_kind(name: &str, kind: SegmentKind) -> Result<Segment> {
         check_name(name)?;
         let full = format!("{PREFIX}{name}");
-        let fd = sys::shm_open(&full, true).map_err(|e| Error::io(name, e))?;
+        let fd = sys::shm_open(&full, true).map_err(|e| open_error(name, e))?;
         let seg = Segment::from_fd(name.to_owned(), fd)?;
         seg.expect_kind(kind)?;
         if !perm::allowed(&seg.owner(), &Caller::current(), Access::ReadWrite) {
@@ -237,6 +238,9 @@ impl Segment {
         let map = Mapping::map(&fd, len as usize)?;
         let seg = Segment { name: name.clone(), fd: Arc::new(fd), map: Arc::new(map) };
         while seg.header32(H_READY).load(Ordering::Acquire) != 1 {
+            if seg.header32(H_READY).load(Ordering::Acquire) > 1 {
+                return Err(corrupt("the header's ready word holds garbage"));
+            }
             if Instant::now() > until {
                 return Err(corrupt("header never became ready (creator died while creating it?)"));
             }
@@ -384,7 +388,19 @@ impl Transferable for Segment {
         check_name(&name)?;
         let fd = fds.into_iter().next().expect("checked count");
         let seg = Segment::from_fd(name, fd)?;
+        // Only a plain segment travels as a `Segment`: a queue, ring or RPC
+        // segment opened raw could be corrupted by accident.
+        seg.expect_kind(SegmentKind::Raw)?;
         Ok(seg)
+    }
+}
+
+/// An open that found something other than a segment under the name is `Corrupted`.
+fn open_error(name: &str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        Error::Corrupted(format!("segment {name:?}: {e}"))
+    } else {
+        Error::io(name, e)
     }
 }
 

@@ -488,26 +488,55 @@ pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: i32) -> io::Result<OwnedFd> 
     Ok(rustix::io::fcntl_dupfd_cloexec(fd, min)?)
 }
 
+/// Where POSIX shared-memory objects live on Linux.
+const SHM_DIR: &str = "/dev/shm";
+
 /// `shm_open(3)` with `O_CREAT | O_EXCL`: a new shared-memory object named
-/// `name` (no leading slash), permission bits exactly `mode`.
+/// `name` (no slash), permission bits exactly `mode`.
+///
+/// Like glibc's `shm_open`, this is `open(2)` in `/dev/shm`, with
+/// `O_NOFOLLOW` (a symlink planted under the name is refused) and
+/// `O_CLOEXEC`.
 pub(crate) fn shm_create(name: &str, mode: u32) -> io::Result<OwnedFd> {
-    use rustix::shm::OFlags as S;
-    let fd = rustix::shm::open(format!("/{name}"), S::CREATE | S::EXCL | S::RDWR, Mode::from_raw_mode(mode))?;
-    // shm_open applies the umask; the caller asked for exactly `mode`.
+    let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(format!("{SHM_DIR}/{name}"), flags, Mode::from_raw_mode(mode))?;
+    // The umask applies at creation; the caller asked for exactly `mode`.
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
     Ok(fd)
 }
 
-/// `shm_open(3)` of an existing object, read-write or read-only.
+/// `shm_open(3)` of an existing object, read-write or read-only. Anyone may
+/// create files in `/dev/shm`, so the name is not trusted: a symlink is
+/// refused (`O_NOFOLLOW`), a FIFO does not block the open (`O_NONBLOCK`),
+/// and anything but a regular file is an error.
 pub(crate) fn shm_open(name: &str, write: bool) -> io::Result<OwnedFd> {
-    use rustix::shm::OFlags as S;
-    let flags = if write { S::RDWR } else { S::RDONLY };
-    Ok(rustix::shm::open(format!("/{name}"), flags, Mode::empty())?)
+    let rw = if write { OFlags::RDWR } else { OFlags::RDONLY };
+    let flags = rw | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(format!("{SHM_DIR}/{name}"), flags, Mode::empty())?;
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a shared-memory object (not a regular file)",
+        ));
+    }
+    Ok(fd)
+}
+
+/// `lstat(2)` of a name in `/dev/shm`: the owner uid of whatever is there,
+/// without following a symlink or opening a FIFO.
+pub(crate) fn shm_owner(name: &str) -> io::Result<u32> {
+    let st = rustix::fs::statat(
+        rustix::fs::CWD,
+        format!("{SHM_DIR}/{name}"),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    Ok(st.st_uid)
 }
 
 /// `shm_unlink(3)`.
 pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
-    Ok(rustix::shm::unlink(format!("/{name}"))?)
+    Ok(rustix::fs::unlink(format!("{SHM_DIR}/{name}"))?)
 }
 
 /// `ftruncate(2)`.
