@@ -368,6 +368,17 @@ pub enum Error {
     /// The peer sent something that is not valid.
     #[error("bad frame from peer: {0}")]
     Frame(#[from] FrameError),
+    /// The peer speaks another version of an ipckit protocol.
+    #[error("protocol version mismatch: this build speaks {ours}, the peer {theirs}")]
+    VersionMismatch {
+        /// Our version.
+        ours: u32,
+        /// Theirs.
+        theirs: u32,
+    },
+    /// A limit was reached (names or connections per user, a full mailbox).
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
     /// Shared memory holds something that is not a valid ipckit structure
     /// (a peer or a stray write corrupted it, or it is not ipckit's).
     #[error("corrupted: {0}")]

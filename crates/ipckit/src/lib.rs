@@ -12,6 +12,7 @@
 //! | [`spawn`] | hand exactly the named handles to a child process |
 //! | [`shm`] | named shared-memory segments, checked offsets, two-slot RPC |
 //! | [`perm`] | System V-style owner/group/mode checks |
+//! | [`naming`] | the naming server: register, look up (permission-checked), watch, mailboxes |
 //! | [`sysv`] | System V-style typed message queues in shared memory |
 //!
 //! One message API everywhere: [`Sender`]/[`Receiver`] (one-way, with a
@@ -43,6 +44,7 @@ mod error;
 pub mod fifo;
 mod link;
 mod message;
+pub mod naming;
 pub mod perm;
 pub mod pipe;
 pub mod rpc;

@@ -23,6 +23,7 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 struct ClientConn {
+    id: u64,
     reader: Reader,
     writer: Arc<Mutex<Writer>>,
     peer: Option<PeerCred>,
@@ -34,6 +35,7 @@ struct ClientConn {
 #[derive(Debug)]
 pub struct Request {
     id: u64,
+    client: u64,
     msg: Message,
     writer: Arc<Mutex<Writer>>,
     peer: Option<PeerCred>,
@@ -57,6 +59,12 @@ impl Request {
     /// When the payload is not a valid `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, postcard::Error> {
         postcard::from_bytes(self.msg.bytes())
+    }
+
+    /// Which connection the request came on (unique for the server's life;
+    /// see [`Server::closed`]).
+    pub fn client_id(&self) -> u64 {
+        self.client
     }
 
     /// The caller's credentials as the kernel recorded them (`SO_PEERCRED`);
@@ -115,6 +123,8 @@ pub struct Server {
     listener: Option<Listener>,
     conns: Vec<ClientConn>,
     queue: VecDeque<Request>,
+    next_id: u64,
+    closed: Vec<u64>,
 }
 
 impl Server {
@@ -129,9 +139,49 @@ impl Server {
     }
 
     /// Serves one more connection.
-    pub fn add(&mut self, conn: Connection) {
+    pub fn add(&mut self, conn: Connection) -> u64 {
         let Connection { reader, writer, peer } = conn;
-        self.conns.push(ClientConn { reader, writer: Arc::new(Mutex::new(writer)), peer });
+        self.next_id += 1;
+        let id = self.next_id;
+        self.conns.push(ClientConn { id, reader, writer: Arc::new(Mutex::new(writer)), peer });
+        id
+    }
+
+    /// The ids of the connections closed (by the client, or dropped for
+    /// misbehaving) since the last call: what a server uses to release what
+    /// a client held, as soon as it is gone.
+    pub fn closed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.closed)
+    }
+
+    /// Closes connection `id` (a client over its limits, say). Requests from
+    /// it already received can still be answered (the answer is dropped).
+    pub fn disconnect(&mut self, id: u64) {
+        if let Some(i) = self.conns.iter().position(|c| c.id == id) {
+            self.drop_conn(i);
+        }
+    }
+
+    /// The supplementary groups the client of connection `id` had when it
+    /// connected (`SO_PEERGROUPS`), if the connection is open and the
+    /// kernel tells.
+    pub fn peer_groups_of(&self, id: u64) -> Option<Vec<u32>> {
+        self.conns.iter().find(|c| c.id == id).and_then(|c| sys::peer_groups(c.reader.fd()))
+    }
+
+    /// The ids of the open connections.
+    pub fn client_ids(&self) -> Vec<u64> {
+        self.conns.iter().map(|c| c.id).collect()
+    }
+
+    /// The credentials of connection `id`, if it is open.
+    pub fn peer_of(&self, id: u64) -> Option<PeerCred> {
+        self.conns.iter().find(|c| c.id == id).and_then(|c| c.peer)
+    }
+
+    fn drop_conn(&mut self, i: usize) {
+        let c = self.conns.remove(i);
+        self.closed.push(c.id);
     }
 
     /// How many clients are connected.
@@ -235,6 +285,7 @@ impl Server {
             Ok(frame) if frame.kind == Kind::Request => {
                 self.queue.push_back(Request {
                     id: frame.id,
+                    client: c.id,
                     msg: frame.msg,
                     writer: c.writer.clone(),
                     peer: c.peer,
@@ -242,18 +293,18 @@ impl Server {
             }
             Ok(frame) => {
                 tracing::warn!(kind = frame.kind as u8, peer = ?c.peer, "closing a client that sent a non-request frame");
-                self.conns.remove(i);
+                self.drop_conn(i);
             }
             Err(Fault::Timeout) => {}
             Err(Fault::Disconnected) => {
-                self.conns.remove(i);
+                self.drop_conn(i);
             }
             Err(Fault::Frame(e)) if c.reader.mode().packet => {
                 tracing::warn!(error = %e, peer = ?c.peer, "skipping a bad datagram");
             }
             Err(e) => {
                 tracing::warn!(error = ?e, peer = ?c.peer, "closing a client that sent a bad frame");
-                self.conns.remove(i);
+                self.drop_conn(i);
             }
         }
     }

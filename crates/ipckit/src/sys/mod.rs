@@ -28,7 +28,7 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
-pub(crate) use raw::{keep_only_across_exec, seal_inherited_fd, take_inherited_fd};
+pub(crate) use raw::{keep_only_across_exec, peer_groups, seal_inherited_fd, take_inherited_fd};
 
 /// The most descriptors one message may carry (the kernel's `SCM_MAX_FD`).
 pub const MAX_FDS_PER_MESSAGE: usize = 253;
@@ -618,4 +618,15 @@ pub(crate) fn file_open(path: &Path) -> io::Result<OwnedFd> {
 pub(crate) fn boot_id() -> u64 {
     let id = std::fs::read("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     id.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Another process's supplementary groups, as the kernel records them
+/// (`Groups:` in `/proc/<pid>/status`); empty if it cannot be read.
+pub(crate) fn groups_of(pid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return Vec::new() };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
 }

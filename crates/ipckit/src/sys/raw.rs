@@ -98,3 +98,33 @@ pub(crate) fn seal_inherited_fd(fd: i32) {
         }
     }
 }
+
+/// `getsockopt(SO_PEERGROUPS)` (Linux 4.13+): the supplementary groups the
+/// peer had when it connected, from the kernel. `None` where unsupported.
+pub(crate) fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> Option<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    let mut groups = vec![0u32; 64];
+    loop {
+        let mut len = (groups.len() * 4) as libc::socklen_t;
+        // SAFETY: `groups` is a writable buffer of `len` bytes; the kernel
+        // writes at most `len` bytes and reports the size it needed.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            groups.truncate(len as usize / 4);
+            return Some(groups);
+        }
+        if io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE) && groups.len() < 1 << 16 {
+            groups.resize((len as usize / 4).max(groups.len() * 2), 0);
+            continue;
+        }
+        return None;
+    }
+}
