@@ -11,6 +11,8 @@
 //! | [`rpc`] | `call`/`reply` with timeouts over any two-way [`Connection`] |
 //! | [`spawn`] | hand exactly the named handles to a child process |
 //! | [`shm`] | named shared-memory segments, checked offsets, two-slot RPC |
+//! | [`event`] | cross-process events (auto/manual/counting), process death watches |
+//! | [`signal`] | signals handled on a normal thread, ignore/default, kill/tgkill/sigqueue with sender pid and uid |
 //! | [`perm`] | System V-style owner/group/mode checks |
 //! | [`naming`] | the naming server: register, look up (permission-checked), watch, mailboxes |
 //! | [`sysv`] | System V-style typed message queues in shared memory |
@@ -41,6 +43,7 @@ mod forms;
 mod channel;
 mod connection;
 mod error;
+pub mod event;
 pub mod fifo;
 mod link;
 mod message;
@@ -49,6 +52,7 @@ pub mod perm;
 pub mod pipe;
 pub mod rpc;
 pub mod shm;
+pub mod signal;
 pub mod spawn;
 pub mod sysv;
 mod sys;

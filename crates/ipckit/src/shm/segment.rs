@@ -52,6 +52,8 @@ pub enum SegmentKind {
     MsgQueue = 5,
     /// A System V-style semaphore set ([`crate::sysv::SemaphoreSet`]).
     SemSet = 6,
+    /// A cross-process event ([`crate::event::Event`]).
+    Event = 7,
 }
 
 /// A named shared-memory segment (POSIX `shm_open(3)` + `mmap(2)`).
@@ -219,6 +221,30 @@ impl Segment {
             return Err(Error::PermissionDenied(name.to_owned()));
         }
         Ok(seg)
+    }
+
+    /// Rebuilds a segment of `kind` from a descriptor handed over by another process.
+    pub(crate) fn adopt(name: String, fd: OwnedFd, kind: SegmentKind) -> Result<Segment> {
+        let seg = Segment::from_fd(name, fd)?;
+        seg.expect_kind(kind)?;
+        Ok(seg)
+    }
+
+    /// The descriptor, duplicated (for handing the segment to another process).
+    pub(crate) fn dup_fd(&self) -> Result<OwnedFd> {
+        Ok(self.fd.as_ref().try_clone()?)
+    }
+
+    /// Gives the object a new owner and permission bits, on the file and in
+    /// the header alike (for `IPC_SET` on the objects built on segments).
+    pub(crate) fn set_owner(&self, owner: Owner) -> Result<()> {
+        let mode = owner.mode & 0o777;
+        sys::set_file_owner(self.fd.as_fd(), owner.uid, owner.gid, mode)
+            .map_err(|e| Error::io(&self.name, e))?;
+        self.header32(H_UID).store(owner.uid, Ordering::Relaxed);
+        self.header32(H_GID).store(owner.gid, Ordering::Relaxed);
+        self.header32(H_MODE).store(mode, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Maps `fd` and checks its header as input from a stranger.

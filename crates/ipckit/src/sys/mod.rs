@@ -12,6 +12,7 @@
 
 mod map;
 mod raw;
+pub(crate) mod sig;
 
 pub(crate) use map::Mapping;
 
@@ -503,6 +504,18 @@ pub(crate) fn shm_create(name: &str, mode: u32) -> io::Result<OwnedFd> {
     // The umask applies at creation; the caller asked for exactly `mode`.
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
     Ok(fd)
+}
+
+/// `fchown(2)` (only if the owner changes) and `fchmod(2)`: gives the
+/// object at `fd` owner `uid`:`gid` and permission bits exactly `mode`.
+pub(crate) fn set_file_owner(fd: BorrowedFd<'_>, uid: u32, gid: u32, mode: u32) -> io::Result<()> {
+    let st = rustix::fs::fstat(fd)?;
+    if st.st_uid != uid || st.st_gid != gid {
+        let (u, g) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
+        rustix::fs::fchown(fd, Some(u), Some(g))?;
+    }
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
+    Ok(())
 }
 
 /// `shm_open(3)` of an existing object, read-write or read-only. Anyone may

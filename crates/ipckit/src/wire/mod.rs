@@ -125,6 +125,8 @@ pub enum HandleKind {
     Listener = 5,
     /// A shared-memory segment ([`crate::shm::Segment`]).
     Segment = 6,
+    /// A cross-process event ([`crate::event::Event`]).
+    Event = 7,
 }
 
 impl HandleKind {
@@ -136,6 +138,7 @@ impl HandleKind {
             4 => HandleKind::Connection,
             5 => HandleKind::Listener,
             6 => HandleKind::Segment,
+            7 => HandleKind::Event,
             _ => return None,
         })
     }

@@ -1,0 +1,285 @@
+//! Signals, events and death notification with real processes.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipckit::event::{Event, EventMode, ProcessWatch};
+use ipckit::signal::{self, Signals, SIGIO, SIGTERM, SIGUSR1, SIGUSR2};
+
+const LONG: Duration = Duration::from_secs(20);
+const ROLE: &str = "IPCKIT_SIGNAL_ROLE";
+
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn kid(role: &str, arg: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", "child_main", "--nocapture", "--test-threads=1"]).env(ROLE, format!("{role}:{arg}"));
+    c
+}
+
+fn wait_status(k: &mut Kid) -> std::process::ExitStatus {
+    let until = Instant::now() + LONG;
+    loop {
+        if let Some(st) = k.0.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < until, "child did not finish");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn name(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t-ev-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[test]
+fn child_main() {
+    let Ok(role) = std::env::var(ROLE) else { return };
+    let (role, arg) = role.split_once(':').unwrap();
+    let parent = std::os::unix::process::parent_id();
+    match role {
+        "send" => {
+            signal::send(parent, SIGUSR1).unwrap();
+            signal::send(parent, SIGIO).unwrap();
+        }
+        "queue" => signal::queue(parent, signal::sigrtmin() + 2, arg.parse().unwrap()).unwrap(),
+        "default-self" => {
+            let _g = signal::default(SIGUSR2).unwrap();
+            signal::send(std::process::id(), SIGUSR2).unwrap();
+            thread::sleep(LONG);
+        }
+        "sleep" => thread::sleep(LONG * 10),
+        "wait-event" => {
+            let ev = Event::open(arg).unwrap();
+            ev.wait_timeout(LONG).unwrap();
+        }
+        other => panic!("unknown role {other}"),
+    }
+    std::process::exit(0);
+}
+
+// All signal tests share the process-wide dispositions: run them one after another.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[test]
+fn handlers_get_signals_from_another_process_with_its_pid_and_uid() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let handler = signal::handle(&[SIGUSR1, SIGIO], move |info| sink.lock().unwrap().push(info)).unwrap();
+    let mut k = Kid(kid("send", "").spawn().unwrap());
+    assert!(wait_status(&mut k).success());
+    let until = Instant::now() + LONG;
+    while got.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < until, "signals not delivered: {:?}", got.lock().unwrap());
+        thread::sleep(Duration::from_millis(5));
+    }
+    drop(handler);
+    let got = got.lock().unwrap();
+    let sigs: Vec<i32> = got.iter().map(|i| i.signal).collect();
+    assert!(sigs.contains(&SIGUSR1) && sigs.contains(&SIGIO), "{got:?}");
+    for i in got.iter() {
+        assert_eq!((i.pid, i.uid), (k.0.id(), ipckit::euid()), "the kernel names the sender");
+    }
+}
+
+#[test]
+fn real_time_signals_queue_with_values_and_standard_ones_coalesce() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = signal::sigrtmin() + 1;
+    let mut signals = Signals::new(&[SIGUSR2, rt]).unwrap();
+    // Hold both signals back on this thread, send five of each to this
+    // thread, then let them in.
+    // SAFETY: sigset manipulation on local values; pthread_sigmask on this thread.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, SIGUSR2);
+        libc::sigaddset(&mut set, rt);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let (pid, tid) = (std::process::id(), signal::thread_id());
+    for v in 0..5 {
+        signal::send_thread(pid, tid, SIGUSR2).unwrap();
+        // rt_tgsigqueueinfo: a real-time signal with a value, to this thread.
+        // SAFETY: a zeroed siginfo_t with the fields the syscall reads set below.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        info.si_signo = rt;
+        info.si_code = libc::SI_QUEUE;
+        // SAFETY: writes the sender pid/uid/value fields of the union as glibc lays them out.
+        unsafe {
+            let p = (&mut info as *mut libc::siginfo_t).cast::<i32>();
+            *p.add(4) = pid as i32; // si_pid
+            *p.add(5) = ipckit::euid() as i32; // si_uid
+            *p.add(6) = 100 + v; // si_value (int)
+            assert_eq!(libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, rt, &info), 0);
+        }
+    }
+    // SAFETY: unblocks on this thread.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    let mut got = Vec::new();
+    while let Ok(i) = signals.recv_timeout(Duration::from_millis(300)) {
+        got.push((i.signal, i.value));
+    }
+    let usr2 = got.iter().filter(|(s, _)| *s == SIGUSR2).count();
+    let values: Vec<Option<i32>> = got.iter().filter(|(s, _)| *s == rt).map(|(_, v)| *v).collect();
+    assert_eq!(usr2, 1, "five pending SIGUSR2 coalesce into one: {got:?}");
+    assert_eq!(
+        values,
+        (100..105).map(Some).collect::<Vec<_>>(),
+        "real-time signals queue, in order, with values"
+    );
+}
+
+#[test]
+fn a_queued_value_arrives_from_another_process_and_signals_during_a_handler_wait() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = signal::sigrtmin() + 2;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let _h = signal::handle(&[rt], move |info| {
+        // A slow handler: the others arrive while it runs, and wait their turn.
+        thread::sleep(Duration::from_millis(50));
+        sink.lock().unwrap().push((info.value, info.pid));
+    })
+    .unwrap();
+    let mut kids: Vec<Kid> =
+        (0..4).map(|v| Kid(kid("queue", &(42 + v).to_string()).spawn().unwrap())).collect();
+    for k in &mut kids {
+        assert!(wait_status(k).success());
+    }
+    let until = Instant::now() + LONG;
+    while got.lock().unwrap().len() < 4 {
+        assert!(Instant::now() < until, "lost a queued signal: {:?}", got.lock().unwrap());
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut values: Vec<i32> = got.lock().unwrap().iter().map(|(v, _)| v.unwrap()).collect();
+    values.sort();
+    assert_eq!(values, [42, 43, 44, 45]);
+}
+
+fn disposition(sig: i32) -> usize {
+    // SAFETY: querying (null new action) into a zeroed struct.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+    old.sa_sigaction
+}
+
+#[test]
+fn dropping_a_registration_restores_the_old_disposition() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let before = disposition(SIGUSR1);
+    {
+        let _ignored = signal::ignore(SIGUSR1).unwrap();
+        assert_eq!(disposition(SIGUSR1), libc::SIG_IGN);
+        {
+            let _caught = Signals::new(&[SIGUSR1]).unwrap();
+            assert!(![libc::SIG_IGN, libc::SIG_DFL].contains(&disposition(SIGUSR1)));
+            assert!(Signals::new(&[SIGUSR1]).is_err(), "one registration per signal");
+        }
+        assert_eq!(disposition(SIGUSR1), libc::SIG_IGN, "back to ignore");
+        // Ignored: delivering it does nothing at all.
+        signal::send(std::process::id(), SIGUSR1).unwrap();
+    }
+    assert_eq!(disposition(SIGUSR1), before);
+    assert!(Signals::new(&[libc::SIGKILL]).is_err());
+}
+
+#[test]
+fn the_default_action_terminates_and_a_group_is_told_to_stop() {
+    let mut k = Kid(kid("default-self", "").spawn().unwrap());
+    let st = wait_status(&mut k);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(SIGUSR2));
+    // Three children in one process group, stopped with one signal.
+    let mut first = kid("sleep", "");
+    first.process_group(0);
+    let first = Kid(first.spawn().unwrap());
+    let pgid = first.0.id();
+    let mut kids = vec![first];
+    for _ in 0..2 {
+        let mut c = kid("sleep", "");
+        c.process_group(pgid as i32);
+        kids.push(Kid(c.spawn().unwrap()));
+    }
+    thread::sleep(Duration::from_millis(100));
+    signal::send_group(pgid, SIGTERM).unwrap();
+    for k in &mut kids {
+        let st = wait_status(k);
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(SIGTERM));
+    }
+}
+
+#[test]
+fn a_process_watch_reports_a_kill_at_once() {
+    let mut k = Kid(kid("sleep", "").spawn().unwrap());
+    let watch = ProcessWatch::new(k.0.id()).unwrap();
+    assert!(!watch.try_wait().unwrap());
+    assert!(!watch.wait_timeout(Duration::from_millis(50)).unwrap());
+    let start = Instant::now();
+    k.0.kill().unwrap();
+    assert!(watch.wait_timeout(LONG).unwrap());
+    assert!(start.elapsed() < LONG);
+    let _ = k.0.wait();
+    assert!(ProcessWatch::parent().unwrap().pid() > 0);
+}
+
+#[test]
+fn events_across_processes_and_modes() {
+    let n = name("cross");
+    let ev = Event::create(&n, EventMode::AutoReset, 0o600).unwrap();
+    let mut k = Kid(kid("wait-event", &n).spawn().unwrap());
+    thread::sleep(Duration::from_millis(100));
+    ev.notify_one();
+    assert!(wait_status(&mut k).success(), "the child was released");
+    Event::remove(&n).unwrap();
+
+    // Auto-reset: notifications coalesce; one waiter takes it.
+    let n = name("auto");
+    let ev = Event::create(&n, EventMode::AutoReset, 0o600).unwrap();
+    ev.notify_one();
+    ev.notify_one();
+    assert!(ev.try_wait().is_ok());
+    assert!(ev.try_wait().is_err());
+    // notify_all releases every current waiter, and leaves nothing behind.
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let e = Event::open(&n).unwrap();
+            thread::spawn(move || e.wait_timeout(LONG).is_ok())
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(100));
+    ev.notify_all();
+    assert!(waiters.into_iter().all(|w| w.join().unwrap()));
+    assert!(ev.try_wait().is_err());
+    Event::remove(&n).unwrap();
+
+    // Manual reset stays set; counting counts.
+    let n = name("manual");
+    let ev = Event::create(&n, EventMode::ManualReset, 0o600).unwrap();
+    ev.notify_one();
+    assert!(ev.try_wait().is_ok() && ev.try_wait().is_ok());
+    ev.reset();
+    assert!(ev.wait_timeout(Duration::from_millis(30)).is_err());
+    Event::remove(&n).unwrap();
+    let n = name("count");
+    let ev = Event::create(&n, EventMode::Counting, 0o600).unwrap();
+    for _ in 0..3 {
+        ev.notify_one();
+    }
+    assert_eq!(ev.value(), 3);
+    assert!((0..3).all(|_| ev.try_wait().is_ok()));
+    assert!(ev.try_wait().is_err());
+    Event::remove(&n).unwrap();
+}
