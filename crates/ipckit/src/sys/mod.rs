@@ -469,9 +469,20 @@ pub(crate) fn recvmsg_fds(
     }
 }
 
-/// `getpid(2)`.
+/// `getpid(2)`, cached: the pid is read once per process (a fork resets the
+/// cache), so hot paths that record "who did this" make no system call.
 pub fn pid() -> u32 {
-    rustix::process::getpid().as_raw_nonzero().get() as u32
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    let p = PID.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    HOOK.call_once(|| raw::on_fork_in_child(|| PID.store(0, Ordering::Relaxed)));
+    let p = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    PID.store(p, Ordering::Relaxed);
+    p
 }
 
 /// `geteuid(2)`.
@@ -504,6 +515,14 @@ pub(crate) fn shm_create(name: &str, mode: u32) -> io::Result<OwnedFd> {
     // The umask applies at creation; the caller asked for exactly `mode`.
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
     Ok(fd)
+}
+
+/// Whole seconds since the Unix epoch from `CLOCK_REALTIME_COARSE` (read
+/// through the vDSO: no system call, and cheaper than the precise clock),
+/// for `sem_otime`-style timestamps.
+pub(crate) fn coarse_now_secs() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    u64::try_from(t.tv_sec).unwrap_or(0)
 }
 
 /// `fchown(2)` (only if the owner changes) and `fchmod(2)`: gives the

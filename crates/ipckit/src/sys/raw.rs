@@ -128,3 +128,21 @@ pub(crate) fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> Option<Vec<u32>> {
         return None;
     }
 }
+
+/// Runs `reset` in the child after every `fork(2)` of this process
+/// (`pthread_atfork`), for caches that a fork makes stale. `reset` must be
+/// async-signal-safe (it runs in the child of a possibly multithreaded
+/// parent): a store to an atomic is.
+pub(crate) fn on_fork_in_child(reset: fn()) {
+    static RESET: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+    extern "C" fn child() {
+        if let Some(f) = RESET.get() {
+            f();
+        }
+    }
+    if RESET.set(reset).is_ok() {
+        // SAFETY: registers a plain function pointer; `child` only reads an
+        // initialised OnceLock and calls an async-signal-safe store.
+        unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    }
+}

@@ -33,7 +33,12 @@ pub(crate) enum Taken {
 impl RobustLock<'_> {
     /// Takes the lock, waiting until `deadline`.
     pub(crate) fn lock(&self, deadline: Deadline) -> Result<Taken, Fault> {
-        let me = sys::pid();
+        self.lock_as(sys::pid(), deadline)
+    }
+
+    /// As [`RobustLock::lock`], for a caller that already knows its pid
+    /// (`me`), so the uncontended path makes no system call at all.
+    pub(crate) fn lock_as(&self, me: u32, deadline: Deadline) -> Result<Taken, Fault> {
         loop {
             let owner = match self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return Ok(Taken::Clean),

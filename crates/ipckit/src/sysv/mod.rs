@@ -1,5 +1,12 @@
-//! System V-style IPC in shared memory: typed message queues (and, next,
-//! semaphore sets), faithful to `msgget`/`msgsnd`/`msgrcv`/`msgctl`.
+//! System V-style IPC in shared memory, faithful to the kernel's objects:
+//!
+//! - [`MessageQueue`] (`msgq.rs`): typed message queues with the semantics of
+//!   `msgget`/`msgsnd`/`msgrcv`/`msgctl`;
+//! - [`SemaphoreSet`] (`sem.rs`): semaphore sets with the semantics of
+//!   `semget`/`semop`/`semctl`, undo of a dead process's adjustments included.
+//!
+//! Both share a robust lock (`lock.rs`) whose holder's death is detected, so
+//! a process killed in the middle of an operation never wedges the others.
 //!
 //! Unlike the kernel's objects these live in `/dev/shm` (`ipckit.<name>`),
 //! so an uncontended operation is a few atomic instructions, not a system
@@ -7,5 +14,10 @@
 
 mod lock;
 mod msgq;
+mod sem;
 
 pub use msgq::{Flush, MessageQueue, QueueConfig, QueueSet, QueueStat, Select};
+pub use sem::{
+    SemChange, SemError, SemOp, SemStat, SemaphoreSet, WaitCounts, SEM_COUNT_MAX, SEM_OPS_MAX,
+    SEM_UNDO_RECORDS, SEM_VALUE_MAX,
+};

@@ -614,6 +614,11 @@ impl MessageQueue {
         if let Some(mode) = change.mode {
             g.put(MODE, mode & 0o777);
         }
+        // The object in /dev/shm must let the new owner and classes map it.
+        let (uid, gid, mode) = (g.get(UID), g.get(GID), g.get(MODE));
+        if change.uid.is_some() || change.gid.is_some() || change.mode.is_some() {
+            self.seg.set_owner(Owner { uid, gid, mode: file_mode(mode) })?;
+        }
         u64_at(self.map(), CTIME).store(now_secs(), Ordering::Relaxed);
         g.changed();
         Ok(())
