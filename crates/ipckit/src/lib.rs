@@ -54,8 +54,8 @@ pub mod rpc;
 pub mod shm;
 pub mod signal;
 pub mod spawn;
-pub mod sysv;
 mod sys;
+pub mod sysv;
 pub mod unix;
 mod wire;
 
