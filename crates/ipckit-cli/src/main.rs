@@ -7,6 +7,9 @@
 #![warn(missing_docs)]
 
 mod error;
+mod mq;
+mod object;
+mod sem;
 mod tour;
 
 use std::process::ExitCode;
@@ -21,8 +24,12 @@ use clap::{Parser, Subcommand};
     about = "Interprocess communication, from the command line",
     long_about = "Interprocess communication, from the command line.\n\n\
         ipckit puts every classic Unix IPC mechanism (pipes, FIFOs, UNIX sockets, RPC with \
-        timeouts) behind one message API. This tool runs and explains them with real processes.\n\n\
-        Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see them.",
+        timeouts, shared memory, System V-style message queues and semaphores) behind one API. \
+        This tool drives them from the shell and runs and explains them with real processes.\n\n\
+        Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see them.\n\n\
+        Exit status: 0 done; 1 error, with one line on stderr (\"ipckit: error: ...\"), a bad \
+        command line included; 2 (mq, sem) nothing done because it would have had to wait: \
+        --nowait found nothing to take or no room, or --timeout ran out.",
     propagate_version = true
 )]
 struct Cli {
@@ -33,16 +40,32 @@ struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the IPC chapter's examples (pipe, FIFO, RPC) as real, narrated processes
+    /// Run the IPC chapter's examples (pipe, FIFO, RPC, queue, semaphore) as real, narrated processes
     #[command(long_about = "Run the IPC chapter's examples as real, narrated processes.\n\n\
             The tour re-executes this binary as child processes and narrates every step on \
             stdout: which process (and pid) does what, what blocks and for how long.\n\n\
             Scenes, in order:\n  \
-            pipe  an anonymous pipe handed to a child, ten messages, then end-of-file\n  \
-            fifo  a named pipe whose reader blocks in open() until a writer comes\n  \
-            rpc   calls over a UNIX socket, a timeout against a silent server, a dead server\n\n\
+            pipe       an anonymous pipe handed to a child, ten messages, then end-of-file\n  \
+            fifo       a named pipe whose reader blocks in open() until a writer comes\n  \
+            rpc        calls over a UNIX socket, a timeout against a silent server, a dead server\n  \
+            queue      a typed message queue: two receivers each take only their own type; \
+            a negative type takes the lowest type first; msgctl stat\n  \
+            semaphore  workers take turns in a critical section (P/V); a holder killed with \
+            SIGKILL inside it does not block the others: its P is undone (SEM_UNDO)\n\n\
             Every blocking step has a timeout, so the tour cannot hang; it takes a few seconds.")]
     Tour(tour::TourArgs),
+
+    /// System V-style typed message queues: create, send, recv, stat, rm
+    #[command(long_about = "System V-style typed message queues (msgget, msgsnd, msgrcv, msgctl), \
+            kept in shared memory, or in a file for a durable queue.\n\n\
+            A queue and its messages stay until `ipckit mq rm`, after every process exits.")]
+    Mq(mq::MqArgs),
+
+    /// System V-style semaphore sets: create, op, stat, rm
+    #[command(long_about = "System V-style semaphore sets (semget, semop, semctl), kept in shared \
+            memory.\n\n\
+            A set and its values stay until `ipckit sem rm`, after every process exits.")]
+    Sem(sem::SemArgs),
 
     /// Internal: a child process of `ipckit tour` (not for direct use).
     #[command(name = "__tour-child", hide = true)]
@@ -55,16 +78,30 @@ enum Command {
 
 fn main() -> ExitCode {
     init_logging();
-    let cli = Cli::parse();
+    // A bad command line exits with 1 like any other error: 2 means "would
+    // have had to wait" (`--nowait`, `--timeout`), and must not be ambiguous.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(error::EXIT_FAILURE) } else { ExitCode::SUCCESS };
+        }
+    };
     let result = match cli.command {
         Command::Tour(args) => tour::run(&args),
+        Command::Mq(args) => mq::run(args),
+        Command::Sem(args) => sem::run(args),
         Command::TourChild { role } => tour::run_child(role),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is_would_block() => {
+            eprintln!("ipckit: {e}");
+            ExitCode::from(e.exit_code())
+        }
         Err(e) => {
             eprintln!("ipckit: error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

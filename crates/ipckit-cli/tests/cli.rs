@@ -76,7 +76,7 @@ fn help_lists_the_tour_and_hides_internal_commands() {
     let run = ipckit(&["--help"]);
     assert!(run.status.success(), "--help failed: {}", run.stderr);
     assert_says(&run, "tour");
-    assert_says(&run, "Run the IPC chapter's examples (pipe, FIFO, RPC)");
+    assert_says(&run, "Run the IPC chapter's examples (pipe, FIFO, RPC, queue, semaphore)");
     assert!(!run.stdout.contains("__tour-child"), "the internal subcommand is listed:\n{}", run.stdout);
 }
 
@@ -84,7 +84,7 @@ fn help_lists_the_tour_and_hides_internal_commands() {
 fn tour_help_lists_the_scenes() {
     let run = ipckit(&["tour", "--help"]);
     assert!(run.status.success(), "tour --help failed: {}", run.stderr);
-    for scene in ["pipe", "fifo", "rpc"] {
+    for scene in ["pipe", "fifo", "rpc", "queue", "semaphore"] {
         assert_says(&run, scene);
     }
 }
@@ -119,7 +119,15 @@ fn the_tour_runs_every_scene_with_real_processes() {
     assert_says(&run, "CallError::Timeout after");
     assert_eq!(run.stdout.matches("CallError::Disconnected").count(), 2, "{}", run.stdout);
 
-    assert_says(&run, "tour complete: 3 scene(s)");
+    // Scene 4: the typed message queue.
+    assert_says(&run, "recv(type 1) #3 -> \"render frame 3\"");
+    assert_says(&run, "recv(type 2) #3 -> \"log: all frames queued\"");
+
+    // Scene 5: semaphores, and a killed holder's P undone.
+    assert_says(&run, "never two inside at once");
+    assert_says(&run, "the dead holder's P was undone (SEM_UNDO)");
+
+    assert_says(&run, "tour complete: 5 scene(s)");
     let scratch = run
         .stdout
         .lines()

@@ -11,6 +11,8 @@
 //! | pipe | [`pipe`] | an anonymous pipe handed to a child; ten messages; end-of-file |
 //! | fifo | [`fifo`] | a named pipe: the reader blocks in `open()` until a writer comes |
 //! | rpc  | [`rpc`]  | calls over a UNIX socket; a timeout; a call to a dead server |
+//! | queue | [`queue`] | a typed queue; two receivers, each of its own type; `msgrcv` selection; stat |
+//! | semaphore | [`semaphore`] | P/V around a critical section; a holder killed inside, its P undone |
 //!
 //! Support: [`child`] (spawning, waiting with a timeout, killing and reaping),
 //! [`narrate`] (the tagged output), [`procfs`] (what `/proc` says about a process),
@@ -24,8 +26,10 @@ mod fifo;
 mod narrate;
 mod pipe;
 mod procfs;
+mod queue;
 mod rpc;
 mod scratch;
+mod semaphore;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -52,6 +56,10 @@ enum Scene {
     Fifo,
     /// RPC over a UNIX socket: replies, a timeout, a dead server.
     Rpc,
+    /// A typed message queue: two receivers, each taking its own type; lowest type first; stat.
+    Queue,
+    /// Semaphores: workers take turns in a critical section; a killed holder's P is undone.
+    Semaphore,
 }
 
 /// The parts a tour child can play (`ipckit __tour-child <role>`).
@@ -78,6 +86,33 @@ pub enum ChildRole {
         /// Where to bind the socket.
         path: PathBuf,
     },
+    /// Opens the message queue NAME and takes `--expect` messages of `--type`.
+    QueueReceiver {
+        /// The queue.
+        name: String,
+        /// The message type to take.
+        #[arg(long = "type")]
+        mtype: i64,
+        /// How many messages to take.
+        #[arg(long)]
+        expect: usize,
+    },
+    /// Enters the critical section guarded by semaphore set NAME `--rounds` times.
+    SemWorker {
+        /// The semaphore set.
+        name: String,
+        /// How many times to enter.
+        #[arg(long)]
+        rounds: usize,
+        /// The file that exists while someone is inside.
+        #[arg(long)]
+        marker: PathBuf,
+    },
+    /// Takes the semaphore of set NAME with undo and holds it until killed.
+    SemHolder {
+        /// The semaphore set.
+        name: String,
+    },
 }
 
 /// Runs the tour: each chosen scene in turn, in a fresh scratch directory.
@@ -87,7 +122,7 @@ pub enum ChildRole {
 /// The first scene that fails (its children are killed and reaped first).
 pub fn run(args: &TourArgs) -> Result<()> {
     let mut scenes =
-        if args.scenes.is_empty() { vec![Scene::Pipe, Scene::Fifo, Scene::Rpc] } else { args.scenes.clone() };
+        if args.scenes.is_empty() { Scene::value_variants().to_vec() } else { args.scenes.clone() };
     scenes.sort();
     scenes.dedup();
 
@@ -105,6 +140,8 @@ pub fn run(args: &TourArgs) -> Result<()> {
             Scene::Pipe => pipe::run(1),
             Scene::Fifo => fifo::run(2, &scratch),
             Scene::Rpc => rpc::run(3, &scratch),
+            Scene::Queue => queue::run(4),
+            Scene::Semaphore => semaphore::run(5, &scratch),
         };
         let name = format!("{scene:?}").to_lowercase();
         result.map_err(|e| crate::error::Failure::new(format!("tour scene {name:?} failed: {e}")))?;
@@ -137,5 +174,8 @@ pub fn run_child(role: ChildRole) -> Result<()> {
         ChildRole::FifoReader { path } => fifo::reader(&path),
         ChildRole::EchoServer { path } => rpc::echo_server(&path),
         ChildRole::SilentServer { path } => rpc::silent_server(&path),
+        ChildRole::QueueReceiver { name, mtype, expect } => queue::receiver(&name, mtype, expect),
+        ChildRole::SemWorker { name, rounds, marker } => semaphore::worker(&name, rounds, &marker),
+        ChildRole::SemHolder { name } => semaphore::holder(&name),
     }
 }

@@ -8,6 +8,12 @@
 //!   segment's bounds on every use.
 //! - [`rpc`]: the chapter's two-slot RPC: one request slot, one reply slot,
 //!   a status word in each header.
+//! - [`channel`]: message channels (MPMC and SPSC) over a ring of slots.
+//!
+//! Private parts: `wait` (spin / spin-then-block / block waiting on futex
+//! words, shared by `rpc` and `channel`) and `ring` (the lock-free ring
+//! algorithm, generic over its memory so a `loom` model runs the same code;
+//! public but hidden only for that model).
 //! - [`pubsub`]: one publisher, many subscribers, each sees every message;
 //!   history for late joiners; a slow subscriber blocks the publisher or
 //!   loses its oldest messages, as the publisher chooses.
@@ -17,15 +23,20 @@
 //! Everything read from a segment is input from a stranger: lengths, offsets
 //! and state words are validated, and a bad one is [`Error::Corrupted`](crate::Error::Corrupted).
 
+pub mod channel;
 mod pool;
 pub mod pubsub;
+#[doc(hidden)]
+pub mod ring;
 pub mod rpc;
 mod segment;
+mod wait;
 
 use std::marker::PhantomData;
 
 pub use pool::{Loan, LoanMut, LoanPool, Token};
 pub use segment::{Segment, SegmentKind, HEADER_LEN, MAX_SEGMENT, PREFIX};
+pub use wait::{WaitMode, LIVENESS_CHECK};
 
 /// A byte offset into a segment's user area, typed by what lives there.
 ///

@@ -29,14 +29,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::segment::{Segment, SegmentKind, HEADER_LEN};
+use super::wait::{publish, wait_for, EMPTY, FULL};
+pub use super::wait::{WaitMode, LIVENESS_CHECK};
 use crate::error::{CallError, Error, Fault, ReplyError, Result};
 use crate::sys::{self, Deadline, Mapping};
-
-/// How often a waiting side checks that the other side is still alive.
-pub const LIVENESS_CHECK: Duration = Duration::from_millis(10);
-
-const EMPTY: u32 = 0;
-const FULL: u32 = 1;
 
 // Offsets (from the start of the mapping).
 const SERVER_PID: usize = HEADER_LEN;
@@ -44,23 +40,6 @@ const CLIENT_PID: usize = HEADER_LEN + 4;
 const CAPACITY: usize = HEADER_LEN + 8;
 const REQUEST: usize = HEADER_LEN + 64;
 const SLOT_HEADER: usize = 64;
-
-/// How a side waits for the other's message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WaitMode {
-    /// Busy-poll the status word: the lowest latency, one CPU kept busy.
-    Spin,
-    /// Poll this many times, then sleep on the word (futex).
-    SpinThenBlock(u32),
-    /// Sleep on the word (futex) at once: no CPU used while waiting.
-    Block,
-}
-
-impl Default for WaitMode {
-    fn default() -> Self {
-        WaitMode::SpinThenBlock(2000)
-    }
-}
 
 fn align64(n: usize) -> usize {
     n.div_ceil(64) * 64
@@ -147,79 +126,6 @@ impl Slot<'_> {
         debug_assert!(ok, "length checked against capacity");
         publish(self.state(), self.waiters(), EMPTY);
         Ok(seq)
-    }
-}
-
-/// Stores `value` into the status word and wakes sleepers, if any: with no
-/// sleeper this is one store and one load, no system call.
-fn publish(state: &AtomicU32, waiters: &AtomicU32, value: u32) {
-    state.store(value, Ordering::SeqCst);
-    if waiters.load(Ordering::SeqCst) > 0 {
-        sys::futex_wake(state, u32::MAX);
-    }
-}
-
-/// Waits until `state` holds `want`, as `mode` says, until `deadline`,
-/// failing with `Disconnected` once `peer_alive` says the other side is gone.
-fn wait_for(
-    state: &AtomicU32,
-    waiters: &AtomicU32,
-    want: u32,
-    mode: WaitMode,
-    deadline: Deadline,
-    mut peer_alive: impl FnMut() -> bool,
-) -> Result<(), Fault> {
-    let spins = match mode {
-        WaitMode::Spin => u32::MAX,
-        WaitMode::SpinThenBlock(n) => n,
-        WaitMode::Block => 0,
-    };
-    let mut next_check = Instant::now() + LIVENESS_CHECK;
-    let mut spun = 0u32;
-    loop {
-        let seen = state.load(Ordering::Acquire);
-        if seen == want {
-            return Ok(());
-        }
-        if seen != EMPTY && seen != FULL {
-            return Err(Fault::Frame(crate::FrameError::BadHandles(
-                "slot state word is neither EMPTY nor FULL",
-            )));
-        }
-        if spun < spins {
-            spun += 1;
-            std::hint::spin_loop();
-            if spun % 256 != 0 {
-                continue;
-            }
-        } else {
-            // Sleep on the word; re-check after announcing ourselves so a
-            // publish between the check and the sleep cannot be missed.
-            waiters.fetch_add(1, Ordering::SeqCst);
-            if state.load(Ordering::SeqCst) == seen {
-                let mut nap = LIVENESS_CHECK;
-                if let Deadline::At(at) = deadline {
-                    nap = nap.min(at.saturating_duration_since(Instant::now()));
-                }
-                if deadline != Deadline::Now && !nap.is_zero() {
-                    sys::futex_wait(state, seen, Some(nap));
-                }
-            }
-            waiters.fetch_sub(1, Ordering::SeqCst);
-            if state.load(Ordering::Acquire) == want {
-                return Ok(());
-            }
-        }
-        let now = Instant::now();
-        if deadline.expired() {
-            return Err(Fault::Timeout);
-        }
-        if now >= next_check {
-            if !peer_alive() {
-                return Err(Fault::Disconnected);
-            }
-            next_check = now + LIVENESS_CHECK;
-        }
     }
 }
 

@@ -1,0 +1,234 @@
+//! How a side of a shared-memory structure waits for the other: the
+//! chapter's "message check mode", shared by [`rpc`](super::rpc) and
+//! [`channel`](super::channel).
+//!
+//! Two patterns, both with the same rule: the fast path (nobody asleep)
+//! makes no system call. A side that goes to sleep first announces itself
+//! in a waiter count, then re-checks its condition, then sleeps on a futex
+//! word; a side that changes the condition does so, then (after a `SeqCst`
+//! fence, the Dekker pattern) reads the waiter count and makes a
+//! `futex(FUTEX_WAKE)` only when it is non-zero. Every sleep is at most
+//! [`LIVENESS_CHECK`] long, so a sleeper notices a dead peer in bounded time.
+//!
+//! - [`wait_for`]/[`publish`]: one status word that holds the condition
+//!   itself (the two-slot RPC's `EMPTY`/`FULL`).
+//! - [`Event`]/[`wait_event`]: a condition spread over several words (a
+//!   ring's head, tail and slot sequences); the futex word is a counter the
+//!   notifier bumps.
+
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::Fault;
+use crate::sys::{self, Deadline};
+
+/// How often a waiting side checks that the other side is still alive.
+pub const LIVENESS_CHECK: Duration = Duration::from_millis(10);
+
+pub(crate) const EMPTY: u32 = 0;
+pub(crate) const FULL: u32 = 1;
+
+/// How a side waits for the other's message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Busy-poll the status word: the lowest latency, one CPU kept busy.
+    Spin,
+    /// Poll this many times, then sleep on the word (futex).
+    SpinThenBlock(u32),
+    /// Sleep on the word (futex) at once: no CPU used while waiting.
+    Block,
+}
+
+impl Default for WaitMode {
+    fn default() -> Self {
+        WaitMode::SpinThenBlock(2000)
+    }
+}
+
+impl WaitMode {
+    fn spins(self) -> u32 {
+        match self {
+            WaitMode::Spin => u32::MAX,
+            WaitMode::SpinThenBlock(n) => n,
+            WaitMode::Block => 0,
+        }
+    }
+}
+
+/// The longest nap before `deadline` (and never longer than [`LIVENESS_CHECK`]).
+fn nap(deadline: Deadline) -> Duration {
+    match deadline {
+        Deadline::Now => Duration::ZERO,
+        Deadline::Never => LIVENESS_CHECK,
+        Deadline::At(at) => LIVENESS_CHECK.min(at.saturating_duration_since(Instant::now())),
+    }
+}
+
+/// Stores `value` into the status word and wakes sleepers, if any: with no
+/// sleeper this is one store and one load, no system call.
+pub(crate) fn publish(state: &AtomicU32, waiters: &AtomicU32, value: u32) {
+    state.store(value, Ordering::SeqCst);
+    if waiters.load(Ordering::SeqCst) > 0 {
+        sys::futex_wake(state, u32::MAX);
+    }
+}
+
+/// Waits until `state` holds `want`, as `mode` says, until `deadline`,
+/// failing with `Disconnected` once `peer_alive` says the other side is gone.
+pub(crate) fn wait_for(
+    state: &AtomicU32,
+    waiters: &AtomicU32,
+    want: u32,
+    mode: WaitMode,
+    deadline: Deadline,
+    mut peer_alive: impl FnMut() -> bool,
+) -> Result<(), Fault> {
+    let spins = mode.spins();
+    let mut next_check = Instant::now() + LIVENESS_CHECK;
+    let mut spun = 0u32;
+    loop {
+        let seen = state.load(Ordering::Acquire);
+        if seen == want {
+            return Ok(());
+        }
+        if seen != EMPTY && seen != FULL {
+            return Err(Fault::Frame(crate::FrameError::BadHandles(
+                "slot state word is neither EMPTY nor FULL",
+            )));
+        }
+        if spun < spins {
+            spun += 1;
+            std::hint::spin_loop();
+            if spun % 256 != 0 {
+                continue;
+            }
+        } else {
+            // Sleep on the word; re-check after announcing ourselves so a
+            // publish between the check and the sleep cannot be missed.
+            waiters.fetch_add(1, Ordering::SeqCst);
+            if state.load(Ordering::SeqCst) == seen {
+                let nap = nap(deadline);
+                if !nap.is_zero() {
+                    sys::futex_wait(state, seen, Some(nap));
+                }
+            }
+            waiters.fetch_sub(1, Ordering::SeqCst);
+            if state.load(Ordering::Acquire) == want {
+                return Ok(());
+            }
+        }
+        let now = Instant::now();
+        if deadline.expired() {
+            return Err(Fault::Timeout);
+        }
+        if now >= next_check {
+            if !peer_alive() {
+                return Err(Fault::Disconnected);
+            }
+            next_check = now + LIVENESS_CHECK;
+        }
+    }
+}
+
+/// A condition another side can wait for: a futex word the notifier bumps,
+/// and the number of sleepers.
+#[derive(Clone, Copy)]
+pub(crate) struct Event<'a> {
+    pub(crate) word: &'a AtomicU32,
+    pub(crate) waiters: &'a AtomicU32,
+}
+
+impl Event<'_> {
+    /// Wakes every sleeper, if there is any. Call after making the
+    /// condition true; with no sleeper this is a fence and a load.
+    pub(crate) fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.word.fetch_add(1, Ordering::Release);
+            sys::futex_wake(self.word, u32::MAX);
+        }
+    }
+
+    /// Wakes every sleeper unconditionally (used when a peer leaves, so
+    /// sleepers re-check at once whether anybody is left).
+    pub(crate) fn notify_all(&self) {
+        self.word.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(self.word, u32::MAX);
+    }
+}
+
+/// What one attempt of a [`wait_event`] loop found.
+pub(crate) enum Attempt<T> {
+    /// Done (successfully or not).
+    Ready(Result<T, Fault>),
+    /// Not possible until the other side acts (and notifies `event`).
+    Wait,
+    /// Another party of the same side is in the middle of the same step
+    /// (it will finish in a moment, and does not notify): retry soon.
+    Busy,
+}
+
+/// Calls `attempt` until it is ready, waiting between attempts as `mode`
+/// says: spinning, then sleeping on `event`. `attempt(true)` is a periodic
+/// check (at most every [`LIVENESS_CHECK`], but at once on the first
+/// failure when `*last_check` is old): the place for liveness checks and
+/// repairs that cost system calls.
+pub(crate) fn wait_event<T>(
+    event: Event<'_>,
+    mode: WaitMode,
+    deadline: Deadline,
+    last_check: &mut Instant,
+    mut attempt: impl FnMut(bool) -> Attempt<T>,
+) -> Result<T, Fault> {
+    let spins = mode.spins();
+    let mut spun = 0u32;
+    let mut busy = 0u32;
+    let mut check = false;
+    loop {
+        let state = match attempt(check) {
+            Attempt::Ready(r) => return r,
+            other => other,
+        };
+        check = false;
+        let now = Instant::now();
+        if now.duration_since(*last_check) >= LIVENESS_CHECK {
+            *last_check = now;
+            check = true;
+            continue;
+        }
+        if deadline.expired() {
+            return Err(Fault::Timeout);
+        }
+        if matches!(state, Attempt::Busy) {
+            busy += 1;
+            if busy % 64 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+            continue;
+        }
+        if spun < spins {
+            spun += 1;
+            std::hint::spin_loop();
+            continue;
+        }
+        // Announce, re-check, sleep: a notify after the re-check sees the
+        // waiter count (SeqCst fences on both sides) and bumps the word,
+        // so the futex sleep returns at once.
+        event.waiters.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let seen = event.word.load(Ordering::Acquire);
+        let again = attempt(false);
+        if let Attempt::Wait = again {
+            let nap = nap(deadline);
+            if !nap.is_zero() {
+                sys::futex_wait(event.word, seen, Some(nap));
+            }
+        }
+        event.waiters.fetch_sub(1, Ordering::SeqCst);
+        if let Attempt::Ready(r) = again {
+            return r;
+        }
+    }
+}
