@@ -18,7 +18,9 @@ use crate::wire::{self, Header, Kind, HEADER_LEN};
 
 /// The default largest message body: 16 MiB.
 pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
-const INITIAL_BUF: usize = 64 << 10;
+/// A connection's read buffer starts small (idle connections cost little)
+/// and doubles as data arrives.
+const INITIAL_BUF: usize = 4 << 10;
 
 /// How a descriptor carries frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

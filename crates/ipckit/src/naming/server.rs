@@ -78,6 +78,7 @@ pub struct NameServer {
     clients: HashMap<u64, ClientInfo>,
     watchers: Vec<(String, Connection)>,
     pending: Vec<PendingRecv>,
+    last_sweep: Instant,
 }
 
 impl std::fmt::Debug for NameServer {
@@ -129,6 +130,7 @@ impl NameServer {
             clients: HashMap::new(),
             watchers: Vec::new(),
             pending: Vec::new(),
+            last_sweep: Instant::now(),
         })
     }
 
@@ -165,7 +167,15 @@ impl NameServer {
         for id in self.rpc.closed() {
             self.client_gone(id);
         }
-        self.expire();
+        // Housekeeping walks every client and watcher: do it every 100 ms
+        // (or when a receive deadline is due), not after every request.
+        let now = Instant::now();
+        if now.duration_since(self.last_sweep) >= Duration::from_millis(100)
+            || self.pending.iter().any(|p| p.deadline <= now)
+        {
+            self.last_sweep = now;
+            self.expire();
+        }
         Ok(())
     }
 

@@ -41,7 +41,7 @@ pub enum WaitMode {
 
 impl Default for WaitMode {
     fn default() -> Self {
-        WaitMode::SpinThenBlock(2000)
+        WaitMode::SpinThenBlock(200)
     }
 }
 
@@ -83,6 +83,10 @@ pub(crate) fn wait_for(
     deadline: Deadline,
     mut peer_alive: impl FnMut() -> bool,
 ) -> Result<(), Fault> {
+    // The fast path (the word is already there) reads no clock.
+    if state.load(Ordering::Acquire) == want {
+        return Ok(());
+    }
     let spins = mode.spins();
     let mut next_check = Instant::now() + LIVENESS_CHECK;
     let mut spun = 0u32;

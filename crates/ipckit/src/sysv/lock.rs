@@ -14,6 +14,8 @@ use crate::error::Fault;
 use crate::sys::{self, Deadline};
 
 const NAP: Duration = Duration::from_millis(10);
+/// Spins before the first sleep on a held lock.
+const SPINS: u32 = 100;
 
 /// A robust lock: the lock word and its waiter count, both in shared memory.
 pub(crate) struct RobustLock<'a> {
@@ -39,16 +41,33 @@ impl RobustLock<'_> {
     /// As [`RobustLock::lock`], for a caller that already knows its pid
     /// (`me`), so the uncontended path makes no system call at all.
     pub(crate) fn lock_as(&self, me: u32, deadline: Deadline) -> Result<Taken, Fault> {
+        let mut spins = 0u32;
+        // The holder seen, and since when: only one that has held the lock
+        // for a whole nap is checked for life (a check costs ~10 us).
+        let mut seen: Option<(u32, Instant)> = None;
         loop {
             let owner = match self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return Ok(Taken::Clean),
                 Err(owner) => owner,
             };
-            if owner != me && !sys::process_alive(owner) {
-                if self.word.compare_exchange(owner, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                    tracing::warn!(dead = owner, "took over a lock whose holder died; repairing");
-                    return Ok(Taken::FromTheDead);
+            match seen {
+                Some((o, since)) if o == owner => {
+                    if owner != me && since.elapsed() >= NAP && !sys::process_alive(owner) {
+                        if self.word.compare_exchange(owner, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                        {
+                            tracing::warn!(dead = owner, "took over a lock whose holder died; repairing");
+                            return Ok(Taken::FromTheDead);
+                        }
+                        continue;
+                    }
                 }
+                _ => seen = Some((owner, Instant::now())),
+            }
+            // Locks are held for a few hundred nanoseconds: spin a little
+            // before sleeping (pointless on one CPU, so keep it short).
+            if spins < SPINS {
+                spins += 1;
+                std::hint::spin_loop();
                 continue;
             }
             if deadline.expired() {

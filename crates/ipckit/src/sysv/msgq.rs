@@ -386,7 +386,7 @@ impl MessageQueue {
         let m = self.map();
         let lock = RobustLock { word: u32_at(m, LOCK), waiters: u32_at(m, LOCK_WAITERS) };
         let taken = lock.lock(deadline)?;
-        let g = Guard { q: self, lock };
+        let g = Guard { q: self, lock, wake: std::cell::Cell::new(false) };
         if taken == Taken::FromTheDead {
             g.repair();
         }
@@ -689,11 +689,18 @@ fn fault_error(f: Fault) -> Error {
 struct Guard<'a> {
     q: &'a MessageQueue,
     lock: RobustLock<'a>,
+    /// Something changed: wake the sleepers, after unlocking (a sleeper
+    /// woken while we still hold the lock would only go back to sleep on it).
+    wake: std::cell::Cell<bool>,
 }
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         self.lock.unlock();
+        let m = self.q.map();
+        if self.wake.get() && u32_at(m, CHANGE_WAITERS).load(Ordering::SeqCst) > 0 {
+            sys::futex_wake(u32_at(m, CHANGE), u32::MAX);
+        }
     }
 }
 
@@ -718,11 +725,8 @@ impl Guard<'_> {
 
     /// Wakes every sleeper: each re-checks its own condition.
     fn changed(&self) {
-        let m = self.q.map();
-        u32_at(m, CHANGE).fetch_add(1, Ordering::SeqCst);
-        if u32_at(m, CHANGE_WAITERS).load(Ordering::SeqCst) > 0 {
-            sys::futex_wake(u32_at(m, CHANGE), u32::MAX);
-        }
+        u32_at(self.q.map(), CHANGE).fetch_add(1, Ordering::SeqCst);
+        self.wake.set(true);
     }
 
     fn check(&self, want: Access) -> Result<(), Fault> {

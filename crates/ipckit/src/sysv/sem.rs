@@ -470,7 +470,7 @@ impl SemaphoreSet {
     fn lock(&self, deadline: Deadline) -> Result<Guard<'_>, SemError> {
         let lock = RobustLock { word: self.w(LOCK), waiters: self.w(LOCK_WAITERS) };
         let taken = lock.lock_as(self.me, deadline).map_err(fault)?;
-        let g = Guard { s: self, lock };
+        let g = Guard { s: self, lock, wake: std::cell::Cell::new(false) };
         if taken == Taken::FromTheDead {
             g.repair()?;
         }
@@ -882,11 +882,17 @@ fn word64(m: &Mapping, off: usize) -> &AtomicU64 {
 struct Guard<'a> {
     s: &'a SemaphoreSet,
     lock: RobustLock<'a>,
+    /// Blocked callers to wake once the lock is released (woken while we
+    /// still held it, they would only go back to sleep on the lock).
+    wake: std::cell::Cell<bool>,
 }
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
         self.lock.unlock();
+        if self.wake.get() {
+            sys::futex_wake(self.s.w(CHANGE), u32::MAX);
+        }
     }
 }
 
@@ -1004,7 +1010,7 @@ impl Guard<'_> {
     fn changed(&self) {
         self.put(CHANGE, self.get(CHANGE).wrapping_add(1));
         if self.get(WAITING) > 0 || self.get(SPILL) > 0 {
-            sys::futex_wake(self.s.w(CHANGE), u32::MAX);
+            self.wake.set(true);
         }
     }
 
