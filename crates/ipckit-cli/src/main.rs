@@ -8,6 +8,7 @@
 
 mod error;
 mod mq;
+mod naming;
 mod object;
 mod sem;
 mod tour;
@@ -28,7 +29,7 @@ use clap::{Parser, Subcommand};
         This tool drives them from the shell and runs and explains them with real processes.\n\n\
         Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see them.\n\n\
         Exit status: 0 done; 1 error, with one line on stderr (\"ipckit: error: ...\"), a bad \
-        command line included; 2 (mq, sem) nothing done because it would have had to wait: \
+        command line included; 2 (mq, sem, call, recv) nothing done because it would have had to wait: \
         --nowait found nothing to take or no room, or --timeout ran out.",
     propagate_version = true
 )]
@@ -40,7 +41,7 @@ struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the IPC chapter's examples (pipe, FIFO, RPC, queue, semaphore) as real, narrated processes
+    /// Run the IPC chapter's examples (pipe, FIFO, RPC, queue, semaphore, drawing, signals) as real, narrated processes
     #[command(long_about = "Run the IPC chapter's examples as real, narrated processes.\n\n\
             The tour re-executes this binary as child processes and narrates every step on \
             stdout: which process (and pid) does what, what blocks and for how long.\n\n\
@@ -51,7 +52,11 @@ enum Command {
             queue      a typed message queue: two receivers each take only their own type; \
             a negative type takes the lowest type first; msgctl stat\n  \
             semaphore  workers take turns in a critical section (P/V); a holder killed with \
-            SIGKILL inside it does not block the others: its P is undone (SEM_UNDO)\n\n\
+            SIGKILL inside it does not block the others: its P is undone (SEM_UNDO)\n  \
+            drawing    the naming server: a service registers \"draw\" with a policy, an allowed \
+            client draws, a client of another uid is refused (needs root, else skipped)\n  \
+            signals    handlers for SIGIO and SIGUSR1 report the sender's pid from the kernel; one \
+            signal to a process group stops three children\n\n\
             Every blocking step has a timeout, so the tour cannot hang; it takes a few seconds.")]
     Tour(tour::TourArgs),
 
@@ -67,6 +72,38 @@ enum Command {
             A set and its values stay until `ipckit sem rm`, after every process exits.")]
     Sem(sem::SemArgs),
 
+    /// Run the naming server in the foreground (stop it with SIGTERM or Ctrl-C)
+    #[command(long_about = "Run the naming server in the foreground until SIGTERM or SIGINT \
+            (Ctrl-C), then remove its socket.\n\n\
+            Services register names with it and clients look them up; mailboxes live in it. \
+            Every decision uses the caller's kernel-verified credentials (SO_PEERCRED). \
+            Logs go to stderr (RUST_LOG, default info).")]
+    Serve(naming::ServeArgs),
+
+    /// List every live ipckit object you may see, like ipcs
+    #[command(long_about = "List every live ipckit object you may see, like ipcs: the naming \
+            server's services and mailboxes, and the shared-memory objects in /dev/shm \
+            (segments, queues, semaphore sets, rings, RPC slots, pub-sub rings, pools, events), \
+            with owner, group, mode, size or messages, creator pid, last activity, and whether \
+            the creator is gone (stale).\n\n\
+            With no naming server running, says so on stderr and lists shared memory only.")]
+    Ls(naming::LsArgs),
+
+    /// Show one object (naming server name, else shared-memory object)
+    Stat(naming::StatArgs),
+
+    /// Remove an object (its owner or root), or every stale shared-memory object
+    Rm(naming::RmArgs),
+
+    /// Call a service registered with the naming server and print its reply
+    Call(naming::CallArgs),
+
+    /// Send a message to a mailbox at the naming server
+    Send(naming::SendArgs),
+
+    /// Receive (and print) one message from a mailbox at the naming server
+    Recv(naming::RecvArgs),
+
     /// Internal: a child process of `ipckit tour` (not for direct use).
     #[command(name = "__tour-child", hide = true)]
     TourChild {
@@ -77,7 +114,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_logging();
+    // `serve` logs what it does by default; other commands only warnings.
+    let serving = std::env::args_os().nth(1).is_some_and(|a| a == "serve");
+    init_logging(if serving { "info" } else { "warn" });
     // A bad command line exits with 1 like any other error: 2 means "would
     // have had to wait" (`--nowait`, `--timeout`), and must not be ambiguous.
     let cli = match Cli::try_parse() {
@@ -91,6 +130,13 @@ fn main() -> ExitCode {
         Command::Tour(args) => tour::run(&args),
         Command::Mq(args) => mq::run(args),
         Command::Sem(args) => sem::run(args),
+        Command::Serve(args) => naming::serve(&args),
+        Command::Ls(args) => naming::ls(&args),
+        Command::Stat(args) => naming::stat(&args),
+        Command::Rm(args) => naming::rm(&args),
+        Command::Call(args) => naming::call(&args),
+        Command::Send(args) => naming::send(&args),
+        Command::Recv(args) => naming::recv(&args),
         Command::TourChild { role } => tour::run_child(role),
     };
     match result {
@@ -106,9 +152,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs (tracing) go to stderr, filtered by `RUST_LOG` (default: warnings only).
-fn init_logging() {
+/// Logs (tracing) go to stderr, filtered by `RUST_LOG` (default: `default`).
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

@@ -76,7 +76,7 @@ fn help_lists_the_tour_and_hides_internal_commands() {
     let run = ipckit(&["--help"]);
     assert!(run.status.success(), "--help failed: {}", run.stderr);
     assert_says(&run, "tour");
-    assert_says(&run, "Run the IPC chapter's examples (pipe, FIFO, RPC, queue, semaphore)");
+    assert_says(&run, "Run the IPC chapter's examples (pipe, FIFO, RPC, queue, semaphore, drawing, signals)");
     assert!(!run.stdout.contains("__tour-child"), "the internal subcommand is listed:\n{}", run.stdout);
 }
 
@@ -84,7 +84,7 @@ fn help_lists_the_tour_and_hides_internal_commands() {
 fn tour_help_lists_the_scenes() {
     let run = ipckit(&["tour", "--help"]);
     assert!(run.status.success(), "tour --help failed: {}", run.stderr);
-    for scene in ["pipe", "fifo", "rpc", "queue", "semaphore"] {
+    for scene in ["pipe", "fifo", "rpc", "queue", "semaphore", "drawing", "signals"] {
         assert_says(&run, scene);
     }
 }
@@ -127,7 +127,11 @@ fn the_tour_runs_every_scene_with_real_processes() {
     assert_says(&run, "never two inside at once");
     assert_says(&run, "the dead holder's P was undone (SEM_UNDO)");
 
-    assert_says(&run, "tour complete: 5 scene(s)");
+    // Scenes 6 and 7: the drawing service and signals (details in tests/naming.rs).
+    assert_says(&run, "call(\"a circle\") -> \"drew a circle for pid");
+    assert_says(&run, "one signal to the group stopped all 3 children");
+
+    assert_says(&run, "tour complete: 7 scene(s)");
     let scratch = run
         .stdout
         .lines()

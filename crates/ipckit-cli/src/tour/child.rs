@@ -27,9 +27,21 @@ impl TourChild {
     /// the handles in `kit` (plus stdin from /dev/null, and the tour's stdout
     /// and stderr); every other descriptor of the tour stays behind.
     pub fn spawn(role: &'static str, args: &[&std::ffi::OsStr], kit: Inherit) -> Result<Self> {
+        TourChild::spawn_with(role, args, kit, |_| {})
+    }
+
+    /// As [`TourChild::spawn`], letting `setup` adjust the command first
+    /// (another uid, a process group).
+    pub fn spawn_with(
+        role: &'static str,
+        args: &[&std::ffi::OsStr],
+        kit: Inherit,
+        setup: impl FnOnce(&mut Command),
+    ) -> Result<Self> {
         let exe = std::env::current_exe().context("finding this program's own path")?;
         let mut cmd = Command::new(exe);
         cmd.arg("__tour-child").args(args).stdin(Stdio::null());
+        setup(&mut cmd);
         let started = Instant::now();
         let child = kit.spawn(&mut cmd).context(format!("spawning the {role} child"))?;
         tracing::debug!(role, pid = child.id(), "spawned a tour child");
@@ -78,6 +90,26 @@ impl TourChild {
         }
     }
 
+    /// Waits at most `timeout` for the child to exit, however it ends, and
+    /// reaps it; a child still running then is killed and that is an error.
+    pub fn wait_status(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.kill();
+                fail!(
+                    "the {} child (pid {}) did not end within {timeout:?}; killed it",
+                    self.role,
+                    self.pid()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Kills the child (`SIGKILL`) unless it already exited, and reaps it.
     pub fn kill(&mut self) -> Result<ExitStatus> {
         if let Some(status) = self.try_status()? {
@@ -106,7 +138,12 @@ pub fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),
         (None, Some(sig)) => {
-            format!("was killed by signal {sig}{}", if sig == 9 { " (SIGKILL)" } else { "" })
+            let name = match sig {
+                9 => " (SIGKILL)",
+                15 => " (SIGTERM)",
+                _ => "",
+            };
+            format!("was killed by signal {sig}{name}")
         }
         _ => format!("ended: {status}"),
     }

@@ -13,6 +13,8 @@
 //! | rpc  | [`rpc`]  | calls over a UNIX socket; a timeout; a call to a dead server |
 //! | queue | [`queue`] | a typed queue; two receivers, each of its own type; `msgrcv` selection; stat |
 //! | semaphore | [`semaphore`] | P/V around a critical section; a holder killed inside, its P undone |
+//! | drawing | [`drawing`] | the naming server: a service registers "draw", an allowed client draws, another uid is refused |
+//! | signals | [`signals`] | handlers for SIGIO and SIGUSR1 with the sender's pid; one signal stops a process group |
 //!
 //! Support: [`child`] (spawning, waiting with a timeout, killing and reaping),
 //! [`narrate`] (the tagged output), [`procfs`] (what `/proc` says about a process),
@@ -22,6 +24,7 @@
 //! if the tour fails), and children die with the tour (`PR_SET_PDEATHSIG`).
 
 mod child;
+mod drawing;
 mod fifo;
 mod narrate;
 mod pipe;
@@ -30,6 +33,7 @@ mod queue;
 mod rpc;
 mod scratch;
 mod semaphore;
+mod signals;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -60,6 +64,10 @@ enum Scene {
     Queue,
     /// Semaphores: workers take turns in a critical section; a killed holder's P is undone.
     Semaphore,
+    /// The naming server: a drawing service registers, an allowed client draws, another uid is refused.
+    Drawing,
+    /// Signals: handlers for SIGIO and SIGUSR1; one signal stops a process group.
+    Signals,
 }
 
 /// The parts a tour child can play (`ipckit __tour-child <role>`).
@@ -113,6 +121,33 @@ pub enum ChildRole {
         /// The semaphore set.
         name: String,
     },
+    /// Registers "draw" at the naming server at SOCKET and draws for each client.
+    DrawService {
+        /// The naming server's socket.
+        socket: PathBuf,
+    },
+    /// Looks "draw" up at the naming server at SOCKET and asks for SHAPE.
+    DrawClient {
+        /// The naming server's socket.
+        socket: PathBuf,
+        /// What to draw.
+        shape: String,
+    },
+    /// Looks "draw" up and expects to be refused (run as another uid).
+    DrawStranger {
+        /// The naming server's socket.
+        socket: PathBuf,
+    },
+    /// Sends SIGIO then SIGUSR1 to process PID.
+    SignalSender {
+        /// The process to signal.
+        pid: u32,
+    },
+    /// Marks itself ready by creating READY, then waits to be signalled.
+    GroupMember {
+        /// The file to create when ready.
+        ready: PathBuf,
+    },
 }
 
 /// Runs the tour: each chosen scene in turn, in a fresh scratch directory.
@@ -142,6 +177,8 @@ pub fn run(args: &TourArgs) -> Result<()> {
             Scene::Rpc => rpc::run(3, &scratch),
             Scene::Queue => queue::run(4),
             Scene::Semaphore => semaphore::run(5, &scratch),
+            Scene::Drawing => drawing::run(6, &scratch),
+            Scene::Signals => signals::run(7, &scratch),
         };
         let name = format!("{scene:?}").to_lowercase();
         result.map_err(|e| crate::error::Failure::new(format!("tour scene {name:?} failed: {e}")))?;
@@ -177,5 +214,10 @@ pub fn run_child(role: ChildRole) -> Result<()> {
         ChildRole::QueueReceiver { name, mtype, expect } => queue::receiver(&name, mtype, expect),
         ChildRole::SemWorker { name, rounds, marker } => semaphore::worker(&name, rounds, &marker),
         ChildRole::SemHolder { name } => semaphore::holder(&name),
+        ChildRole::DrawService { socket } => drawing::service(&socket),
+        ChildRole::DrawClient { socket, shape } => drawing::client(&socket, &shape),
+        ChildRole::DrawStranger { socket } => drawing::stranger(&socket),
+        ChildRole::SignalSender { pid } => signals::sender(pid),
+        ChildRole::GroupMember { ready } => signals::member(&ready),
     }
 }
