@@ -71,6 +71,9 @@ use std::time::{Duration, Instant};
 use criterion::black_box;
 use ipckit::naming::{NameClient, NameServer, Policy, ServerConfig};
 
+mod common;
+use common::Reaped;
+
 /// Tells the re-executed binary which helper to be.
 const ROLE_VAR: &str = "IPCKIT_BENCH_ROLE";
 /// The naming server's socket path, for the helpers.
@@ -124,13 +127,7 @@ const QUICK: Scale = Scale {
 
 fn main() {
     if let Ok(role) = std::env::var(ROLE_VAR) {
-        std::process::exit(match child_main(&role) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("naming bench helper ({role}): {e}");
-                1
-            }
-        });
+        common::exit_child("naming bench helper", &role, child_main(&role));
     }
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
@@ -233,17 +230,8 @@ impl Proc {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         let deadline = Instant::now() + EXIT_GRACE;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-                Ok(None) | Err(_) => {
-                    eprintln!("{} did not exit: killing it", self.label);
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-            }
+        if let Reaped::Killed = common::wait_or_kill(&mut child, deadline, Duration::from_millis(2)) {
+            eprintln!("{} did not exit: killing it", self.label);
         }
     }
 }
@@ -510,25 +498,16 @@ struct Latency {
 
 impl Latency {
     fn median(&self) -> f64 {
-        percentile(&self.samples, 0.5)
+        common::percentile_rounded(&self.samples, 0.5)
     }
 
     fn p99(&self) -> f64 {
-        percentile(&self.samples, 0.99)
+        common::percentile_rounded(&self.samples, 0.99)
     }
 
     fn mean(&self) -> f64 {
         self.samples.iter().sum::<f64>() / self.samples.len().max(1) as f64
     }
-}
-
-fn percentile(xs: &[f64], q: f64) -> f64 {
-    if xs.is_empty() {
-        return f64::NAN;
-    }
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
 type Op<'a> = (&'static str, usize, Box<dyn FnMut() + 'a>);
@@ -1013,12 +992,6 @@ fn stdin_closed() -> Arc<AtomicBool> {
     flag
 }
 
-fn ready() -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    writeln!(out, "ready")?;
-    out.flush()
-}
-
 fn child_main(role: &str) -> Result<(), Box<dyn Error>> {
     let path = PathBuf::from(std::env::var_os(PATH_VAR).ok_or("no socket path")?);
     match role {
@@ -1031,7 +1004,7 @@ fn child_main(role: &str) -> Result<(), Box<dyn Error>> {
             };
             let mut server = NameServer::bind(&path, config)?;
             let stop = stdin_closed();
-            ready()?;
+            common::say_ready()?;
             server.run(&stop)?;
             Ok(())
         }
@@ -1051,7 +1024,7 @@ fn child_main(role: &str) -> Result<(), Box<dyn Error>> {
                 }
                 Ok(())
             });
-            ready()?;
+            common::say_ready()?;
             while !stop.load(Ordering::Relaxed) {
                 let mut conn = match echo.accept_timeout(Duration::from_millis(100)) {
                     Ok((conn, _who)) => conn,

@@ -57,7 +57,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -67,9 +67,11 @@ use ipckit::signal::{self, Signals, SIGUSR1, SIGUSR2};
 use ipckit::spawn;
 use rustix::fs::Mode;
 use rustix::io::Errno;
-use rustix::mm::{MapFlags, ProtFlags};
 use rustix::shm::OFlags;
 use rustix::thread::{futex, CpuSet};
+
+mod common;
+use common::{one_cpu, Placement};
 
 /// Tells the re-executed binary which far side to be.
 const ROLE_VAR: &str = "IPCKIT_NOTIFY_BENCH_ROLE";
@@ -143,45 +145,6 @@ impl Case {
     }
 }
 
-/// Where the two ends run.
-#[derive(Clone, Copy, Debug)]
-enum Placement {
-    /// Each end pinned, to different CPUs.
-    Pinned { near: usize, far: usize },
-    /// No affinity: wherever the scheduler puts them.
-    Unpinned,
-    /// Both ends pinned to the same CPU.
-    SameCpu { cpu: usize },
-}
-
-impl Placement {
-    fn name(self) -> &'static str {
-        match self {
-            Placement::Pinned { .. } => "pinned",
-            Placement::Unpinned => "unpinned",
-            Placement::SameCpu { .. } => "samecpu",
-        }
-    }
-
-    /// The CPU of the timing end (this process, or the raw-signal driver).
-    fn near_cpu(self) -> Option<usize> {
-        match self {
-            Placement::Pinned { near, .. } => Some(near),
-            Placement::SameCpu { cpu } => Some(cpu),
-            Placement::Unpinned => None,
-        }
-    }
-
-    /// The CPU of the answering end.
-    fn far_cpu(self) -> Option<usize> {
-        match self {
-            Placement::Pinned { far, .. } => Some(far),
-            Placement::SameCpu { cpu } => Some(cpu),
-            Placement::Unpinned => None,
-        }
-    }
-}
-
 fn main() {
     if let Ok(role) = std::env::var(ROLE_VAR) {
         // The raw-signal ends block their signals before anything else runs:
@@ -194,29 +157,15 @@ fn main() {
         }
         // Should the bench die without closing our stdin (or while the raw
         // driver is stuck in sigwaitinfo), this child goes too.
-        if let Err(e) = die_with_parent() {
+        if let Err(e) = common::die_with_parent(PARENT_VAR, "the bench exited before this child started") {
             eprintln!("notify bench child ({role}): {e}");
             std::process::exit(1);
         }
-        std::process::exit(match child_main(&role) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("notify bench child ({role}): {e}");
-                1
-            }
-        });
+        common::exit_child("notify bench child", &role, child_main(&role));
     }
 
-    let original = rustix::thread::sched_getaffinity(None).expect("sched_getaffinity");
-    let cpus: Vec<usize> = (0..CpuSet::MAX_CPU).filter(|&c| original.is_set(c)).collect();
-    let mut placements = Vec::new();
-    if let [near, far, ..] = cpus[..] {
-        placements.push(Placement::Pinned { near, far });
-    } else {
-        eprintln!("only {} CPU(s) allowed: skipping the pinned scenarios", cpus.len());
-    }
-    placements.push(Placement::Unpinned);
-    placements.push(Placement::SameCpu { cpu: cpus[0] });
+    let original = common::original_affinity();
+    let placements = common::placements(&original, "the pinned scenarios");
 
     start_watchdog();
 
@@ -249,28 +198,15 @@ fn main() {
 
     // `cargo test --benches` runs this binary without `--bench` (criterion's
     // test mode): the summary loop is only for real benchmark runs.
-    let args: Vec<String> = std::env::args().collect();
-    let benchmarking = args.iter().any(|a| a == "--bench")
-        && !args.iter().any(|a| a == "--test" || a == "--list" || a.starts_with("--profile-time"));
-    if benchmarking {
+    if common::criterion_benchmarking() {
         summary(&placements, &original);
     }
-}
-
-/// `PR_SET_PDEATHSIG(SIGKILL)`, then checks the parent did not exit before it was armed.
-fn die_with_parent() -> Result<(), Box<dyn Error>> {
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-    let parent: i32 = std::env::var(PARENT_VAR)?.parse()?;
-    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
-        return Err("the bench exited before this child started".into());
-    }
-    Ok(())
 }
 
 /// Pins every thread of this process (the signal dispatcher included) for
 /// `place`, or gives them back the original mask.
 fn place_self(place: Placement, original: &CpuSet) {
-    let set = place.near_cpu().map_or(*original, one_cpu);
+    let set = place.parent_cpu().map_or(*original, one_cpu);
     rustix::thread::sched_setaffinity(None, &set).expect("sched_setaffinity (parent)");
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for t in tasks.flatten() {
@@ -284,16 +220,9 @@ fn place_self(place: Placement, original: &CpuSet) {
     }
 }
 
-fn one_cpu(cpu: usize) -> CpuSet {
-    let mut set = CpuSet::new();
-    set.set(cpu);
-    set
-}
-
 /// A unique name for a shared-memory object of this run.
 fn unique_name(what: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!("notifybench-{what}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    common::unique_name("notifybench", what)
 }
 
 // ---------------------------------------------------------------------------
@@ -404,19 +333,8 @@ impl RawShm {
         if rustix::fs::fstat(fd)?.st_size < RAW_LEN as i64 {
             return Err(io::Error::other("raw shared-memory object is too small"));
         }
-        // SAFETY: a new shared mapping of RAW_LEN bytes of `fd` (at least that
-        // long, checked) at an address the kernel chooses: it overlaps no Rust object.
-        let p = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                RAW_LEN,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                fd,
-                0,
-            )?
-        };
-        Ok(RawShm { base: NonNull::new(p.cast()).expect("mmap does not return null on success") })
+        // At least RAW_LEN bytes long: checked above.
+        Ok(RawShm { base: common::map_shared(fd, RAW_LEN)? })
     }
 
     /// The ping-pong word.
@@ -593,31 +511,15 @@ impl Proc {
 
     /// The CPU the child's main thread last ran on (`/proc/<pid>/stat`, field 39).
     fn last_cpu(&self) -> Option<usize> {
-        last_cpu_of(self.child.as_ref()?.id())
+        common::last_cpu_of(self.child.as_ref()?.id())
     }
 
     /// Closes stdin (the child exits) and reaps the child, killing it after EXIT_GRACE.
     fn finish(&mut self) {
         drop(self.stdin.take());
         drop(self.stdout.take());
-        let Some(mut child) = self.child.take() else { return };
-        let deadline = Instant::now() + EXIT_GRACE;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    if !status.success() {
-                        eprintln!("child {} exited with {status}", self.label);
-                    }
-                    return;
-                }
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-                Ok(None) | Err(_) => {
-                    eprintln!("child {} did not exit: killing it", self.label);
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-            }
+        if let Some(child) = self.child.take() {
+            common::reap(child, EXIT_GRACE, &format!("child {}", self.label));
         }
     }
 }
@@ -628,22 +530,13 @@ impl Drop for Proc {
     }
 }
 
-fn last_cpu_of(pid: u32) -> Option<usize> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields 3.. follow the ")" that ends the command name; "processor" is field 39.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(36)?.parse().ok()
-}
-
 fn child_cmd(role: &str, cpu: Option<usize>) -> io::Result<Command> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.env(ROLE_VAR, role)
         .env(PARENT_VAR, std::process::id().to_string())
         .env_remove(PROBE_VAR)
         .env_remove(PEER_VAR);
-    match cpu {
-        Some(cpu) => cmd.env(CPU_VAR, cpu.to_string()),
-        None => cmd.env_remove(CPU_VAR),
-    };
+    common::set_cpu_env(&mut cmd, CPU_VAR, cpu);
     Ok(cmd)
 }
 
@@ -679,7 +572,7 @@ struct Peer {
 impl Peer {
     fn spawn(case: Case, place: Placement) -> Result<Peer, Box<dyn Error>> {
         let label = format!("{}/{}", case.tag(), place.name());
-        let far = child_cmd(case.tag(), place.far_cpu())?;
+        let far = child_cmd(case.tag(), place.child_cpu())?;
         let mut kit = spawn::Inherit::new();
         let (side, procs) = match case {
             Case::Eventfd => {
@@ -729,8 +622,8 @@ impl Peer {
             }
             Case::RawSignal => {
                 let echo =
-                    Proc::start(child_cmd("rawsig-echo", place.far_cpu())?, None, format!("{label}/echo"))?;
-                let mut cmd = child_cmd("rawsig-drive", place.near_cpu())?;
+                    Proc::start(child_cmd("rawsig-echo", place.child_cpu())?, None, format!("{label}/echo"))?;
+                let mut cmd = child_cmd("rawsig-drive", place.parent_cpu())?;
                 cmd.env(PEER_VAR, echo.pid().to_string());
                 let driver = Proc::start(cmd, None, format!("{label}/driver"))?;
                 (Side::RawSignal, vec![echo, driver])
@@ -857,22 +750,22 @@ fn summary(placements: &[Placement], original: &CpuSet) {
                 let before = samples[c].len();
                 peers[c].run(BATCH, Some(&mut samples[c]));
                 let mut batch: Vec<f64> = samples[c][before..].iter().map(|&x| x as f64).collect();
-                batch_medians[c].push(median(&mut batch));
+                batch_medians[c].push(common::median_in_place(&mut batch));
                 same[c] += usize::from(peers[c].shares_cpu() == Some(true));
             }
         }
         drop(peers);
         let paired = |a: usize, b: usize| {
             let (xs, ys) = (&batch_medians[a], &batch_medians[b]);
-            median(&mut xs.iter().zip(ys).map(|(x, y)| x / y).collect::<Vec<_>>())
+            common::median_in_place(&mut xs.iter().zip(ys).map(|(x, y)| x / y).collect::<Vec<_>>())
         };
         let paired = [paired(EVT, EFD), paired(EVT, FTX), paired(KSIG, RSIG)];
         let stat = std::array::from_fn(|c| {
             let mut s: Vec<f64> = samples[c].iter().map(|&x| x as f64).collect();
             s.sort_by(f64::total_cmp);
             Stat {
-                median: median(&mut s),
-                p99: percentile(&s, 0.99),
+                median: common::median_in_place(&mut s),
+                p99: common::percentile_nearest_rank(&s, 0.99),
                 same_cpu: same[c] as f64 / ROUNDS as f64,
             }
         });
@@ -960,28 +853,6 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     );
 }
 
-/// The median of `xs` (sorted in place).
-fn median(xs: &mut [f64]) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
-}
-
-/// Nearest-rank percentile of sorted `xs`.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// `IPCKIT_NOTIFY_BENCH_PROBE=<case>[:N[:placement]]`: exactly N round trips of one case.
 fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
     let mut parts = spec.split(':');
@@ -991,10 +862,7 @@ fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
     });
     let n: u64 = parts.next().map_or(20_000, |s| s.parse().expect("round trip count"));
     let place_name = parts.next().unwrap_or("pinned");
-    let place = *placements
-        .iter()
-        .find(|p| p.name() == place_name)
-        .unwrap_or_else(|| panic!("{PROBE_VAR}: unknown placement {place_name:?}"));
+    let place = common::find_placement(placements, place_name, PROBE_VAR);
     place_self(place, original);
     let mut peer = Peer::spawn(case, place).expect("spawn the far side");
     // In chunks, so that the watchdog sees progress however large N is.
@@ -1015,9 +883,7 @@ fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
 fn child_main(role: &str) -> Result<(), Box<dyn Error>> {
     // Pin first: every thread made later (ipckit's signal dispatcher, the
     // stdin watcher) inherits the mask.
-    if let Ok(cpu) = std::env::var(CPU_VAR) {
-        rustix::thread::sched_setaffinity(None, &one_cpu(cpu.parse()?))?;
-    }
+    common::pin_from_env(CPU_VAR)?;
     match role {
         "eventfd" => {
             let ping: OwnedFd = spawn::inherited("ping")?;
@@ -1091,9 +957,7 @@ fn ready() -> io::Result<()> {
             }
         }
     })?;
-    let mut out = io::stdout().lock();
-    writeln!(out, "ready")?;
-    out.flush()
+    common::say_ready()
 }
 
 /// The raw-signal driver: for each 16-byte command on stdin, `n` round trips

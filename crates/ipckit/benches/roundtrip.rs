@@ -44,6 +44,9 @@ use ipckit::{rpc, spawn, Connection, RecvError, RecvTimeoutError, SocketKind};
 use rustix::io::Errno;
 use rustix::thread::CpuSet;
 
+mod common;
+use common::Placement;
+
 /// Tells the re-executed binary which echo server to be.
 const ROLE_VAR: &str = "IPCKIT_BENCH_ROLE";
 /// Tells the child which CPU to pin itself to (unset: not pinned).
@@ -105,56 +108,13 @@ impl Variant {
     }
 }
 
-/// Where the parent runs and where its child is told to run.
-#[derive(Clone, Copy, Debug)]
-enum Placement {
-    /// Parent and child each pinned, to different CPUs.
-    Pinned { parent: usize, child: usize },
-    /// No affinity: wherever the scheduler puts them.
-    Unpinned,
-    /// Both pinned to the same CPU.
-    SameCpu { cpu: usize },
-}
-
-impl Placement {
-    fn name(self) -> &'static str {
-        match self {
-            Placement::Pinned { .. } => "pinned",
-            Placement::Unpinned => "unpinned",
-            Placement::SameCpu { .. } => "samecpu",
-        }
-    }
-
-    fn child_cpu(self) -> Option<usize> {
-        match self {
-            Placement::Pinned { child, .. } => Some(child),
-            Placement::SameCpu { cpu } => Some(cpu),
-            Placement::Unpinned => None,
-        }
-    }
-}
-
 fn main() {
     if let Ok(role) = std::env::var(ROLE_VAR) {
-        std::process::exit(match child_main(&role) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("roundtrip echo child ({role}): {e}");
-                1
-            }
-        });
+        common::exit_child("roundtrip echo child", &role, child_main(&role));
     }
 
-    let original = rustix::thread::sched_getaffinity(None).expect("sched_getaffinity");
-    let cpus: Vec<usize> = (0..CpuSet::MAX_CPU).filter(|&c| original.is_set(c)).collect();
-    let mut placements = Vec::new();
-    if let [parent, child, ..] = cpus[..] {
-        placements.push(Placement::Pinned { parent, child });
-    } else {
-        eprintln!("only {} CPU(s) allowed: skipping the pinned scenarios", cpus.len());
-    }
-    placements.push(Placement::Unpinned);
-    placements.push(Placement::SameCpu { cpu: cpus[0] });
+    let original = common::original_affinity();
+    let placements = common::placements(&original, "the pinned scenarios");
 
     if let Ok(probe) = std::env::var(PROBE_VAR) {
         probe_main(&probe, &placements, &original);
@@ -170,7 +130,7 @@ fn main() {
 
     for transport in [Transport::Pipe, Transport::Unix] {
         for &place in &placements {
-            place_self(place, &original);
+            common::place_self(place, &original);
             let mut group = c.benchmark_group(format!("rtt_{}_{}", transport.name(), place.name()));
             for variant in BENCH_VARIANTS {
                 let mut echo = Echo::spawn(transport, variant, place).expect("spawn echo child");
@@ -180,32 +140,14 @@ fn main() {
             group.finish();
         }
     }
-    rustix::thread::sched_setaffinity(None, &original).expect("restore affinity");
+    common::restore_affinity(&original);
     c.final_summary();
 
     // `cargo test --benches` runs this binary without `--bench` (criterion's
     // test mode): the long summary loop is only for real benchmark runs.
-    let args: Vec<String> = std::env::args().collect();
-    let benchmarking = args.iter().any(|a| a == "--bench")
-        && !args.iter().any(|a| a == "--test" || a == "--list" || a.starts_with("--profile-time"));
-    if benchmarking {
+    if common::criterion_benchmarking() {
         summary(&placements, &original);
     }
-}
-
-/// Pins the calling thread (the parent) for `place`, or restores the original mask.
-fn place_self(place: Placement, original: &CpuSet) {
-    let set = match place {
-        Placement::Pinned { parent: cpu, .. } | Placement::SameCpu { cpu } => one_cpu(cpu),
-        Placement::Unpinned => *original,
-    };
-    rustix::thread::sched_setaffinity(None, &set).expect("sched_setaffinity (parent)");
-}
-
-fn one_cpu(cpu: usize) -> CpuSet {
-    let mut set = CpuSet::new();
-    set.set(cpu);
-    set
 }
 
 // ---------------------------------------------------------------------------
@@ -273,10 +215,7 @@ impl Echo {
         };
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.env(ROLE_VAR, role).stdin(Stdio::null()).stdout(Stdio::null());
-        match place.child_cpu() {
-            Some(cpu) => cmd.env(CPU_VAR, cpu.to_string()),
-            None => cmd.env_remove(CPU_VAR),
-        };
+        common::set_cpu_env(&mut cmd, CPU_VAR, place.child_cpu());
         let child = kit.spawn(&mut cmd)?;
         let label = format!("{}/{}/{}", transport.name(), variant.name(), place.name());
         Ok(Echo { side: Some(side), child: Some(child), label })
@@ -320,34 +259,14 @@ impl Echo {
 
     /// Whether the child last ran on the CPU the parent is on now (`/proc/<pid>/stat`).
     fn shares_cpu(&self) -> Option<bool> {
-        let pid = self.child.as_ref()?.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Field 39 ("processor"); fields 3.. follow the ")" that ends the command name.
-        let cpu: usize = stat.rsplit_once(')')?.1.split_whitespace().nth(36)?.parse().ok()?;
-        Some(cpu == rustix::thread::sched_getcpu())
+        common::shares_cpu_with(self.child.as_ref()?.id())
     }
 
     /// Closes the parent's end (the child sees end-of-file and exits) and reaps the child.
     fn finish(&mut self) {
         drop(self.side.take());
-        let Some(mut child) = self.child.take() else { return };
-        let deadline = Instant::now() + EXIT_GRACE;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    if !status.success() {
-                        eprintln!("echo child {} exited with {status}", self.label);
-                    }
-                    return;
-                }
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-                Ok(None) | Err(_) => {
-                    eprintln!("echo child {} did not exit: killing it", self.label);
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-            }
+        if let Some(child) = self.child.take() {
+            common::reap(child, EXIT_GRACE, &format!("echo child {}", self.label));
         }
     }
 }
@@ -379,7 +298,7 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     let mut rows = Vec::new();
     for transport in [Transport::Pipe, Transport::Unix] {
         for &place in placements {
-            place_self(place, original);
+            common::place_self(place, original);
             let mut echoes: Vec<Echo> = SUMMARY_VARIANTS
                 .iter()
                 .map(|&v| Echo::spawn(transport, v, place).expect("spawn echo child"))
@@ -404,18 +323,19 @@ fn summary(placements: &[Placement], original: &CpuSet) {
                 }
             }
             drop(echoes);
-            let paired =
-                |v: usize| median(&means[v].iter().zip(&means[0]).map(|(x, r)| x / r).collect::<Vec<_>>());
+            let paired = |v: usize| {
+                common::median(&means[v].iter().zip(&means[0]).map(|(x, r)| x / r).collect::<Vec<_>>())
+            };
             rows.push(Row {
                 transport,
                 place,
-                median: std::array::from_fn(|v| median(&means[v])),
+                median: std::array::from_fn(|v| common::median(&means[v])),
                 paired: std::array::from_fn(paired),
                 same_cpu: std::array::from_fn(|v| same[v] as f64 / ROUNDS as f64),
             });
         }
     }
-    rustix::thread::sched_setaffinity(None, original).expect("restore affinity");
+    common::restore_affinity(original);
 
     println!();
     println!(
@@ -465,17 +385,6 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     );
 }
 
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// `IPCKIT_BENCH_PROBE=<pipe|unix>:<raw|conn|rpc|conn_nodl>[:N[:placement]]`: exactly N round trips.
 fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
     let mut parts = spec.split(':');
@@ -493,11 +402,8 @@ fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
     };
     let n: usize = parts.next().map_or(10_000, |s| s.parse().expect("round trip count"));
     let place_name = parts.next().unwrap_or("unpinned");
-    let place = *placements
-        .iter()
-        .find(|p| p.name() == place_name)
-        .unwrap_or_else(|| panic!("{PROBE_VAR}: unknown placement {place_name:?}"));
-    place_self(place, original);
+    let place = common::find_placement(placements, place_name, PROBE_VAR);
+    common::place_self(place, original);
     let mut echo = Echo::spawn(transport, variant, place).expect("spawn echo child");
     let t0 = Instant::now();
     for _ in 0..n {
@@ -513,9 +419,7 @@ fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
 // ---------------------------------------------------------------------------
 
 fn child_main(role: &str) -> Result<(), Box<dyn Error>> {
-    if let Ok(cpu) = std::env::var(CPU_VAR) {
-        rustix::thread::sched_setaffinity(None, &one_cpu(cpu.parse()?))?;
-    }
+    common::pin_from_env(CPU_VAR)?;
     match role {
         "raw-pipe" => {
             let rd: OwnedFd = spawn::inherited("rd")?;

@@ -40,11 +40,11 @@
 //! `IPCKIT_SHM_BENCH_PROBE=d:20000 perf stat -e raw_syscalls:sys_enter -a target/release/deps/shm-* --bench`.
 
 use std::error::Error;
-use std::io::{self, BufRead, BufReader, Write};
-use std::os::fd::OwnedFd;
+use std::io::{self, BufRead, BufReader};
+use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, Criterion};
@@ -52,10 +52,14 @@ use ipckit::shm::rpc::{RpcClient, RpcServer, WaitMode};
 use ipckit::shm::Segment;
 use ipckit::RecvTimeoutError;
 use rustix::fs::Mode;
-use rustix::mm::{MapFlags, ProtFlags};
 use rustix::shm::OFlags;
 use rustix::thread::{futex, CpuSet};
 use rustix::time::Timespec;
+
+mod common;
+use common::{median, Placement};
+// Cases (e'), (f) and (g): shm_extra/mod.rs.
+mod shm_extra;
 
 /// Tells the re-executed binary which echo side to be.
 const ROLE_VAR: &str = "IPCKIT_SHM_BENCH_ROLE";
@@ -172,59 +176,16 @@ impl Case {
     }
 }
 
-/// Where the parent runs and where its child is told to run.
-#[derive(Clone, Copy, Debug)]
-enum Placement {
-    /// Parent and child each pinned, to different CPUs.
-    Pinned { parent: usize, child: usize },
-    /// No affinity: wherever the scheduler puts them.
-    Unpinned,
-    /// Both pinned to the same CPU.
-    SameCpu { cpu: usize },
-}
-
-impl Placement {
-    fn name(self) -> &'static str {
-        match self {
-            Placement::Pinned { .. } => "pinned",
-            Placement::Unpinned => "unpinned",
-            Placement::SameCpu { .. } => "samecpu",
-        }
-    }
-
-    fn child_cpu(self) -> Option<usize> {
-        match self {
-            Placement::Pinned { child, .. } => Some(child),
-            Placement::SameCpu { cpu } => Some(cpu),
-            Placement::Unpinned => None,
-        }
-    }
-}
-
 fn main() {
+    if let Ok(spec) = std::env::var(shm_extra::ROLE_VAR) {
+        std::process::exit(shm_extra::child_exit(&spec));
+    }
     if let Ok(role) = std::env::var(ROLE_VAR) {
-        std::process::exit(match child_main(&role) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("shm bench child ({role}): {e}");
-                1
-            }
-        });
+        common::exit_child("shm bench child", &role, child_main(&role));
     }
 
-    let original = rustix::thread::sched_getaffinity(None).expect("sched_getaffinity");
-    let cpus: Vec<usize> = (0..CpuSet::MAX_CPU).filter(|&c| original.is_set(c)).collect();
-    let mut placements = Vec::new();
-    if let [parent, child, ..] = cpus[..] {
-        placements.push(Placement::Pinned { parent, child });
-    } else {
-        eprintln!(
-            "only {} CPU(s) allowed: skipping the pinned scenarios (and so the spinning cases)",
-            cpus.len()
-        );
-    }
-    placements.push(Placement::Unpinned);
-    placements.push(Placement::SameCpu { cpu: cpus[0] });
+    let original = common::original_affinity();
+    let placements = common::placements(&original, "the pinned scenarios (and so the spinning cases)");
 
     if let Ok(probe) = std::env::var(PROBE_VAR) {
         probe_main(&probe, &placements, &original);
@@ -239,7 +200,7 @@ fn main() {
         .configure_from_args();
 
     for &place in &placements {
-        place_self(place, &original);
+        common::place_self(place, &original);
         let mut group = c.benchmark_group(format!("shm_rtt_{}", place.name()));
         for case in BENCH_CASES.into_iter().filter(|c| c.runs_in(place)) {
             let mut peer = Peer::spawn(case, place).expect("spawn echo child");
@@ -248,38 +209,20 @@ fn main() {
         }
         group.finish();
     }
-    rustix::thread::sched_setaffinity(None, &original).expect("restore affinity");
+    common::restore_affinity(&original);
     c.final_summary();
 
     // `cargo test --benches` runs this binary without `--bench` (criterion's
     // test mode): the summary loop is only for real benchmark runs.
-    let args: Vec<String> = std::env::args().collect();
-    let benchmarking = args.iter().any(|a| a == "--bench")
-        && !args.iter().any(|a| a == "--test" || a == "--list" || a.starts_with("--profile-time"));
-    if benchmarking {
+    if common::criterion_benchmarking() {
         summary(&placements, &original);
+        shm_extra::run(&original);
     }
-}
-
-/// Pins the calling thread (the parent) for `place`, or restores the original mask.
-fn place_self(place: Placement, original: &CpuSet) {
-    let set = match place {
-        Placement::Pinned { parent: cpu, .. } | Placement::SameCpu { cpu } => one_cpu(cpu),
-        Placement::Unpinned => *original,
-    };
-    rustix::thread::sched_setaffinity(None, &set).expect("sched_setaffinity (parent)");
-}
-
-fn one_cpu(cpu: usize) -> CpuSet {
-    let mut set = CpuSet::new();
-    set.set(cpu);
-    set
 }
 
 /// A unique name for a shared-memory object of this run.
 fn unique_name(what: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!("shmbench-{what}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    common::unique_name("shmbench", what)
 }
 
 // ---------------------------------------------------------------------------
@@ -302,8 +245,9 @@ impl RawShm {
             OFlags::CREATE | OFlags::EXCL | OFlags::RDWR,
             Mode::from_raw_mode(0o600),
         )?;
-        let made =
-            rustix::fs::ftruncate(&fd, RAW_LEN as u64).map_err(io::Error::from).and_then(|()| map(&fd));
+        let made = rustix::fs::ftruncate(&fd, RAW_LEN as u64)
+            .map_err(io::Error::from)
+            .and_then(|()| common::map_shared(fd.as_fd(), RAW_LEN));
         match made {
             Ok(base) => Ok(RawShm { base, owned: Some(path) }),
             Err(e) => {
@@ -319,7 +263,7 @@ impl RawShm {
         if rustix::fs::fstat(&fd)?.st_size < RAW_LEN as i64 {
             return Err(io::Error::other("raw shared-memory object is too small"));
         }
-        Ok(RawShm { base: map(&fd)?, owned: None })
+        Ok(RawShm { base: common::map_shared(fd.as_fd(), RAW_LEN)?, owned: None })
     }
 
     /// The 32-bit word at byte `off`.
@@ -346,22 +290,6 @@ impl Drop for RawShm {
         // borrowed from it (`word` borrows `self`) outlives this call.
         let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), RAW_LEN) };
     }
-}
-
-fn map(fd: &OwnedFd) -> io::Result<NonNull<u8>> {
-    // SAFETY: a new shared mapping of RAW_LEN bytes of `fd` (at least that
-    // long) at an address the kernel chooses: it overlaps no Rust object.
-    let p = unsafe {
-        rustix::mm::mmap(
-            std::ptr::null_mut(),
-            RAW_LEN,
-            ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::SHARED,
-            fd,
-            0,
-        )?
-    };
-    Ok(NonNull::new(p.cast()).expect("mmap does not return null on success"))
 }
 
 /// Wakes one sleeper on `word` (a shared futex: no FUTEX_PRIVATE_FLAG).
@@ -440,10 +368,7 @@ impl Peer {
         let mut peer = Peer { case, link: None, child: None, segment: None, label };
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.env(PARENT_VAR, std::process::id().to_string()).stdin(Stdio::null()).stdout(Stdio::piped());
-        match place.child_cpu() {
-            Some(cpu) => cmd.env(CPU_VAR, cpu.to_string()),
-            None => cmd.env_remove(CPU_VAR),
-        };
+        common::set_cpu_env(&mut cmd, CPU_VAR, place.child_cpu());
         let role = match case {
             Case::SpinRaw => "spin",
             Case::FutexRaw => "futex",
@@ -554,11 +479,7 @@ impl Peer {
 
     /// Whether the child last ran on the CPU the parent is on now (`/proc/<pid>/stat`).
     fn shares_cpu(&self) -> Option<bool> {
-        let pid = self.child.as_ref()?.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Field 39 ("processor"); fields 3.. follow the ")" that ends the command name.
-        let cpu: usize = stat.rsplit_once(')')?.1.split_whitespace().nth(36)?.parse().ok()?;
-        Some(cpu == rustix::thread::sched_getcpu())
+        common::shares_cpu_with(self.child.as_ref()?.id())
     }
 
     /// Tells the child to stop, reaps it and removes what is left.
@@ -585,24 +506,8 @@ impl Peer {
     }
 
     fn reap(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let deadline = Instant::now() + EXIT_GRACE;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    if !status.success() {
-                        eprintln!("echo child {} exited with {status}", self.label);
-                    }
-                    return;
-                }
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-                Ok(None) | Err(_) => {
-                    eprintln!("echo child {} did not exit: killing it", self.label);
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-            }
+        if let Some(child) = self.child.take() {
+            common::reap(child, EXIT_GRACE, &format!("echo child {}", self.label));
         }
     }
 }
@@ -644,7 +549,7 @@ impl Row {
 
 /// ROUNDS rounds, each timing one batch per case (rotating which goes first).
 fn measure_placement(place: Placement, original: &CpuSet) -> Result<Row, Box<dyn Error>> {
-    place_self(place, original);
+    common::place_self(place, original);
     let cases: Vec<Case> = SUMMARY_CASES.into_iter().filter(|c| c.runs_in(place)).collect();
     let mut peers = Vec::new();
     for &case in &cases {
@@ -697,13 +602,13 @@ fn summary(placements: &[Placement], original: &CpuSet) {
         "\nsummary loop: {ROUNDS} rounds x one batch of ~{BATCH_TIME:?} per case and placement \
          (after {WARMUP_RTTS} warm-up round trips), cases interleaved"
     );
-    let load_before = load_note();
+    let load_before = common::load_note();
     let rows: Vec<Row> = placements
         .iter()
         .map(|&p| measure_placement(p, original).unwrap_or_else(|e| panic!("summary ({}): {e}", p.name())))
         .collect();
-    rustix::thread::sched_setaffinity(None, original).expect("restore affinity");
-    let load_after = load_note();
+    common::restore_affinity(original);
+    let load_after = common::load_note();
 
     println!();
     println!("machine load before / after the summary loop: {load_before} / {load_after}");
@@ -776,28 +681,6 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     );
 }
 
-/// The load average and the CPU pressure (share of time some task waited for a CPU), for judging noise.
-fn load_note() -> String {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-    let psi = std::fs::read_to_string("/proc/pressure/cpu").unwrap_or_default();
-    let some10 = psi.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("avg10=?");
-    format!("loadavg {load}, cpu pressure {some10}%")
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// `IPCKIT_SHM_BENCH_PROBE=<a|b|bt|c|d|e>[:N[:placement]]`: exactly N round trips.
 fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
     let mut parts = spec.split(':');
@@ -808,11 +691,8 @@ fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
         .unwrap_or_else(|| panic!("{PROBE_VAR}: unknown case {tag:?}"));
     let n: usize = parts.next().map_or(20_000, |s| s.parse().expect("round trip count"));
     let place_name = parts.next().unwrap_or("pinned");
-    let place = *placements
-        .iter()
-        .find(|p| p.name() == place_name)
-        .unwrap_or_else(|| panic!("{PROBE_VAR}: unknown placement {place_name:?}"));
-    place_self(place, original);
+    let place = common::find_placement(placements, place_name, PROBE_VAR);
+    common::place_self(place, original);
     let mut peer = Peer::spawn(case, place).expect("spawn echo child");
     for _ in 0..WARMUP_RTTS.min(n) {
         peer.round_trip();
@@ -832,14 +712,8 @@ fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
 
 fn child_main(role: &str) -> Result<(), Box<dyn Error>> {
     // Die with the parent, whatever happens to it (then check it is not gone already).
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-    let parent: i32 = std::env::var(PARENT_VAR)?.parse()?;
-    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
-        return Err("the parent is gone".into());
-    }
-    if let Ok(cpu) = std::env::var(CPU_VAR) {
-        rustix::thread::sched_setaffinity(None, &one_cpu(cpu.parse()?))?;
-    }
+    common::die_with_parent(PARENT_VAR, "the parent is gone")?;
+    common::pin_from_env(CPU_VAR)?;
     let name = std::env::var(NAME_VAR)?;
     match role {
         "spin" => raw_child(&name, RawWait::Spin),
@@ -850,12 +724,6 @@ fn child_main(role: &str) -> Result<(), Box<dyn Error>> {
         "kit-stb" => kit_child(&name, WaitMode::default()),
         other => Err(format!("unknown role {other:?}").into()),
     }
-}
-
-fn ready() -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    writeln!(out, "ready")?;
-    out.flush()
 }
 
 #[derive(Clone, Copy)]
@@ -880,7 +748,7 @@ fn raw_child(name: &str, how: RawWait) -> Result<(), Box<dyn Error>> {
     let ping = shm.word(PING);
     let stop = shm.word(STOP);
     let _dead = DeadOnDrop(ping);
-    ready()?;
+    common::say_ready()?;
     loop {
         // Wait for anything but our own reply.
         let v = match how {
@@ -921,7 +789,7 @@ fn raw_child(name: &str, how: RawWait) -> Result<(), Box<dyn Error>> {
 /// Creates the two-slot segment and echoes requests until told to quit.
 fn kit_child(name: &str, mode: WaitMode) -> Result<(), Box<dyn Error>> {
     let server = RpcServer::create(name, 64, 0o600)?.with_wait(mode);
-    let served = ready().map_err(Into::into).and_then(|()| serve(server, mode));
+    let served = common::say_ready().map_err(Into::into).and_then(|()| serve(server, mode));
     // The parent normally removed the name already.
     let _ = Segment::remove(name);
     served

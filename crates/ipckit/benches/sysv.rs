@@ -46,7 +46,7 @@
 //! prints the message count, e.g.
 //! `IPCKIT_SYSV_BENCH_PROBE=tput1:ipckit:pinned strace -f -c -e trace=futex target/release/deps/sysv-* --bench`.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,6 +56,9 @@ use ipckit::perm::Access;
 use ipckit::sysv::{MessageQueue, QueueConfig, Select, SemError, SemOp, SemaphoreSet};
 use ipckit::RecvError;
 use rustix::thread::CpuSet;
+
+mod common;
+use common::{median, one_cpu, Placement, Reaped};
 
 /// Tells the re-executed binary which child to be.
 const ROLE_VAR: &str = "IPCKIT_SYSV_BENCH_ROLE";
@@ -167,35 +170,6 @@ impl Ping {
         match self {
             Ping::Queue => "msgq round trip",
             Ping::Sem => "sem ping-pong",
-        }
-    }
-}
-
-/// Where the parent runs and where its children are told to run.
-#[derive(Clone, Copy, Debug)]
-enum Placement {
-    /// Parent and children pinned, the children to another CPU than the parent.
-    Pinned { parent: usize, child: usize },
-    /// No affinity.
-    Unpinned,
-    /// Everyone on one CPU.
-    SameCpu { cpu: usize },
-}
-
-impl Placement {
-    fn name(self) -> &'static str {
-        match self {
-            Placement::Pinned { .. } => "pinned",
-            Placement::Unpinned => "unpinned",
-            Placement::SameCpu { .. } => "samecpu",
-        }
-    }
-
-    fn child_cpu(self) -> Option<usize> {
-        match self {
-            Placement::Pinned { child, .. } => Some(child),
-            Placement::SameCpu { cpu } => Some(cpu),
-            Placement::Unpinned => None,
         }
     }
 }
@@ -589,10 +563,7 @@ impl Kids {
                 .env_remove(PROBE_VAR)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped());
-            match cpu {
-                Some(c) => cmd.env(CPU_VAR, c.to_string()),
-                None => cmd.env_remove(CPU_VAR),
-            };
+            common::set_cpu_env(&mut cmd, CPU_VAR, *cpu);
             let mut child = cmd.spawn()?;
             let stdout = child.stdout.take();
             let stdin = child.stdin.take();
@@ -619,22 +590,12 @@ impl Kids {
         let mut bad = Vec::new();
         let deadline = Instant::now() + EXIT_GRACE;
         for mut k in self.0.drain(..) {
-            loop {
-                match k.child.try_wait() {
-                    Ok(Some(status)) => {
-                        if !status.success() {
-                            bad.push(format!("child {} exited with {status}", k.child.id()));
-                        }
-                        break;
-                    }
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-                    Ok(None) | Err(_) => {
-                        bad.push(format!("child {} did not exit: killed", k.child.id()));
-                        let _ = k.child.kill();
-                        let _ = k.child.wait();
-                        break;
-                    }
+            match common::wait_or_kill(&mut k.child, deadline, Duration::from_millis(1)) {
+                Reaped::Exited(status) if !status.success() => {
+                    bad.push(format!("child {} exited with {status}", k.child.id()))
                 }
+                Reaped::Exited(_) => {}
+                Reaped::Killed => bad.push(format!("child {} did not exit: killed", k.child.id())),
             }
         }
         if bad.is_empty() {
@@ -753,10 +714,7 @@ fn var<T: std::str::FromStr>(name: &str) -> R<T> {
 
 /// Says "ready" on stdout, then waits until the parent closes our stdin.
 fn ready_then_go() -> R<()> {
-    let mut out = io::stdout().lock();
-    out.write_all(b"ready\n")?;
-    out.flush()?;
-    drop(out);
+    common::say_ready()?;
     let mut sink = Vec::new();
     io::stdin().lock().read_to_end(&mut sink)?;
     Ok(())
@@ -1066,59 +1024,17 @@ fn tput_scenario(
     })
 }
 
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// Pins the calling thread (the parent) for `place`, or restores the original mask.
-fn place_self(place: Placement, original: &CpuSet) {
-    let set = match place {
-        Placement::Pinned { parent: cpu, .. } | Placement::SameCpu { cpu } => one_cpu(cpu),
-        Placement::Unpinned => *original,
-    };
-    rustix::thread::sched_setaffinity(None, &set).expect("sched_setaffinity (parent)");
-}
-
-fn one_cpu(cpu: usize) -> CpuSet {
-    let mut set = CpuSet::new();
-    set.set(cpu);
-    set
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or_else(|_| "?".into(), |s| s.trim().to_owned())
-}
-
 fn main() {
     if let Ok(role) = std::env::var(ROLE_VAR) {
-        std::process::exit(match child_main(&role) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("sysv bench child ({role}): {e}");
-                1
-            }
-        });
+        common::exit_child("sysv bench child", &role, child_main(&role));
     }
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
         return;
     }
-    let original = rustix::thread::sched_getaffinity(None).expect("sched_getaffinity");
-    let cpus: Vec<usize> = (0..CpuSet::MAX_CPU).filter(|&c| original.is_set(c)).collect();
-    let mut placements = Vec::new();
-    if let [parent, child, ..] = cpus[..] {
-        placements.push(Placement::Pinned { parent, child });
-    } else {
-        eprintln!("only {} CPU(s) allowed: skipping the pinned scenarios", cpus.len());
-    }
-    placements.push(Placement::Unpinned);
-    placements.push(Placement::SameCpu { cpu: cpus[0] });
+    let original = common::original_affinity();
+    let cpus = common::allowed_cpus(&original);
+    let placements = common::placements(&original, "the pinned scenarios");
     let dog = Watchdog::start();
 
     if let Ok(probe) = std::env::var(PROBE_VAR) {
@@ -1134,7 +1050,7 @@ fn main() {
         (1, Duration::from_millis(20), 2, Duration::from_millis(5))
     };
     let started = Instant::now();
-    let load0 = loadavg();
+    let load0 = common::loadavg();
     eprintln!(
         "sysv bench: {} CPU(s) allowed {cpus:?}; {tput_rounds} throughput rounds of {send_for:?} and \
          {lat_rounds} round-trip batches of >= {batch:?} per scenario and implementation; loadavg {load0}",
@@ -1145,7 +1061,7 @@ fn main() {
     let mut tput_rows = Vec::new();
     for flow in FLOWS {
         for &place in &placements {
-            place_self(place, &original);
+            common::place_self(place, &original);
             match tput_scenario(flow, place, tput_rounds, send_for, &dog) {
                 Ok(row) => tput_rows.push(row),
                 Err(e) => failed.push(format!("{} {}: {e}", flow.name(), place.name())),
@@ -1155,21 +1071,21 @@ fn main() {
     let mut ping_rows = Vec::new();
     for ping in [Ping::Queue, Ping::Sem] {
         for &place in &placements {
-            place_self(place, &original);
+            common::place_self(place, &original);
             match ping_scenario(ping, place, lat_rounds, batch, &dog) {
                 Ok(row) => ping_rows.push(row),
                 Err(e) => failed.push(format!("{} {}: {e}", ping.name(), place.name())),
             }
         }
     }
-    rustix::thread::sched_setaffinity(None, &original).expect("restore affinity");
+    common::restore_affinity(&original);
 
     println!();
     println!(
         "System V IPC between processes, kernel vs ipckit: 64-byte messages, msg_qbytes {QBYTES} on both, \
          blocking calls (run took {:.1?}; loadavg before {load0}, after {})",
         started.elapsed(),
-        loadavg()
+        common::loadavg()
     );
     println!();
     println!(
@@ -1251,12 +1167,9 @@ fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet, dog: &Wat
         other => panic!("{PROBE_VAR}: unknown implementation {other:?}"),
     };
     let place_name = parts.next().unwrap_or("unpinned");
-    let place = *placements
-        .iter()
-        .find(|p| p.name() == place_name)
-        .unwrap_or_else(|| panic!("{PROBE_VAR}: unknown placement {place_name:?}"));
+    let place = common::find_placement(placements, place_name, PROBE_VAR);
     let n: Option<u64> = parts.next().map(|s| s.parse().expect("a number"));
-    place_self(place, original);
+    common::place_self(place, original);
     if let Some(flow) = FLOWS.iter().find(|f| f.probe_name() == kind) {
         let send_for = Duration::from_millis(n.unwrap_or(1000));
         match throughput(imp, *flow, place, send_for, dog) {

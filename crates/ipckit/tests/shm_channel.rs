@@ -908,3 +908,130 @@ fn loom_wraparound() {
     model::wraparound(false);
     model::wraparound(true);
 }
+
+// ---------------------------------------------------------------- typed messages
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+struct Job {
+    id: u64,
+    name: String,
+    weights: Vec<f32>,
+}
+
+fn job(id: u64) -> Job {
+    Job { id, name: format!("job-{id}"), weights: (0..(id % 7)).map(|k| k as f32 * 0.5).collect() }
+}
+
+#[test]
+fn typed_values_across_threads_hand_back_and_survive_bad_messages() {
+    use ipckit::shm::{ShmTypedReceiver, ShmTypedSender};
+    use ipckit::{RecvError, SendError};
+    let (chan, _c) = create("typed", &Config::mpmc(8, 128));
+    let mut tx = ShmTypedSender::<Job>::new(chan.sender().unwrap().with_wait(WaitMode::Block));
+    let rx_end = chan.receiver().unwrap().with_wait(WaitMode::Block);
+    let total = 2_000u64;
+    let reader = thread::spawn(move || {
+        let mut rx = ShmTypedReceiver::<Job>::new(rx_end);
+        for i in 0..total {
+            assert_eq!(rx.recv_timeout(LONG).unwrap(), job(i));
+        }
+        rx
+    });
+    for i in 0..total {
+        tx.send_timeout(job(i), LONG).unwrap();
+    }
+    let mut rx = reader.join().unwrap();
+
+    // Too large for a slot: TooLarge, and the value comes back.
+    let big = Job { id: 1, name: "x".repeat(500), weights: vec![] };
+    match tx.send(big.clone()) {
+        Err(e @ SendError::TooLarge { .. }) => assert_eq!(e.into_inner(), big),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // Full: try_send hands the value back.
+    for i in 0..chan.capacity() as u64 {
+        tx.try_send(job(i)).unwrap();
+    }
+    match tx.try_send(job(99)) {
+        Err(e @ TrySendError::Full(_)) => assert_eq!(e.into_inner(), job(99)),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    for i in 0..chan.capacity() as u64 {
+        assert_eq!(rx.try_recv().unwrap(), job(i));
+    }
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+
+    // Bytes that are not a Job: a Decode error, consumed; the next value still arrives.
+    let mut raw = chan.sender().unwrap();
+    raw.send(&[0xff_u8, 0xff, 0xff][..]).unwrap();
+    tx.send(job(5)).unwrap();
+    assert!(matches!(rx.recv(), Err(RecvError::Decode(_))));
+    assert_eq!(rx.recv().unwrap(), job(5));
+
+    // Every sender gone: Disconnected.
+    drop(raw);
+    drop(tx.into_inner());
+    assert!(matches!(rx.recv_timeout(LONG), Err(RecvTimeoutError::Disconnected)));
+}
+
+const TYPED_ROLE: &str = "IPCKIT_SHM_CHAN_TYPED_ROLE";
+
+/// Child of `typed_values_across_processes`: echoes each `Job` back with
+/// `id + 1` until its senders are gone. Returns at once in a normal run.
+#[test]
+fn typed_child_main() {
+    use ipckit::shm::{ShmTypedReceiver, ShmTypedSender};
+    let Ok(role) = std::env::var(TYPED_ROLE) else { return };
+    let (req, rep) = role.split_once(' ').unwrap();
+    let mut rx = ShmTypedReceiver::<Job>::new(ShmChannel::open(req).unwrap().receiver().unwrap());
+    let mut tx = ShmTypedSender::<Job>::new(ShmChannel::open(rep).unwrap().sender().unwrap());
+    say("ready");
+    loop {
+        match rx.recv_timeout(LONG) {
+            Ok(mut j) => {
+                j.id += 1;
+                tx.send_timeout(j, LONG).unwrap();
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("typed child: {e}"),
+        }
+    }
+    say("done");
+    std::process::exit(0);
+}
+
+#[test]
+fn typed_values_across_processes() {
+    use ipckit::shm::{ShmTypedReceiver, ShmTypedSender};
+    let (req, _c1) = create("typed-req", &Config::spsc(4, 256));
+    let (rep, _c2) = create("typed-rep", &Config::spsc(4, 256));
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "typed_child_main", "--nocapture", "--test-threads=1"])
+        .env(TYPED_ROLE, format!("{} {}", req.segment().name(), rep.segment().name()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (rtx, reports) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if let Some(at) = line.find(REPORT) {
+                let _ = rtx.send(line[at + REPORT.len()..].to_owned());
+            }
+        }
+    });
+    let mut kid = Kid { child, reports };
+    let mut tx = ShmTypedSender::<Job>::new(req.sender().unwrap());
+    let mut rx = ShmTypedReceiver::<Job>::new(rep.receiver().unwrap());
+    assert_eq!(kid.report(), "ready");
+    for i in 0..scaled(2_000) {
+        tx.send_timeout(job(i), LONG).unwrap();
+        let mut want = job(i);
+        want.id += 1;
+        assert_eq!(rx.recv_timeout(LONG).unwrap(), want);
+    }
+    drop(tx);
+    assert_eq!(kid.report(), "done");
+    kid.wait_success();
+}

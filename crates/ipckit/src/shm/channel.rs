@@ -574,7 +574,7 @@ impl ShmSender {
         self.send_slice(msg.bytes(), deadline)
     }
 
-    fn send_slice(&mut self, data: &[u8], deadline: Deadline) -> Result<(), Fault> {
+    pub(super) fn send_slice(&mut self, data: &[u8], deadline: Deadline) -> Result<(), Fault> {
         let ring = &*self.ring;
         if data.len() > ring.max {
             return Err(Fault::TooLarge { len: data.len(), max: ring.max });
@@ -657,7 +657,7 @@ impl ShmReceiver {
         }
     }
 
-    fn recv_vec(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> Result<(), Fault> {
+    pub(super) fn recv_vec(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> Result<(), Fault> {
         let ring = &*self.ring;
         let me = sys::pid();
         wait_event(ring.not_empty(), self.mode, deadline, &mut self.last_check, |check| {

@@ -17,6 +17,8 @@
 //! - [`pubsub`]: one publisher, many subscribers, each sees every message;
 //!   history for late joiners; a slow subscriber blocks the publisher or
 //!   loses its oldest messages, as the publisher chooses.
+//! - [`ShmTypedSender`] / [`ShmTypedReceiver`]: serde values (postcard)
+//!   over a [`channel`]'s ends.
 //! - [`LoanPool`]: zero-copy loans: fill a buffer in shared memory, send a
 //!   12-byte [`Token`] over any channel, read the buffer in place.
 //!
@@ -30,12 +32,14 @@ pub mod pubsub;
 pub mod ring;
 pub mod rpc;
 mod segment;
+mod typed;
 mod wait;
 
 use std::marker::PhantomData;
 
 pub use pool::{Loan, LoanMut, LoanPool, Token};
 pub use segment::{Segment, SegmentKind, HEADER_LEN, MAX_SEGMENT, PREFIX};
+pub use typed::{ShmTypedReceiver, ShmTypedSender};
 pub use wait::{WaitMode, LIVENESS_CHECK};
 
 /// A byte offset into a segment's user area, typed by what lives there.

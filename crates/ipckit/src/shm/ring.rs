@@ -380,7 +380,8 @@ fn take<M: RingMem>(m: &M, i: usize, out: &mut Vec<u8>) -> Pop {
     if len > m.max() {
         return Pop::TooLong(len);
     }
-    out.clear();
+    // `read` overwrites all of `out`: resizing without clearing first
+    // zero-fills only bytes the buffer grows by (none, when reused).
     out.resize(len, 0);
     m.read(i, out);
     Pop::Got
