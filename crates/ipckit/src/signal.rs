@@ -5,10 +5,10 @@
 //! interrupted code might be in the middle of (the chapter's reentrancy
 //! rule). ipckit's own handler does only that: it writes a 20-byte record
 //! (signal, sender pid and uid from the kernel's `siginfo_t`, code, value)
-//! to a pipe. A dispatcher thread reads the pipe and hands each
-//! [`SignalInfo`] to the registration for that signal: a [`Signals`]
-//! receiver (with the four `recv` forms) or a closure run by
-//! [`handle`] on a normal thread, where anything may be done.
+//! to that signal's pipe. The registration reads the pipe as a
+//! [`SignalInfo`]: a [`Signals`] receiver (with the four `recv` forms) on
+//! whatever thread calls it, or a closure run by [`handle`] on a normal
+//! thread, where anything may be done.
 //!
 //! The kernel's three choices per signal are all here: handle
 //! ([`Signals::new`], [`handle`]), [`ignore`], and [`default`]. Each returns
@@ -31,12 +31,12 @@
 //! ```
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
-use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, RecvError, RecvTimeoutError, Result, TryRecvError};
+use crate::error::{Error, Fault, RecvError, RecvTimeoutError, Result, TryRecvError};
 use crate::sys::{self, sig};
 
 pub use libc::{SIGALRM, SIGCHLD, SIGHUP, SIGINT, SIGIO, SIGPIPE, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
@@ -66,57 +66,44 @@ pub struct SignalInfo {
     pub value: Option<i32>,
 }
 
-type Routes = HashMap<i32, mpsc::Sender<SignalInfo>>;
-
-/// Where each handled signal's records go; the dispatcher thread reads the pipe.
-fn routes() -> Result<&'static Mutex<Routes>> {
-    static ROUTES: OnceLock<std::result::Result<Mutex<Routes>, String>> = OnceLock::new();
-    ROUTES
-        .get_or_init(|| {
-            let (r, w) = sys::pipe().map_err(|e| e.to_string())?;
-            // The handler must never block: the write end is non-blocking.
-            sys::set_nonblocking(&w, true).map_err(|e| e.to_string())?;
-            sig::set_pipe(w.into_raw_fd());
-            std::thread::Builder::new()
-                .name("ipckit-signals".into())
-                .spawn(move || dispatch(r))
-                .map_err(|e| e.to_string())?;
-            Ok(Mutex::new(HashMap::new()))
-        })
-        .as_ref()
-        .map_err(|e| Error::Io(std::io::Error::other(e.clone())))
+/// Per signal: the read end of its pipe (the write end's number is in
+/// `sys::sig`), and whether a registration holds it.
+struct Pipe {
+    read: Arc<OwnedFd>,
+    taken: bool,
 }
 
-fn dispatch(pipe: OwnedFd) {
+fn pipes() -> &'static Mutex<HashMap<i32, Pipe>> {
+    static PIPES: OnceLock<Mutex<HashMap<i32, Pipe>>> = OnceLock::new();
+    PIPES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Decodes whole records from `buf` into `out`.
+fn decode(buf: &[u8], out: &mut VecDeque<SignalInfo>) {
+    for rec in buf.chunks_exact(sig::RECORD) {
+        let f = |i: usize| i32::from_ne_bytes(rec[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+        out.push_back(SignalInfo {
+            signal: f(0),
+            pid: f(1) as u32,
+            uid: f(2) as u32,
+            code: f(3),
+            value: (f(3) == libc::SI_QUEUE).then(|| f(4)),
+        });
+    }
+}
+
+/// Reads every record waiting in `fd` (non-blocking). Writes are whole
+/// 20-byte records, so a pipe always holds whole records.
+fn drain(fd: &OwnedFd, out: &mut VecDeque<SignalInfo>) {
     let mut buf = [0u8; sig::RECORD * 64];
-    let mut have = 0;
-    loop {
-        match sys::read(pipe.as_fd(), &mut buf[have..], true) {
-            Ok(sys::Xfer::Done(0)) | Err(_) => return,
-            Ok(sys::Xfer::Done(n)) => have += n,
-            Ok(sys::Xfer::WouldBlock) => {
-                let _ = sys::wait(pipe.as_fd(), sys::Interest::Read, sys::Deadline::Never);
-                continue;
-            }
+    while let Ok(sys::Xfer::Done(n)) = sys::read(fd.as_fd(), &mut buf, false) {
+        if n == 0 {
+            return;
         }
-        let whole = have / sig::RECORD * sig::RECORD;
-        for rec in buf[..whole].chunks(sig::RECORD) {
-            let f = |i: usize| i32::from_ne_bytes(rec[4 * i..4 * i + 4].try_into().expect("4 bytes"));
-            let info = SignalInfo {
-                signal: f(0),
-                pid: f(1) as u32,
-                uid: f(2) as u32,
-                code: f(3),
-                value: (f(3) == libc::SI_QUEUE).then(|| f(4)),
-            };
-            let routes = routes().expect("initialised before the thread");
-            let map = routes.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(tx) = map.get(&info.signal) {
-                let _ = tx.send(info);
-            }
+        decode(&buf[..n - n % sig::RECORD], out);
+        if n < buf.len() {
+            return;
         }
-        buf.copy_within(whole..have, 0);
-        have -= whole;
     }
 }
 
@@ -134,9 +121,13 @@ fn check_signal(signal: i32) -> Result<()> {
 /// A registration for some signals: they are caught, and each delivery is
 /// received here (on whatever thread calls `recv`). Dropping it puts the
 /// previous dispositions back.
+///
+/// Each signal has a pipe of its own that the real handler writes to;
+/// `recv` reads it directly (no thread in between).
 #[derive(Debug)]
 pub struct Signals {
-    rx: mpsc::Receiver<SignalInfo>,
+    fds: Vec<Arc<OwnedFd>>,
+    ready: VecDeque<SignalInfo>,
     old: Vec<(i32, sig::OldAction)>,
 }
 
@@ -148,37 +139,58 @@ impl Signals {
     /// [`Error::InvalidName`] for a signal that cannot be handled,
     /// [`Error::AlreadyExists`] when another registration has one of them.
     pub fn new(signals: &[i32]) -> Result<Signals> {
-        let routes = routes()?;
-        let (tx, rx) = mpsc::channel();
-        let mut map = routes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = pipes().lock().unwrap_or_else(|e| e.into_inner());
         for &s in signals {
             check_signal(s)?;
-            if map.contains_key(&s) {
+            if map.get(&s).is_some_and(|p| p.taken) {
                 return Err(Error::AlreadyExists(format!("a handler for signal {s}")));
             }
         }
-        let mut old = Vec::new();
+        let mut me = Signals { fds: Vec::new(), ready: VecDeque::new(), old: Vec::new() };
         for &s in signals {
-            map.insert(s, tx.clone());
+            if !map.contains_key(&s) {
+                let (r, w) = sys::pipe()?;
+                // The handler must never block, and `recv` polls.
+                sys::set_nonblocking(&w, true)?;
+                sys::set_nonblocking(&r, true)?;
+                sig::set_pipe(s, w.into_raw_fd());
+                map.insert(s, Pipe { read: Arc::new(r), taken: false });
+            }
+            let pipe = map.get_mut(&s).expect("inserted above");
+            // Records left from an earlier registration are not ours.
+            drain(&pipe.read, &mut VecDeque::new());
+            pipe.taken = true;
+            me.fds.push(pipe.read.clone());
             match sig::install(s) {
-                Ok(o) => old.push((s, o)),
+                Ok(o) => me.old.push((s, o)),
                 Err(e) => {
+                    pipe.taken = false;
                     drop(map);
-                    drop(Signals { rx, old });
+                    drop(me);
                     return Err(Error::Io(e));
                 }
             }
         }
-        Ok(Signals { rx, old })
+        Ok(me)
     }
 
-    fn recv_inner(
-        &mut self,
-        deadline: Option<Instant>,
-    ) -> std::result::Result<SignalInfo, mpsc::RecvTimeoutError> {
-        match deadline {
-            None => self.rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-            Some(d) => self.rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+    fn recv_inner(&mut self, deadline: sys::Deadline) -> std::result::Result<SignalInfo, Fault> {
+        loop {
+            if let Some(info) = self.ready.pop_front() {
+                return Ok(info);
+            }
+            for fd in &self.fds {
+                drain(fd, &mut self.ready);
+            }
+            if !self.ready.is_empty() {
+                continue;
+            }
+            if self.fds.is_empty() {
+                return Err(Fault::Disconnected);
+            }
+            if sys::wait_readable_any(self.fds.iter().map(|f| f.as_fd()), None, deadline)?.is_none() {
+                return Err(Fault::Timeout);
+            }
         }
     }
 
@@ -186,9 +198,9 @@ impl Signals {
     ///
     /// # Errors
     ///
-    /// [`RecvError::Disconnected`] if the dispatcher is gone (never, in practice).
+    /// [`RecvError::Disconnected`] for a registration of no signals.
     pub fn recv(&mut self) -> std::result::Result<SignalInfo, RecvError> {
-        self.recv_inner(None).map_err(|_| RecvError::Disconnected)
+        self.recv_inner(sys::Deadline::Never).map_err(RecvError::from_fault)
     }
 
     /// Takes a signal that arrived, if any.
@@ -197,10 +209,7 @@ impl Signals {
     ///
     /// [`TryRecvError::Empty`] when none did.
     pub fn try_recv(&mut self) -> std::result::Result<SignalInfo, TryRecvError> {
-        self.rx.try_recv().map_err(|e| match e {
-            mpsc::TryRecvError::Empty => TryRecvError::Empty,
-            mpsc::TryRecvError::Disconnected => TryRecvError::Disconnected,
-        })
+        self.recv_inner(sys::Deadline::Now).map_err(TryRecvError::from_fault)
     }
 
     /// Waits at most `timeout` for a signal.
@@ -209,7 +218,7 @@ impl Signals {
     ///
     /// [`RecvTimeoutError::Timeout`].
     pub fn recv_timeout(&mut self, timeout: Duration) -> std::result::Result<SignalInfo, RecvTimeoutError> {
-        self.recv_deadline(Instant::now() + timeout)
+        self.recv_inner(sys::Deadline::after(timeout)).map_err(RecvTimeoutError::from_fault)
     }
 
     /// Waits until `deadline` at the latest.
@@ -218,22 +227,20 @@ impl Signals {
     ///
     /// [`RecvTimeoutError::Timeout`].
     pub fn recv_deadline(&mut self, deadline: Instant) -> std::result::Result<SignalInfo, RecvTimeoutError> {
-        self.recv_inner(Some(deadline)).map_err(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => RecvTimeoutError::Timeout,
-            mpsc::RecvTimeoutError::Disconnected => RecvTimeoutError::Disconnected,
-        })
+        self.recv_inner(sys::Deadline::At(deadline)).map_err(RecvTimeoutError::from_fault)
     }
 }
 
 impl Drop for Signals {
     fn drop(&mut self) {
-        let Ok(routes) = routes() else { return };
-        let mut map = routes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = pipes().lock().unwrap_or_else(|e| e.into_inner());
         for (s, old) in self.old.drain(..) {
             if let Err(e) = sig::restore(s, &old) {
                 tracing::warn!(signal = s, error = %e, "could not restore the old disposition");
             }
-            map.remove(&s);
+            if let Some(p) = map.get_mut(&s) {
+                p.taken = false;
+            }
         }
     }
 }

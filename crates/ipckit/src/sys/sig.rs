@@ -19,18 +19,25 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// Bytes per record the handler writes: signal, pid, uid, code, value (5 x i32).
 pub(crate) const RECORD: usize = 20;
 
-/// The write end of the process-wide signal pipe (-1 until created).
-static PIPE: AtomicI32 = AtomicI32::new(-1);
+/// Signal numbers go up to 64 on Linux.
+pub(crate) const MAX_SIGNAL: usize = 64;
 
-/// Sets the pipe the handler writes to (once; it is never closed).
-pub(crate) fn set_pipe(fd: i32) {
-    PIPE.store(fd, Ordering::SeqCst);
+/// Per signal, the write end of that signal's pipe (-1: none yet). A pipe,
+/// once made, is never closed, so a handler that loaded the number just
+/// before a registration ended still writes into the right pipe.
+static PIPES: [AtomicI32; MAX_SIGNAL + 1] = [const { AtomicI32::new(-1) }; MAX_SIGNAL + 1];
+
+/// Sets the pipe the handler writes `sig`'s records to.
+pub(crate) fn set_pipe(sig: i32, fd: i32) {
+    if let Some(slot) = usize::try_from(sig).ok().and_then(|i| PIPES.get(i)) {
+        slot.store(fd, Ordering::SeqCst);
+    }
 }
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: __errno_location is async-signal-safe and returns this thread's errno.
     let errno = unsafe { *libc::__errno_location() };
-    let fd = PIPE.load(Ordering::Relaxed);
+    let fd = usize::try_from(sig).ok().and_then(|i| PIPES.get(i)).map_or(-1, |p| p.load(Ordering::Relaxed));
     if fd >= 0 && !info.is_null() {
         // SAFETY: the kernel passes a valid siginfo_t with SA_SIGINFO; the
         // accessors read fields of it (the union members are plain integers).
