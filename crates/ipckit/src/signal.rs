@@ -148,13 +148,13 @@ impl Signals {
         }
         let mut me = Signals { fds: Vec::new(), ready: VecDeque::new(), old: Vec::new() };
         for &s in signals {
-            if !map.contains_key(&s) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(s) {
                 let (r, w) = sys::pipe()?;
                 // The handler must never block, and `recv` polls.
                 sys::set_nonblocking(&w, true)?;
                 sys::set_nonblocking(&r, true)?;
                 sig::set_pipe(s, w.into_raw_fd());
-                map.insert(s, Pipe { read: Arc::new(r), taken: false });
+                slot.insert(Pipe { read: Arc::new(r), taken: false });
             }
             let pipe = map.get_mut(&s).expect("inserted above");
             // Records left from an earlier registration are not ours.
