@@ -1035,3 +1035,96 @@ fn typed_values_across_processes() {
     assert_eq!(kid.report(), "done");
     kid.wait_success();
 }
+
+const INHERIT_ROLE: &str = "IPCKIT_SHM_CHAN_INHERIT_ROLE";
+
+/// Child of `a_channel_handed_to_a_child_with_inherit`: takes the two
+/// channels its parent passed, echoes each message reversed until the
+/// parent's sender is gone. Returns at once in a normal run.
+#[test]
+fn inherit_child_main() {
+    if std::env::var(INHERIT_ROLE).is_err() {
+        return;
+    }
+    let req: ShmChannel = ipckit::spawn::inherited("req").unwrap();
+    let rep: ShmChannel = ipckit::spawn::inherited("rep").unwrap();
+    let mut rx = req.receiver().unwrap();
+    let mut tx = rep.sender().unwrap();
+    say("ready");
+    loop {
+        match rx.recv_timeout(LONG) {
+            Ok(m) => {
+                let mut b = m.into_bytes();
+                b.reverse();
+                tx.send_timeout(b, LONG).unwrap();
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("inherit child: {e}"),
+        }
+    }
+    say("done");
+    std::process::exit(0);
+}
+
+#[test]
+fn a_channel_handed_to_a_child_with_inherit() {
+    use ipckit::Transferable;
+    let (req, _c1) = create("inh-req", &Config::spsc(4, 256));
+    let (rep, _c2) = create("inh-rep", &Config::mpmc(4, 256));
+    // A handle of the wrong kind is refused; the right one round-trips.
+    let h = req.clone().into_handle().unwrap();
+    assert_eq!(h.kind(), ipckit::HandleKind::ShmChannel);
+    let back = ShmChannel::from_handle(h).unwrap();
+    assert_eq!(back.capacity(), 4);
+    assert_eq!(back.flavor(), Flavor::Spsc);
+    assert!(matches!(Segment::from_handle(rep.clone().into_handle().unwrap()), Err(Error::BadHandle(_))));
+
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "inherit_child_main", "--nocapture", "--test-threads=1"])
+        .env(INHERIT_ROLE, "1")
+        .stdout(Stdio::piped());
+    let mut kit = ipckit::spawn::Inherit::new();
+    kit.pass("req", req.clone()).unwrap();
+    kit.pass("rep", rep.clone()).unwrap();
+    let mut child = kit.spawn(&mut cmd).unwrap();
+    let out = child.stdout.take().unwrap();
+    let (rtx, reports) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if let Some(at) = line.find(REPORT) {
+                let _ = rtx.send(line[at + REPORT.len()..].to_owned());
+            }
+        }
+    });
+    let mut kid = Kid { child, reports };
+    let mut tx = req.sender().unwrap();
+    let mut rx = rep.receiver().unwrap();
+    assert_eq!(kid.report(), "ready");
+    for i in 0..scaled(500) {
+        let msg = encode(7, i);
+        tx.send_timeout(msg.clone(), LONG).unwrap();
+        let mut want = msg;
+        want.reverse();
+        assert_eq!(rx.recv_timeout(LONG).unwrap().bytes(), &want[..]);
+    }
+    drop(tx);
+    assert_eq!(kid.report(), "done");
+    kid.wait_success();
+}
+
+#[test]
+fn a_channel_sent_over_a_unix_socket() {
+    let (chan, _c) = create("sock", &Config::mpmc(8, 64));
+    let (mut a, mut b) = ipckit::Connection::pair(ipckit::SocketKind::SeqPacket).unwrap();
+    let mut tx = chan.sender().unwrap();
+    a.send_timeout(ipckit::Message::new(b"ring".to_vec()).with(chan.clone()).unwrap(), LONG).unwrap();
+    let mut m = b.recv_timeout(LONG).unwrap();
+    assert_eq!(m.bytes(), b"ring");
+    let got: ShmChannel = m.take().unwrap();
+    assert_eq!(got.segment().name(), chan.segment().name());
+    assert_eq!((got.capacity(), got.max_message_size(), got.flavor()), (8, 64, Flavor::Mpmc));
+    let mut rx = got.receiver().unwrap();
+    tx.send_timeout(&b"through the socket"[..], LONG).unwrap();
+    assert_eq!(rx.recv_timeout(LONG).unwrap().bytes(), b"through the socket");
+}

@@ -55,6 +55,10 @@
 //! number of handles per process). The capacity is rounded up to a power of
 //! two, at least 2. There is no rendezvous (capacity 0) flavour, and messages cannot
 //! carry handles.
+//!
+//! A [`ShmChannel`] itself is [`Transferable`]: it can be handed to a child
+//! with [`crate::spawn::Inherit`] or sent over a UNIX socket, and the
+//! receiving process makes its own ends from it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -66,8 +70,9 @@ use super::segment::{Segment, SegmentKind, HEADER_LEN};
 use super::wait::{wait_event, Attempt, Event};
 pub use super::wait::{WaitMode, LIVENESS_CHECK};
 use crate::error::{Error, Fault, FrameError, Result};
-use crate::message::Message;
+use crate::message::{Handle, Message, Transferable};
 use crate::sys::{self, Deadline, Mapping};
+use crate::wire::{HandleKind, HandleMeta};
 
 const U: usize = HEADER_LEN;
 const CFG_SLOTS: usize = U;
@@ -409,7 +414,12 @@ impl ShmChannel {
     /// As [`Segment::open`]; [`Error::Corrupted`] when the segment is not a
     /// channel or its configuration is not valid.
     pub fn open(name: &str) -> Result<ShmChannel> {
-        let seg = Segment::open_kind(name, SegmentKind::Ring)?;
+        ShmChannel::from_segment(Segment::open_kind(name, SegmentKind::Ring)?)
+    }
+
+    /// Checks the shape of the ring in `seg` (opened, or adopted from a handle).
+    fn from_segment(seg: Segment) -> Result<ShmChannel> {
+        let name = seg.name().to_owned();
         let bad = |why: String| Error::Corrupted(format!("channel {name:?}: {why}"));
         let map = seg.mapping().clone();
         if map.len() < SLOTS {
@@ -526,6 +536,27 @@ impl ShmChannel {
     }
 }
 
+/// The channel travels as its segment's descriptor plus its name; the
+/// receiving process validates the ring's shape again, and attaches its
+/// own ends with [`ShmChannel::sender`] / [`ShmChannel::receiver`]. Ends
+/// already made in this process stay here.
+impl Transferable for ShmChannel {
+    fn into_handle(self) -> Result<Handle> {
+        let mut meta = HandleMeta::new(HandleKind::ShmChannel, 1);
+        meta.pending = self.ring.seg.name().as_bytes().to_vec();
+        Ok(Handle { meta, fds: vec![self.ring.seg.dup_fd()?] })
+    }
+
+    fn from_handle(handle: Handle) -> Result<Self> {
+        handle.expect(HandleKind::ShmChannel)?;
+        let Handle { meta, fds } = handle;
+        let name = String::from_utf8(meta.pending)
+            .map_err(|_| Error::BadHandle("shared-memory channel name".into()))?;
+        let fd = fds.into_iter().next().expect("checked count");
+        ShmChannel::from_segment(Segment::adopt(name, fd, SegmentKind::Ring)?)
+    }
+}
+
 /// The sending end of a [`ShmChannel`]. Several may exist (MPMC), in
 /// any processes; each may move to another thread.
 #[derive(Debug)]
@@ -545,6 +576,16 @@ impl ShmSender {
     /// The largest message, in bytes.
     pub fn max_message_size(&self) -> usize {
         self.ring.max
+    }
+
+    pub(super) fn set_wait(&mut self, mode: WaitMode) {
+        self.mode = mode;
+    }
+
+    /// Whether every receiver that ever attached is gone (checking the
+    /// recorded pids are alive).
+    pub(super) fn peer_gone(&self) -> bool {
+        self.ring.gone(CONSUMERS, true)
     }
 
     send_forms!();
@@ -626,6 +667,10 @@ impl ShmReceiver {
     /// The largest message, in bytes.
     pub fn max_message_size(&self) -> usize {
         self.ring.max
+    }
+
+    pub(super) fn set_wait(&mut self, mode: WaitMode) {
+        self.mode = mode;
     }
 
     recv_forms!(Message);

@@ -9,6 +9,8 @@
 //! - [`rpc`]: the chapter's two-slot RPC: one request slot, one reply slot,
 //!   a status word in each header.
 //! - [`channel`]: message channels (MPMC and SPSC) over a ring of slots.
+//! - [`ring_rpc`]: RPC over those rings: one server, many clients, each
+//!   client with its own reply ring.
 //!
 //! Private parts: `wait` (spin / spin-then-block / block waiting on futex
 //! words, shared by `rpc` and `channel`) and `ring` (the lock-free ring
@@ -30,6 +32,7 @@ mod pool;
 pub mod pubsub;
 #[doc(hidden)]
 pub mod ring;
+pub mod ring_rpc;
 pub mod rpc;
 mod segment;
 mod typed;

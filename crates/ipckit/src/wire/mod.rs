@@ -127,6 +127,8 @@ pub enum HandleKind {
     Segment = 6,
     /// A cross-process event ([`crate::event::Event`]).
     Event = 7,
+    /// A shared-memory channel ([`crate::shm::channel::ShmChannel`]).
+    ShmChannel = 8,
 }
 
 impl HandleKind {
@@ -139,6 +141,7 @@ impl HandleKind {
             5 => HandleKind::Listener,
             6 => HandleKind::Segment,
             7 => HandleKind::Event,
+            8 => HandleKind::ShmChannel,
             _ => return None,
         })
     }
