@@ -36,7 +36,7 @@ mod client;
 mod server;
 
 pub use client::Client;
-pub use server::{Request, Server};
+pub use server::{Request, Server, REPLY_TIMEOUT};
 
 /// How long a call waits for its reply unless told otherwise.
 pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
