@@ -3,9 +3,11 @@
 //! Each subcommand lives in its own module; this file only parses the command
 //! line, sets up logging and turns a failure into a message and an exit code.
 
-#![forbid(unsafe_code)]
+// Only bench::mechanisms::{sysv_raw, posix_mq} (System V and POSIX mq calls through libc) allow unsafe code.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod bench;
 mod error;
 mod mq;
 mod naming;
@@ -104,6 +106,20 @@ enum Command {
     /// Receive (and print) one message from a mailbox at the naming server
     Recv(naming::RecvArgs),
 
+    /// Measure every mechanism side by side between two processes: latency, throughput, plots
+    #[command(long_about = "Measure every mechanism side by side between two real processes.\n\n\
+            Round-trip latency (median, p99, p99.9) and one-way throughput (messages/s, bytes/s) \
+            over message sizes, for the raw kernel primitives (the busy-spin and futex floors, \
+            pipe, socketpair, TCP loopback, System V msgq, eventfd), ipckit's transports and an \
+            in-process memcpy, pinned to two CPUs and unpinned. Prints a table with each figure's \
+            ratio to the floor of its class (polling or blocking) and writes results.json, \
+            results.csv, latency.svg and throughput.svg. `--list` names the mechanisms.")]
+    Bench(bench::BenchArgs),
+
+    /// Internal: a child process of `ipckit bench` (not for direct use).
+    #[command(name = "__bench-child", hide = true)]
+    BenchChild(bench::ChildArgs),
+
     /// Internal: a child process of `ipckit tour` (not for direct use).
     #[command(name = "__tour-child", hide = true)]
     TourChild {
@@ -138,6 +154,8 @@ fn main() -> ExitCode {
         Command::Send(args) => naming::send(&args),
         Command::Recv(args) => naming::recv(&args),
         Command::TourChild { role } => tour::run_child(role),
+        Command::Bench(args) => bench::run(&args),
+        Command::BenchChild(args) => bench::run_child(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -509,7 +509,15 @@ impl Writer {
                 }
                 Ok(Xfer::WouldBlock) => {}
                 Err(e) if e.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error()) => {
-                    return Err(Fault::TooLarge { len, max: self.max.min(total - HEADER_LEN) });
+                    // Below our own limit, but the kernel takes no datagram
+                    // larger than about the socket's send buffer.
+                    return Err(Fault::Io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!(
+                            "a {len}-byte message does not fit one seqpacket datagram (the kernel \
+                             limits it to about the socket's send buffer, SO_SNDBUF)"
+                        ),
+                    )));
                 }
                 Err(e) => {
                     if done > 0 {

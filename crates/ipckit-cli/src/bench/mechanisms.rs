@@ -1,0 +1,1096 @@
+//! The measured mechanisms: the parent (timing) end of each, and the child
+//! (answering) end run by `ipckit __bench-child <mechanism> ...`.
+//!
+//! Protocol, the same for every mechanism that carries bytes: the first byte
+//! of a message is a tag. [`ECHO`] asks the child to send the message back
+//! (a round trip); [`SINK`] asks for nothing (one-way throughput). A stream
+//! of sink messages ends with one echo message, so the parent knows every
+//! earlier message was taken. Mechanisms without a payload (the floors,
+//! events, eventfd) measure round trips only. A child lives until the parent
+//! kills it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use ipckit::event::{Event, EventMode};
+use ipckit::shm::channel::{Config, ShmChannel, ShmReceiver, ShmSender};
+use ipckit::shm::rpc::{RpcClient, RpcServer};
+use ipckit::shm::{Offset, Segment, WaitMode};
+use ipckit::sysv::{MessageQueue, QueueConfig, Select, SemOp, SemaphoreSet};
+use ipckit::{spawn, Connection, SocketKind};
+use rustix::thread::futex;
+
+use crate::error::{fail, Context, Result};
+
+/// Tag: send this message back.
+pub const ECHO: u8 = 1;
+/// Tag: take this message, send nothing back.
+pub const SINK: u8 = 0;
+
+/// How long any single wait of the parent or a child may take.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a receiver learns of a message: the class whose floor it is compared to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Busy-polls memory.
+    Polling,
+    /// Sleeps in the kernel until woken.
+    Blocking,
+    /// In-process memory copy (the bandwidth ceiling).
+    Memory,
+}
+
+impl Class {
+    /// The class as written in the outputs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Polling => "polling",
+            Class::Blocking => "blocking",
+            Class::Memory => "memory",
+        }
+    }
+}
+
+/// One measured mechanism.
+#[derive(Clone, Copy, Debug)]
+pub struct Mechanism {
+    /// Its name (the `--filter` matches it).
+    pub name: &'static str,
+    /// Polling or blocking.
+    pub class: Class,
+    /// The largest message it is measured with.
+    pub max_size: usize,
+    /// Whether round-trip latency is measured.
+    pub latency: bool,
+    /// Whether one-way throughput is measured.
+    pub throughput: bool,
+    /// A line on what exactly is measured.
+    pub what: &'static str,
+}
+
+const MIB: usize = 1 << 20;
+
+/// Every mechanism, in the order they run (the floors first).
+pub const ALL: &[Mechanism] = &[
+    m("floor-spin", Class::Polling, 8, true, false, "busy-spin ping-pong on one shared cache line"),
+    m("floor-futex", Class::Blocking, 8, true, false, "futex wait/wake ping-pong on shared words"),
+    m("raw-pipe", Class::Blocking, MIB, true, true, "two pipe(2)s, read/write of fixed-size messages"),
+    m("raw-socketpair", Class::Blocking, MIB, true, true, "socketpair(AF_UNIX, SOCK_STREAM), fixed size"),
+    m("raw-tcp", Class::Blocking, MIB, true, true, "TCP over 127.0.0.1, TCP_NODELAY, fixed size"),
+    m("ipckit-pipe", Class::Blocking, MIB, true, true, "ipckit::pipe::duplex Connection send/recv"),
+    m("ipckit-unix-stream", Class::Blocking, MIB, true, true, "Connection::pair(Stream) send/recv"),
+    m("ipckit-seqpacket", Class::Blocking, MIB, true, true, "Connection::pair(SeqPacket) send/recv"),
+    m(
+        "ipckit-shm-rpc-spin",
+        Class::Polling,
+        MIB,
+        true,
+        false,
+        "shm two-slot RpcClient/RpcServer, WaitMode::Spin",
+    ),
+    m("ipckit-shm-rpc-block", Class::Blocking, MIB, true, false, "shm two-slot RPC, WaitMode::Block"),
+    m("ipckit-shm-ring-spin", Class::Polling, MIB, true, true, "two SPSC ShmChannels, WaitMode::Spin"),
+    m("ipckit-shm-ring-block", Class::Blocking, MIB, true, true, "two SPSC ShmChannels, WaitMode::Block"),
+    m("ipckit-typed-queue", Class::Blocking, 65536, true, true, "sysv::MessageQueue, types 1 and 2"),
+    m("raw-sysv-msgq", Class::Blocking, 8192, true, true, "msgget/msgsnd/msgrcv via libc, types 1 and 2"),
+    m("ipckit-event", Class::Blocking, 8, true, false, "two auto-reset ipckit Events, notify/wait"),
+    m("raw-eventfd", Class::Blocking, 8, true, false, "two eventfds, write/read of the counter"),
+    m("ipckit-fifo", Class::Blocking, MIB, true, true, "two ipckit FIFOs (named pipes), framed send/recv"),
+    m("ipckit-semaphore", Class::Blocking, 8, true, false, "ipckit SemaphoreSet of 2: V(0) P(1) ping-pong"),
+    m("raw-posix-mq", Class::Blocking, 8192, true, true, "mq_open/mq_send/mq_receive via libc, two queues"),
+    #[cfg(feature = "peers")]
+    m(
+        "peer-ipc-channel",
+        Class::Blocking,
+        MIB,
+        true,
+        true,
+        "ipc-channel bytes_channel pair (crates.io, feature peers)",
+    ),
+    m("memcpy", Class::Memory, MIB, false, true, "in-process copy_from_slice (bandwidth ceiling)"),
+];
+
+const fn m(
+    name: &'static str,
+    class: Class,
+    max_size: usize,
+    latency: bool,
+    throughput: bool,
+    what: &'static str,
+) -> Mechanism {
+    Mechanism { name, class, max_size, latency, throughput, what }
+}
+
+/// The mechanism called `name`.
+#[cfg(test)]
+pub fn by_name(name: &str) -> Option<&'static Mechanism> {
+    ALL.iter().find(|m| m.name == name)
+}
+
+/// The parent's end of a running measurement.
+pub trait Link {
+    /// Sends `msg` (its tag byte is [`ECHO`]) and waits for it to come back into `msg`.
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()>;
+    /// Sends `msg` (its tag byte is [`SINK`]) without waiting for an answer.
+    fn send(&mut self, msg: &[u8]) -> Result<()>;
+}
+
+/// The child's arguments (`ipckit __bench-child`).
+#[derive(Debug, Args)]
+pub struct ChildArgs {
+    /// The mechanism to answer for.
+    pub mechanism: String,
+    /// Message size in bytes.
+    #[arg(long)]
+    pub size: usize,
+    /// Pin to this CPU.
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// Name of a shared object, or a port, or a System V id.
+    #[arg(long, default_value = "")]
+    pub name: String,
+}
+
+/// A running child and the parent's end of the link to it; dropping it kills
+/// and reaps the child and removes the shared objects it used.
+pub struct Session {
+    /// The parent's end.
+    pub link: Box<dyn Link>,
+    child: Option<Child>,
+    cleanup: Vec<Box<dyn FnOnce()>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for f in self.cleanup.drain(..) {
+            f();
+        }
+    }
+}
+
+/// A name for a shared object unique to this run.
+fn unique(what: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("ipckit-bench-{what}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Spawns the child for `mech`, handing it `kit`, and waits for its "ready".
+fn spawn_child(
+    mech: &Mechanism,
+    size: usize,
+    cpu: Option<usize>,
+    name: &str,
+    kit: spawn::Inherit,
+) -> Result<Child> {
+    let exe = std::env::current_exe().context("finding this program's own path")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__bench-child").arg(mech.name).arg("--size").arg(size.to_string());
+    if let Some(cpu) = cpu {
+        cmd.arg("--cpu").arg(cpu.to_string());
+    }
+    if !name.is_empty() {
+        cmd.arg("--name").arg(name);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    let mut child = kit.spawn(&mut cmd).context(format!("spawning the {} child", mech.name))?;
+    let stdout: ChildStdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    let got = BufReader::new(stdout).read_line(&mut line);
+    if !matches!(got, Ok(n) if n > 0) || line.trim() != "ready" {
+        let _ = child.kill();
+        let _ = child.wait();
+        fail!("the {} child did not get ready", mech.name);
+    }
+    Ok(child)
+}
+
+/// Connects to a child once it is ready (for the mechanisms whose child creates the object).
+type Connect = Box<dyn FnOnce() -> Result<Box<dyn Link>>>;
+
+/// Starts a child for `mech` with messages of `size` bytes (child pinned to `cpu`).
+pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session> {
+    let mut kit = spawn::Inherit::new();
+    let mut cleanup: Vec<Box<dyn FnOnce()>> = Vec::new();
+    let mut name = String::new();
+    let mut pending: Option<Connect> = None;
+    let link: Option<Box<dyn Link>> = match mech.name {
+        "floor-spin" | "floor-futex" => {
+            name = unique("word");
+            let seg = Segment::create(&name, 128, 0o600).context("creating the shared words")?;
+            let n = name.clone();
+            cleanup.push(Box::new(move || drop(Segment::remove(&n))));
+            Some(Box::new(Words { seg, spin: mech.name == "floor-spin", seq: 0 }))
+        }
+        "raw-pipe" => {
+            let flags = rustix::pipe::PipeFlags::CLOEXEC;
+            let (child_rd, parent_wr) = rustix::pipe::pipe_with(flags).context("pipe")?;
+            let (parent_rd, child_wr) = rustix::pipe::pipe_with(flags).context("pipe")?;
+            kit.pass("rd", child_rd).context("passing the pipe")?;
+            kit.pass("wr", child_wr).context("passing the pipe")?;
+            Some(Box::new(Stream { rd: std::fs::File::from(parent_rd), wr: std::fs::File::from(parent_wr) }))
+        }
+        "raw-socketpair" => {
+            let (parent, child) = UnixStream::pair().context("socketpair")?;
+            kit.pass("sock", OwnedFd::from(child)).context("passing the socket")?;
+            Some(Box::new(Stream { rd: parent.try_clone().context("dup")?, wr: parent }))
+        }
+        "raw-tcp" => {
+            let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1")?;
+            name = listener.local_addr().context("local address")?.port().to_string();
+            pending = Some(Box::new(move || {
+                let (s, _) = listener.accept().context("accepting the child's connection")?;
+                s.set_nodelay(true).context("TCP_NODELAY")?;
+                Ok(Box::new(Stream { rd: s.try_clone().context("dup")?, wr: s }) as Box<dyn Link>)
+            }));
+            None
+        }
+        "ipckit-pipe" | "ipckit-unix-stream" | "ipckit-seqpacket" => {
+            let (parent, child) = match mech.name {
+                "ipckit-pipe" => ipckit::pipe::duplex().context("ipckit pipe")?,
+                "ipckit-unix-stream" => Connection::pair(SocketKind::Stream).context("ipckit socket pair")?,
+                _ => Connection::pair(SocketKind::SeqPacket).context("ipckit socket pair")?,
+            };
+            kit.pass("conn", child).context("passing the connection")?;
+            Some(Box::new(Conn(parent)))
+        }
+        "ipckit-shm-rpc-spin" | "ipckit-shm-rpc-block" => {
+            name = unique("rpc");
+            let n = name.clone();
+            cleanup.push(Box::new(move || drop(Segment::remove(&n))));
+            let n = name.clone();
+            let mode = if mech.name.ends_with("spin") { WaitMode::Spin } else { WaitMode::Block };
+            pending = Some(Box::new(move || {
+                let client = RpcClient::open(&n).context("opening the RPC segment")?.with_wait(mode);
+                Ok(Box::new(ShmRpc { client, out: Vec::new() }) as Box<dyn Link>)
+            }));
+            None
+        }
+        "ipckit-shm-ring-spin" | "ipckit-shm-ring-block" => {
+            name = unique("ring");
+            let mode = if mech.name.ends_with("spin") { WaitMode::Spin } else { WaitMode::Block };
+            let slots = ((8 * MIB) / size.max(1)).clamp(4, 64).next_power_of_two();
+            let (to, from) = (format!("{name}-to"), format!("{name}-from"));
+            let up = ShmChannel::create(&to, &Config::spsc(slots, size)).context("creating a ring")?;
+            let down = ShmChannel::create(&from, &Config::spsc(slots, size)).context("creating a ring")?;
+            cleanup.push(Box::new(move || {
+                let _ = ShmChannel::remove(&to);
+                let _ = ShmChannel::remove(&from);
+            }));
+            let tx = up.sender().context("ring sender")?.with_wait(mode);
+            let rx = down.receiver().context("ring receiver")?.with_wait(mode);
+            Some(Box::new(Ring { tx, rx, buf: Vec::new(), _keep: (up, down) }))
+        }
+        "ipckit-typed-queue" => {
+            name = unique("queue");
+            let cap = (4 * size).max(16384);
+            let config = QueueConfig { capacity: cap, max_message: size, max_capacity: cap, mode: 0o600 };
+            let q = MessageQueue::create(&name, config).context("creating the queue")?;
+            let n = name.clone();
+            cleanup.push(Box::new(move || drop(MessageQueue::remove_name(&n))));
+            Some(Box::new(TypedQueue { q, size }))
+        }
+        "raw-sysv-msgq" => {
+            let id = sysv_raw::create().context("msgget")?;
+            name = id.to_string();
+            cleanup.push(Box::new(move || sysv_raw::remove(id)));
+            Some(Box::new(RawMsgq { id, size, buf: Vec::new() }))
+        }
+        "ipckit-event" => {
+            name = unique("event");
+            let (ping, pong) = (format!("{name}-ping"), format!("{name}-pong"));
+            let a = Event::create(&ping, EventMode::AutoReset, 0o600).context("creating an event")?;
+            let b = Event::create(&pong, EventMode::AutoReset, 0o600).context("creating an event")?;
+            cleanup.push(Box::new(move || {
+                let _ = Event::remove(&ping);
+                let _ = Event::remove(&pong);
+            }));
+            Some(Box::new(Events { ping: a, pong: b }))
+        }
+        "raw-eventfd" => {
+            use rustix::event::{eventfd, EventfdFlags};
+            let ping = eventfd(0, EventfdFlags::CLOEXEC).context("eventfd")?;
+            let pong = eventfd(0, EventfdFlags::CLOEXEC).context("eventfd")?;
+            kit.pass("ping", ping.try_clone().context("dup")?).context("passing an eventfd")?;
+            kit.pass("pong", pong.try_clone().context("dup")?).context("passing an eventfd")?;
+            Some(Box::new(EventFds { ping, pong }))
+        }
+        "ipckit-fifo" => {
+            let dir = std::env::temp_dir();
+            name = dir.join(unique("fifo")).to_string_lossy().into_owned();
+            let (to, from) = (format!("{name}-to"), format!("{name}-from"));
+            ipckit::fifo::create(&to, 0o600).context("mkfifo")?;
+            ipckit::fifo::create(&from, 0o600).context("mkfifo")?;
+            let (t, f) = (to.clone(), from.clone());
+            cleanup.push(Box::new(move || {
+                let _ = ipckit::fifo::remove(&t);
+                let _ = ipckit::fifo::remove(&f);
+            }));
+            pending = Some(Box::new(move || {
+                let tx = ipckit::fifo::open_sender_timeout(&to, IO_TIMEOUT).context("opening a FIFO")?;
+                let rx = ipckit::fifo::open_receiver_timeout(&from, IO_TIMEOUT).context("opening a FIFO")?;
+                Ok(Box::new(Fifo { tx, rx }) as Box<dyn Link>)
+            }));
+            None
+        }
+        "ipckit-semaphore" => {
+            name = unique("sem");
+            let set = SemaphoreSet::create(&name, 2, 0, 0o600).context("creating the semaphore set")?;
+            let n = name.clone();
+            cleanup.push(Box::new(move || drop(SemaphoreSet::remove_name(&n))));
+            Some(Box::new(Sems(set)))
+        }
+        "raw-posix-mq" => {
+            name = format!("/{}", unique("mq"));
+            let to = posix_mq::open(&format!("{name}-to"), Some(size)).context("mq_open")?;
+            let from = posix_mq::open(&format!("{name}-from"), Some(size)).context("mq_open")?;
+            let n = name.clone();
+            cleanup.push(Box::new(move || {
+                posix_mq::unlink(&format!("{n}-to"));
+                posix_mq::unlink(&format!("{n}-from"));
+            }));
+            Some(Box::new(PosixMq { to, from, buf: vec![0; size] }))
+        }
+        #[cfg(feature = "peers")]
+        "peer-ipc-channel" => {
+            let (server, server_name) =
+                peers::IpcOneShotServer::new().context("ipc-channel one-shot server")?;
+            name = server_name;
+            pending = Some(Box::new(move || {
+                let (_, (tx, rx)) = server.accept().context("ipc-channel accept")?;
+                Ok(Box::new(peers::IpcChannel { tx, rx }) as Box<dyn Link>)
+            }));
+            None
+        }
+        other => fail!("{other}: not a two-process mechanism"),
+    };
+    let mut child = spawn_child(mech, size, cpu, &name, kit)?;
+    let link = match (link, pending) {
+        (Some(link), _) => link,
+        (None, Some(finish)) => match finish() {
+            Ok(link) => link,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                for f in cleanup {
+                    f();
+                }
+                return Err(e);
+            }
+        },
+        (None, None) => unreachable!("every mechanism makes a link"),
+    };
+    Ok(Session { link, child: Some(child), cleanup })
+}
+
+// ---------------------------------------------------------------------------
+// Parent ends
+// ---------------------------------------------------------------------------
+
+/// Offsets of the two words: the spin floor uses only the first.
+const PING: Offset<AtomicU32> = Offset::new(0);
+const PONG: Offset<AtomicU32> = Offset::new(64);
+
+struct Words {
+    seg: Segment,
+    spin: bool,
+    seq: u32,
+}
+
+/// Waits until `word` holds `want`: spinning, or sleeping on the futex.
+fn await_word(word: &AtomicU32, want: u32, spin: bool) -> Result<()> {
+    let start = Instant::now();
+    let mut n = 0u32;
+    loop {
+        let now = word.load(Ordering::Acquire);
+        if now == want {
+            return Ok(());
+        }
+        if spin {
+            std::hint::spin_loop();
+            n = n.wrapping_add(1);
+            if n % 4096 == 0 {
+                if start.elapsed() > IO_TIMEOUT {
+                    fail!("no answer on the shared word within {IO_TIMEOUT:?}");
+                }
+                if n % (1 << 20) == 0 {
+                    std::thread::yield_now();
+                }
+            }
+        } else {
+            let ts = rustix::fs::Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+            let _ = futex::wait(word, futex::Flags::empty(), now, Some(&ts));
+            if start.elapsed() > IO_TIMEOUT {
+                fail!("no answer on the futex within {IO_TIMEOUT:?}");
+            }
+        }
+    }
+}
+
+impl Link for Words {
+    fn round_trip(&mut self, _msg: &mut [u8]) -> Result<()> {
+        self.seq = self.seq.wrapping_add(2);
+        let ping = self.seg.atomic_u32(PING).context("shared word")?;
+        if self.spin {
+            // One word, one cache line: odd from the parent, even back from the child.
+            ping.store(self.seq.wrapping_sub(1), Ordering::Release);
+            await_word(ping, self.seq, true)
+        } else {
+            let pong = self.seg.atomic_u32(PONG).context("shared word")?;
+            ping.store(self.seq, Ordering::Release);
+            futex::wake(ping, futex::Flags::empty(), 1).context("futex wake")?;
+            await_word(pong, self.seq, false)
+        }
+    }
+
+    fn send(&mut self, _msg: &[u8]) -> Result<()> {
+        fail!("no payload: round trips only")
+    }
+}
+
+/// A byte stream carrying fixed-size messages.
+struct Stream<R, W> {
+    rd: R,
+    wr: W,
+}
+
+impl<R: Read, W: Write> Link for Stream<R, W> {
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+        self.wr.write_all(msg).context("write")?;
+        self.rd.read_exact(msg).context("read")
+    }
+
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        self.wr.write_all(msg).context("write")
+    }
+}
+
+struct Conn(Connection);
+
+impl Link for Conn {
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+        self.0.send_timeout(&msg[..], IO_TIMEOUT).map_err(|e| crate::error::Failure::new(e.to_string()))?;
+        let reply = self.0.recv_timeout(IO_TIMEOUT).context("recv")?;
+        if reply.bytes().len() != msg.len() {
+            fail!("reply of {} bytes, not {}", reply.bytes().len(), msg.len());
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        self.0.send_timeout(msg, IO_TIMEOUT).map_err(|e| crate::error::Failure::new(e.to_string()))
+    }
+}
+
+struct ShmRpc {
+    client: RpcClient,
+    out: Vec<u8>,
+}
+
+impl Link for ShmRpc {
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+        self.client.call_into(msg, &mut self.out, IO_TIMEOUT).context("shm call")?;
+        if self.out.len() != msg.len() {
+            fail!("reply of {} bytes, not {}", self.out.len(), msg.len());
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, _msg: &[u8]) -> Result<()> {
+        fail!("request-response only")
+    }
+}
+
+struct Ring {
+    tx: ShmSender,
+    rx: ShmReceiver,
+    buf: Vec<u8>,
+    _keep: (ShmChannel, ShmChannel),
+}
+
+impl Link for Ring {
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+        self.send(msg)?;
+        self.rx.recv_into(&mut self.buf, Some(IO_TIMEOUT)).context("ring recv")?;
+        if self.buf.len() != msg.len() {
+            fail!("reply of {} bytes, not {}", self.buf.len(), msg.len());
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        self.tx
+            .send_bytes(msg, Some(IO_TIMEOUT))
+            .map_err(|e| crate::error::Failure::new(format!("ring send: {e}")))
+    }
+}
+
+struct TypedQueue {
+    q: MessageQueue,
+    size: usize,
+}
+
+impl Link for TypedQueue {
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+        self.send(msg)?;
+        let (_, reply) = self.q.recv_timeout(Select::of(2), self.size, IO_TIMEOUT).context("queue recv")?;
+        if reply.len() != msg.len() {
+            fail!("reply of {} bytes, not {}", reply.len(), msg.len());
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        self.q
+            .send_timeout(1, msg, IO_TIMEOUT)
+            .map_err(|e| crate::error::Failure::new(format!("queue send: {e}")))
+    }
+}
+
+struct RawMsgq {
+    id: i32,
+    size: usize,
+    buf: Vec<u8>,
+}
+
+impl Link for RawMsgq {
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+        self.send(msg)?;
+        let n = sysv_raw::recv(self.id, 2, &mut self.buf, self.size).context("msgrcv")?;
+        if n != msg.len() {
+            fail!("reply of {n} bytes, not {}", msg.len());
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        sysv_raw::send(self.id, 1, msg, &mut self.buf).context("msgsnd")
+    }
+}
+
+struct Events {
+    ping: Event,
+    pong: Event,
+}
+
+impl Link for Events {
+    fn round_trip(&mut self, _msg: &mut [u8]) -> Result<()> {
+        self.ping.notify_one();
+        self.pong.wait_timeout(IO_TIMEOUT).context("event wait")
+    }
+
+    fn send(&mut self, _msg: &[u8]) -> Result<()> {
+        fail!("no payload: round trips only")
+    }
+}
+
+struct EventFds {
+    ping: OwnedFd,
+    pong: OwnedFd,
+}
+
+impl Link for EventFds {
+    fn round_trip(&mut self, _msg: &mut [u8]) -> Result<()> {
+        rustix::io::write(&self.ping, &1u64.to_ne_bytes()).context("eventfd write")?;
+        let mut b = [0u8; 8];
+        rustix::io::read(&self.pong, &mut b).context("eventfd read")?;
+        Ok(())
+    }
+
+    fn send(&mut self, _msg: &[u8]) -> Result<()> {
+        fail!("no payload: round trips only")
+    }
+}
+
+struct Fifo {
+    tx: ipckit::Sender,
+    rx: ipckit::Receiver,
+}
+
+impl Link for Fifo {
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+        self.send(msg)?;
+        let reply = self.rx.recv_timeout(IO_TIMEOUT).context("FIFO recv")?;
+        if reply.bytes().len() != msg.len() {
+            fail!("reply of {} bytes, not {}", reply.bytes().len(), msg.len());
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        self.tx.send_timeout(msg, IO_TIMEOUT).map_err(|e| crate::error::Failure::new(e.to_string()))
+    }
+}
+
+struct Sems(SemaphoreSet);
+
+impl Link for Sems {
+    fn round_trip(&mut self, _msg: &mut [u8]) -> Result<()> {
+        self.0.op(&[SemOp::v(0)]).context("semop V")?;
+        self.0.op_timeout(&[SemOp::p(1)], IO_TIMEOUT).context("semop P")
+    }
+
+    fn send(&mut self, _msg: &[u8]) -> Result<()> {
+        fail!("no payload: round trips only")
+    }
+}
+
+struct PosixMq {
+    to: posix_mq::Mqd,
+    from: posix_mq::Mqd,
+    buf: Vec<u8>,
+}
+
+impl Link for PosixMq {
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+        self.send(msg)?;
+        let n = posix_mq::receive(self.from, &mut self.buf).context("mq_receive")?;
+        if n != msg.len() {
+            fail!("reply of {n} bytes, not {}", msg.len());
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        posix_mq::send(self.to, msg).context("mq_send")
+    }
+}
+
+impl Drop for PosixMq {
+    fn drop(&mut self) {
+        posix_mq::close(self.to);
+        posix_mq::close(self.from);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw POSIX message queues (libc)
+// ---------------------------------------------------------------------------
+
+#[allow(unsafe_code)]
+mod posix_mq {
+    use std::ffi::CString;
+    use std::io;
+
+    /// A message queue descriptor.
+    pub type Mqd = libc::mqd_t;
+
+    fn cname(name: &str) -> io::Result<CString> {
+        CString::new(name).map_err(|_| io::ErrorKind::InvalidInput.into())
+    }
+
+    /// Opens queue `name` read-write; with `Some(size)`, creates it (exclusively)
+    /// with 10 messages of `size` bytes.
+    pub fn open(name: &str, create: Option<usize>) -> io::Result<Mqd> {
+        let c = cname(name)?;
+        let mqd = match create {
+            Some(size) => {
+                // SAFETY: an all-zero mq_attr is valid; the fields set are plain integers.
+                let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
+                attr.mq_maxmsg = 10;
+                attr.mq_msgsize = size as _;
+                let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+                // SAFETY: `c` is a C string; mode and attr are the variadic arguments O_CREAT takes.
+                unsafe {
+                    libc::mq_open(c.as_ptr(), flags, 0o600 as libc::mode_t, &attr as *const libc::mq_attr)
+                }
+            }
+            // SAFETY: `c` is a C string.
+            None => unsafe { libc::mq_open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) },
+        };
+        if mqd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(mqd)
+    }
+
+    /// Sends `data` (priority 0).
+    pub fn send(mqd: Mqd, data: &[u8]) -> io::Result<()> {
+        loop {
+            // SAFETY: `data` is a valid buffer of its length.
+            if unsafe { libc::mq_send(mqd, data.as_ptr().cast(), data.len(), 0) } == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Receives one message into `buf` (at least the queue's message size); its length.
+    pub fn receive(mqd: Mqd, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: `buf` is a valid writable buffer of its length; the priority is not wanted.
+            let r =
+                unsafe { libc::mq_receive(mqd, buf.as_mut_ptr().cast(), buf.len(), std::ptr::null_mut()) };
+            if r >= 0 {
+                return Ok(r as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Closes `mqd`.
+    pub fn close(mqd: Mqd) {
+        // SAFETY: closes a descriptor this program opened and no longer uses.
+        unsafe { libc::mq_close(mqd) };
+    }
+
+    /// Removes queue `name`.
+    pub fn unlink(name: &str) {
+        if let Ok(c) = cname(name) {
+            // SAFETY: `c` is a C string.
+            unsafe { libc::mq_unlink(c.as_ptr()) };
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Peer libraries (feature `peers`)
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "peers")]
+mod peers {
+    pub use ipc_channel::ipc::IpcOneShotServer;
+    use ipc_channel::ipc::{bytes_channel, IpcBytesReceiver, IpcBytesSender, IpcSender};
+
+    use super::{ready, Link, ECHO};
+    use crate::error::{fail, Context, Result};
+
+    /// The parent's end: requests out on `tx`, replies in on `rx`.
+    pub struct IpcChannel {
+        pub tx: IpcBytesSender,
+        pub rx: IpcBytesReceiver,
+    }
+
+    impl Link for IpcChannel {
+        fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+            self.send(msg)?;
+            let reply = self.rx.recv().context("ipc-channel recv")?;
+            if reply.len() != msg.len() {
+                fail!("reply of {} bytes, not {}", reply.len(), msg.len());
+            }
+            Ok(())
+        }
+
+        fn send(&mut self, msg: &[u8]) -> Result<()> {
+            self.tx.send(msg).context("ipc-channel send")
+        }
+    }
+
+    /// The child: makes both channels, hands the parent its ends through the
+    /// one-shot server `name`, then echoes.
+    pub fn child(name: &str) -> Result<()> {
+        let (req_tx, req_rx) = bytes_channel().context("ipc-channel")?;
+        let (rep_tx, rep_rx) = bytes_channel().context("ipc-channel")?;
+        let boot: IpcSender<(IpcBytesSender, IpcBytesReceiver)> =
+            IpcSender::connect(name.to_owned()).context("ipc-channel connect")?;
+        boot.send((req_tx, rep_rx)).context("ipc-channel bootstrap")?;
+        ready()?;
+        while let Ok(msg) = req_rx.recv() {
+            if msg.first() == Some(&ECHO) && rep_tx.send(&msg).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw System V message queues (libc)
+// ---------------------------------------------------------------------------
+
+#[allow(unsafe_code)]
+mod sysv_raw {
+    use std::io;
+
+    /// A new private queue.
+    pub fn create() -> io::Result<i32> {
+        // SAFETY: msgget takes no pointers.
+        let id = unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) };
+        if id < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(id)
+    }
+
+    /// Removes queue `id`.
+    pub fn remove(id: i32) {
+        // SAFETY: IPC_RMID ignores the buffer argument.
+        unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    }
+
+    /// Sends `data` with type `mtype`, building the msgbuf in `buf`.
+    pub fn send(id: i32, mtype: i64, data: &[u8], buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.clear();
+        buf.extend_from_slice(&(mtype as libc::c_long).to_ne_bytes());
+        buf.extend_from_slice(data);
+        loop {
+            // SAFETY: `buf` holds a long then `data.len()` bytes of text.
+            let r = unsafe { libc::msgsnd(id, buf.as_ptr().cast(), data.len(), 0) };
+            if r == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Receives a message of type `mtype` (at most `max` bytes) into `buf`; its length.
+    pub fn recv(id: i32, mtype: i64, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+        let head = std::mem::size_of::<libc::c_long>();
+        buf.resize(head + max, 0);
+        loop {
+            // SAFETY: `buf` has room for a long and `max` bytes of text.
+            let r = unsafe { libc::msgrcv(id, buf.as_mut_ptr().cast(), max, mtype as libc::c_long, 0) };
+            if r >= 0 {
+                return Ok(r as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// The text of the message last received into `buf`.
+    pub fn text(buf: &[u8], len: usize) -> &[u8] {
+        let head = std::mem::size_of::<libc::c_long>();
+        &buf[head..head + len]
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Child ends
+// ---------------------------------------------------------------------------
+
+fn ready() -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready").context("stdout")?;
+    out.flush().context("stdout")
+}
+
+/// `ipckit __bench-child`: answers for one mechanism until killed (or until
+/// the parent's end closes).
+pub fn run_child(args: &ChildArgs) -> Result<()> {
+    // A child never outlives the bench.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .context("PR_SET_PDEATHSIG")?;
+    if let Some(cpu) = args.cpu {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        rustix::thread::sched_setaffinity(None, &set).context("pinning the child")?;
+    }
+    let size = args.size.max(1);
+    match args.mechanism.as_str() {
+        "floor-spin" | "floor-futex" => {
+            let seg = Segment::open(&args.name).context("opening the shared words")?;
+            let ping = seg.atomic_u32(PING).context("shared word")?;
+            let pong = seg.atomic_u32(PONG).context("shared word")?;
+            let spin = args.mechanism == "floor-spin";
+            ready()?;
+            let mut seq = 0u32;
+            loop {
+                seq = seq.wrapping_add(2);
+                if spin {
+                    wait_forever(ping, seq.wrapping_sub(1), true);
+                    ping.store(seq, Ordering::Release);
+                } else {
+                    wait_forever(ping, seq, false);
+                    pong.store(seq, Ordering::Release);
+                    futex::wake(pong, futex::Flags::empty(), 1).context("futex wake")?;
+                }
+            }
+        }
+        "raw-pipe" => {
+            let rd: OwnedFd = spawn::inherited("rd").context("inherited pipe")?;
+            let wr: OwnedFd = spawn::inherited("wr").context("inherited pipe")?;
+            ready()?;
+            stream_echo(std::fs::File::from(rd), std::fs::File::from(wr), size)
+        }
+        "raw-socketpair" => {
+            let sock: OwnedFd = spawn::inherited("sock").context("inherited socket")?;
+            let s = UnixStream::from(sock);
+            ready()?;
+            stream_echo(s.try_clone().context("dup")?, s, size)
+        }
+        "raw-tcp" => {
+            let port: u16 = args.name.parse().context("port")?;
+            ready()?;
+            let s = TcpStream::connect(("127.0.0.1", port)).context("connecting")?;
+            s.set_nodelay(true).context("TCP_NODELAY")?;
+            stream_echo(s.try_clone().context("dup")?, s, size)
+        }
+        "ipckit-pipe" | "ipckit-unix-stream" | "ipckit-seqpacket" => {
+            let mut conn: Connection = spawn::inherited("conn").context("inherited connection")?;
+            ready()?;
+            loop {
+                let Ok(msg) = conn.recv() else { return Ok(()) };
+                if msg.bytes().first() == Some(&ECHO) && conn.send(msg).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        "ipckit-shm-rpc-spin" | "ipckit-shm-rpc-block" => {
+            let mode = if args.mechanism.ends_with("spin") { WaitMode::Spin } else { WaitMode::Block };
+            let mut server = RpcServer::create(&args.name, size, 0o600)
+                .context("creating the RPC segment")?
+                .with_wait(mode);
+            ready()?;
+            let mut buf = Vec::new();
+            loop {
+                match server.recv_into(&mut buf, Some(Duration::from_secs(3600))) {
+                    Ok(()) => server.reply(&buf).context("reply")?,
+                    Err(_) => continue,
+                }
+            }
+        }
+        "ipckit-shm-ring-spin" | "ipckit-shm-ring-block" => {
+            let mode = if args.mechanism.ends_with("spin") { WaitMode::Spin } else { WaitMode::Block };
+            let up = ShmChannel::open(&format!("{}-to", args.name)).context("opening a ring")?;
+            let down = ShmChannel::open(&format!("{}-from", args.name)).context("opening a ring")?;
+            let mut rx = up.receiver().context("ring receiver")?.with_wait(mode);
+            let mut tx = down.sender().context("ring sender")?.with_wait(mode);
+            ready()?;
+            let mut buf = Vec::new();
+            loop {
+                if rx.recv_into(&mut buf, Some(Duration::from_secs(3600))).is_err() {
+                    continue;
+                }
+                if buf.first() == Some(&ECHO) {
+                    let _ = tx.send_bytes(&buf, Some(IO_TIMEOUT));
+                }
+            }
+        }
+        "ipckit-typed-queue" => {
+            let q = MessageQueue::open(&args.name, ipckit::perm::Access::ReadWrite)
+                .context("opening the queue")?;
+            ready()?;
+            loop {
+                let Ok((_, msg)) = q.recv(Select::of(1), size) else { continue };
+                if msg.first() == Some(&ECHO) {
+                    let _ = q.send(2, &msg);
+                }
+            }
+        }
+        "raw-sysv-msgq" => {
+            let id: i32 = args.name.parse().context("queue id")?;
+            ready()?;
+            let (mut buf, mut out) = (Vec::new(), Vec::new());
+            loop {
+                let n = sysv_raw::recv(id, 1, &mut buf, size).context("msgrcv")?;
+                let text = sysv_raw::text(&buf, n);
+                if text.first() == Some(&ECHO) {
+                    sysv_raw::send(id, 2, text, &mut out).context("msgsnd")?;
+                }
+            }
+        }
+        "ipckit-event" => {
+            let ping = Event::open(&format!("{}-ping", args.name)).context("opening an event")?;
+            let pong = Event::open(&format!("{}-pong", args.name)).context("opening an event")?;
+            ready()?;
+            loop {
+                if ping.wait_timeout(Duration::from_secs(3600)).is_ok() {
+                    pong.notify_one();
+                }
+            }
+        }
+        "raw-eventfd" => {
+            let ping: OwnedFd = spawn::inherited("ping").context("inherited eventfd")?;
+            let pong: OwnedFd = spawn::inherited("pong").context("inherited eventfd")?;
+            ready()?;
+            let mut b = [0u8; 8];
+            loop {
+                rustix::io::read(&ping, &mut b).context("eventfd read")?;
+                rustix::io::write(&pong, &1u64.to_ne_bytes()).context("eventfd write")?;
+            }
+        }
+        "ipckit-fifo" => {
+            ready()?;
+            let mut rx = ipckit::fifo::open_receiver_timeout(format!("{}-to", args.name), IO_TIMEOUT)
+                .context("opening a FIFO")?;
+            let mut tx = ipckit::fifo::open_sender_timeout(format!("{}-from", args.name), IO_TIMEOUT)
+                .context("opening a FIFO")?;
+            loop {
+                let Ok(msg) = rx.recv() else { return Ok(()) };
+                if msg.bytes().first() == Some(&ECHO) && tx.send(msg).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        "ipckit-semaphore" => {
+            let set =
+                SemaphoreSet::open(&args.name, ipckit::perm::Access::ReadWrite).context("opening the set")?;
+            ready()?;
+            loop {
+                if set.op_timeout(&[SemOp::p(0)], Duration::from_secs(3600)).is_ok() {
+                    set.op(&[SemOp::v(1)]).context("semop V")?;
+                }
+            }
+        }
+        "raw-posix-mq" => {
+            let to = posix_mq::open(&format!("{}-to", args.name), None).context("mq_open")?;
+            let from = posix_mq::open(&format!("{}-from", args.name), None).context("mq_open")?;
+            ready()?;
+            let mut buf = vec![0u8; size];
+            loop {
+                let n = posix_mq::receive(to, &mut buf).context("mq_receive")?;
+                if buf[..n].first() == Some(&ECHO) {
+                    posix_mq::send(from, &buf[..n]).context("mq_send")?;
+                }
+            }
+        }
+        #[cfg(feature = "peers")]
+        "peer-ipc-channel" => peers::child(&args.name),
+        other => fail!("unknown bench mechanism {other:?}"),
+    }
+}
+
+/// The child's wait on a shared word: no deadline (the parent kills it).
+fn wait_forever(word: &AtomicU32, want: u32, spin: bool) {
+    let mut n = 0u32;
+    loop {
+        let now = word.load(Ordering::Acquire);
+        if now == want {
+            return;
+        }
+        if spin {
+            std::hint::spin_loop();
+            n = n.wrapping_add(1);
+            if n % (1 << 20) == 0 {
+                std::thread::yield_now();
+            }
+        } else {
+            let _ = futex::wait(word, futex::Flags::empty(), now, None);
+        }
+    }
+}
+
+/// Reads fixed-size messages and echoes those tagged [`ECHO`], until end-of-file.
+fn stream_echo(mut rd: impl Read, mut wr: impl Write, size: usize) -> Result<()> {
+    let mut buf = vec![0u8; size];
+    loop {
+        if rd.read_exact(&mut buf).is_err() {
+            return Ok(());
+        }
+        if buf[0] == ECHO && wr.write_all(&buf).is_err() {
+            return Ok(());
+        }
+    }
+}
