@@ -109,6 +109,7 @@ fn open_sender_inner(path: &Path, deadline: Deadline) -> Result<Sender> {
     };
     // A FIFO does not take RWF_NOWAIT: it stays non-blocking and waits in poll(2).
     sys::set_nonblocking(&fd, true)?;
+    sys::grow_pipe(std::os::fd::AsFd::as_fd(&fd));
     Ok(Sender::new(Writer::new(Arc::new(fd), Mode::PIPE, DEFAULT_MAX_MESSAGE), None, Some(Capacity::Kernel)))
 }
 

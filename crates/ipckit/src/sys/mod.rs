@@ -148,10 +148,19 @@ pub(crate) fn wait_readable_any<'a>(
 /// `pipe2(2)` with `O_CLOEXEC | O_NONBLOCK`: returns (read end, write end).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    grow_pipe(w.as_fd());
     let nonblock = !pipes_block();
     set_nonblocking(&r, nonblock)?;
     set_nonblocking(&w, nonblock)?;
     Ok((r, w))
+}
+
+/// `fcntl(F_SETPIPE_SZ)`: asks for a 1 MiB pipe buffer (the unprivileged
+/// maximum by default), so a large message and its 16-byte header fit in one
+/// write instead of stalling until the reader makes room. Pages are only
+/// used as data is written; if the kernel refuses, the default (64 KiB) stays.
+pub(crate) fn grow_pipe(fd: BorrowedFd<'_>) {
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, 1 << 20);
 }
 
 /// Whether ipckit's pipes (and FIFOs) are left blocking.
