@@ -59,10 +59,10 @@ pub(crate) fn keep_only_across_exec(cmd: &mut std::process::Command, keep: Vec<i
         }
         Ok(())
     };
-    // SAFETY: the hook runs in the child between fork and exec, where only
-    // async-signal-safe work is allowed: it makes fcntl and close_range
-    // calls, reads a Vec allocated before the fork, and allocates nothing
-    // (io::Error::last_os_error does not allocate).
+    // The hook runs in the child between fork and exec, where only
+    // async-signal-safe work is allowed: fcntl and close_range calls, a read
+    // of a Vec allocated before the fork, no allocation (last_os_error does not).
+    // SAFETY: as just said, the hook does only async-signal-safe work.
     unsafe {
         cmd.pre_exec(hook);
     }

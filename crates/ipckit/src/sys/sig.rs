@@ -53,10 +53,10 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
         for (i, v) in [sig, pid, uid as i32, code, value].into_iter().enumerate() {
             rec[4 * i..4 * i + 4].copy_from_slice(&v.to_ne_bytes());
         }
-        // SAFETY: write(2) is async-signal-safe; `rec` is a local buffer. A
-        // record (20 bytes < PIPE_BUF) is written whole or not at all; if the
-        // pipe is full the signal is dropped, as the kernel drops a pending
-        // standard signal.
+        // A record (20 bytes < PIPE_BUF) is written whole or not at all; if
+        // the pipe is full the signal is dropped, as the kernel drops a
+        // pending standard signal.
+        // SAFETY: write(2) is async-signal-safe; `rec` is a local buffer.
         unsafe { libc::write(fd, rec.as_ptr().cast(), RECORD) };
     }
     // SAFETY: as above.
