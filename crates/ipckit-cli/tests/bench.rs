@@ -134,7 +134,19 @@ fn list_names_the_mechanisms() {
     let output = ipckit().args(["bench", "--list"]).output().unwrap();
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
-    for m in ["floor-spin", "floor-futex", "raw-pipe", "ipckit-shm-rpc-spin", "memcpy"] {
+    for m in [
+        "floor-spin",
+        "floor-futex",
+        "raw-pipe",
+        "ipckit-shm-rpc-spin",
+        "ipckit-signal",
+        "raw-signal",
+        "ipckit-loan",
+        "ipckit-naming-stat",
+        "ipckit-naming-lookup",
+        "raw-sysv-sem",
+        "memcpy",
+    ] {
         assert!(text.contains(m), "{text}");
     }
 }
@@ -147,4 +159,58 @@ fn a_filter_matching_nothing_is_an_error() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("matches no mechanism"));
     assert!(!out.exists());
+}
+
+/// Runs `ipckit bench --quick --filter <filter>` plus `extra` (120 s at most)
+/// and returns its JSON results, after checking that none failed.
+fn quick_results(filter: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let out = temp_dir(filter);
+    let mut child = ipckit()
+        .args(["bench", "--quick", "--filter", filter])
+        .args(extra)
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ipckit bench");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ipckit bench --quick --filter {filter} did not finish within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "stderr:\n{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+    let results = json["results"].as_array().expect("results array").clone();
+    for r in &results {
+        assert!(r["error"].is_null(), "a measurement failed: {r}");
+        assert!(r["rtt_median_ns"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    results
+}
+
+#[test]
+fn quick_signal_run_measures_ipckit_and_raw_signals() {
+    let results = quick_results("signal", &[]);
+    for m in ["ipckit-signal", "raw-signal"] {
+        assert!(results.iter().any(|r| r["mechanism"] == m), "no {m} row: {results:?}");
+    }
+}
+
+#[test]
+fn quick_loan_run_carries_a_mebibyte() {
+    let results = quick_results("ipckit-loan", &["--sizes", "8,1048576", "--placement", "unpinned"]);
+    assert_eq!(results.len(), 2, "{results:?}");
+    for r in &results {
+        assert!(r["bytes_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(results.iter().any(|r| r["size"] == 1_048_576), "{results:?}");
 }

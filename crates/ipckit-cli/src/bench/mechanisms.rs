@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use ipckit::event::{Event, EventMode};
+use ipckit::naming::{EmbeddedServer, NameClient, Policy, ServerConfig};
 use ipckit::shm::channel::{Config, ShmChannel, ShmReceiver, ShmSender};
 use ipckit::shm::rpc::{RpcClient, RpcServer};
-use ipckit::shm::{Offset, Segment, WaitMode};
+use ipckit::shm::{LoanPool, Offset, Segment, Token, WaitMode};
+use ipckit::signal::{Signals, SIGUSR1, SIGUSR2};
 use ipckit::sysv::{MessageQueue, QueueConfig, Select, SemOp, SemaphoreSet};
 use ipckit::{spawn, Connection, SocketKind};
 use rustix::thread::futex;
@@ -104,7 +106,55 @@ pub const ALL: &[Mechanism] = &[
     m("raw-eventfd", Class::Blocking, 8, true, false, "two eventfds, write/read of the counter"),
     m("ipckit-fifo", Class::Blocking, MIB, true, true, "two ipckit FIFOs (named pipes), framed send/recv"),
     m("ipckit-semaphore", Class::Blocking, 8, true, false, "ipckit SemaphoreSet of 2: V(0) P(1) ping-pong"),
+    m(
+        "raw-sysv-sem",
+        Class::Blocking,
+        8,
+        true,
+        false,
+        "semget/semop via libc, set of 2: V(0) P(1) ping-pong",
+    ),
     m("raw-posix-mq", Class::Blocking, 8192, true, true, "mq_open/mq_send/mq_receive via libc, two queues"),
+    m(
+        "ipckit-signal",
+        Class::Blocking,
+        8,
+        true,
+        false,
+        "ipckit Signals + signal::send: SIGUSR1 there, SIGUSR2 back",
+    ),
+    m(
+        "raw-signal",
+        Class::Blocking,
+        8,
+        true,
+        false,
+        "kill(2) + sigwaitinfo(2) with the signals blocked, USR1/USR2",
+    ),
+    m(
+        "ipckit-loan",
+        Class::Blocking,
+        MIB,
+        true,
+        true,
+        "LoanPool zero-copy loans, 12-byte tokens on blocking shm rings",
+    ),
+    m(
+        "ipckit-naming-stat",
+        Class::Blocking,
+        8,
+        true,
+        false,
+        "NameClient::stat round trip to an EmbeddedServer",
+    ),
+    m(
+        "ipckit-naming-lookup",
+        Class::Blocking,
+        8,
+        true,
+        false,
+        "NameClient::lookup of a child's service (gets a Connection)",
+    ),
     #[cfg(feature = "peers")]
     m(
         "peer-ipc-channel",
@@ -113,6 +163,15 @@ pub const ALL: &[Mechanism] = &[
         true,
         true,
         "ipc-channel bytes_channel pair (crates.io, feature peers)",
+    ),
+    #[cfg(feature = "peers")]
+    m(
+        "peer-interprocess",
+        Class::Blocking,
+        MIB,
+        true,
+        true,
+        "interprocess local_socket Stream, fixed size (crates.io, feature peers)",
     ),
     m("memcpy", Class::Memory, MIB, false, true, "in-process copy_from_slice (bandwidth ceiling)"),
 ];
@@ -215,8 +274,9 @@ fn spawn_child(
     Ok(child)
 }
 
-/// Connects to a child once it is ready (for the mechanisms whose child creates the object).
-type Connect = Box<dyn FnOnce() -> Result<Box<dyn Link>>>;
+/// Connects to a child once it is ready (for the mechanisms whose child creates the
+/// object, or whose parent end needs the child's pid).
+type Connect = Box<dyn FnOnce(u32) -> Result<Box<dyn Link>>>;
 
 /// Starts a child for `mech` with messages of `size` bytes (child pinned to `cpu`).
 pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session> {
@@ -248,7 +308,7 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
         "raw-tcp" => {
             let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1")?;
             name = listener.local_addr().context("local address")?.port().to_string();
-            pending = Some(Box::new(move || {
+            pending = Some(Box::new(move |_| {
                 let (s, _) = listener.accept().context("accepting the child's connection")?;
                 s.set_nodelay(true).context("TCP_NODELAY")?;
                 Ok(Box::new(Stream { rd: s.try_clone().context("dup")?, wr: s }) as Box<dyn Link>)
@@ -270,7 +330,7 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             cleanup.push(Box::new(move || drop(Segment::remove(&n))));
             let n = name.clone();
             let mode = if mech.name.ends_with("spin") { WaitMode::Spin } else { WaitMode::Block };
-            pending = Some(Box::new(move || {
+            pending = Some(Box::new(move |_| {
                 let client = RpcClient::open(&n).context("opening the RPC segment")?.with_wait(mode);
                 Ok(Box::new(ShmRpc { client, out: Vec::new() }) as Box<dyn Link>)
             }));
@@ -336,7 +396,7 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
                 let _ = ipckit::fifo::remove(&t);
                 let _ = ipckit::fifo::remove(&f);
             }));
-            pending = Some(Box::new(move || {
+            pending = Some(Box::new(move |_| {
                 let tx = ipckit::fifo::open_sender_timeout(&to, IO_TIMEOUT).context("opening a FIFO")?;
                 let rx = ipckit::fifo::open_receiver_timeout(&from, IO_TIMEOUT).context("opening a FIFO")?;
                 Ok(Box::new(Fifo { tx, rx }) as Box<dyn Link>)
@@ -350,6 +410,12 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             cleanup.push(Box::new(move || drop(SemaphoreSet::remove_name(&n))));
             Some(Box::new(Sems(set)))
         }
+        "raw-sysv-sem" => {
+            let id = sysv_sem::create().context("semget")?;
+            name = id.to_string();
+            cleanup.push(Box::new(move || sysv_sem::remove(id)));
+            Some(Box::new(RawSems(id)))
+        }
         "raw-posix-mq" => {
             name = format!("/{}", unique("mq"));
             let to = posix_mq::open(&format!("{name}-to"), Some(size)).context("mq_open")?;
@@ -361,14 +427,76 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             }));
             Some(Box::new(PosixMq { to, from, buf: vec![0; size] }))
         }
+        "ipckit-signal" => {
+            let signals = Signals::new(&[SIGUSR2]).context("catching SIGUSR2")?;
+            pending = Some(Box::new(move |pid| Ok(Box::new(IpcSignal { pid, signals }) as Box<dyn Link>)));
+            None
+        }
+        "raw-signal" => {
+            // SIGUSR2 comes back process-directed: with another thread here
+            // (that does not block it) the kernel could deliver it there.
+            let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
+            if threads != 1 {
+                fail!("the bench has {threads} threads, not 1: raw kill+sigwaitinfo skipped");
+            }
+            let blocked = raw_sig::Blocked::new(SIGUSR2).context("blocking SIGUSR2")?;
+            pending = Some(Box::new(move |pid| {
+                Ok(Box::new(RawSignal { pid: pid as i32, _blocked: blocked }) as Box<dyn Link>)
+            }));
+            None
+        }
+        "ipckit-loan" => {
+            name = unique("loan");
+            let (pool_name, to, from) =
+                (format!("{name}-pool"), format!("{name}-to"), format!("{name}-from"));
+            let buffers = ((8 * MIB) / size.max(1)).clamp(4, 16);
+            let pool =
+                LoanPool::create(&pool_name, buffers, size, 0o600).context("creating the loan pool")?;
+            let up = ShmChannel::create(&to, &Config::spsc(16, 12)).context("creating a ring")?;
+            let down = ShmChannel::create(&from, &Config::spsc(16, 12)).context("creating a ring")?;
+            cleanup.push(Box::new(move || {
+                let _ = Segment::remove(&pool_name);
+                let _ = ShmChannel::remove(&to);
+                let _ = ShmChannel::remove(&from);
+            }));
+            let tx = up.sender().context("ring sender")?.with_wait(WaitMode::Block);
+            let rx = down.receiver().context("ring receiver")?.with_wait(WaitMode::Block);
+            Some(Box::new(Loans { pool, tx, rx, buf: Vec::new(), _keep: (up, down) }))
+        }
+        "ipckit-naming-stat" | "ipckit-naming-lookup" => {
+            let path = std::env::temp_dir().join(format!("{}.sock", unique("naming")));
+            let server = EmbeddedServer::start(&path, ServerConfig::default())
+                .context("starting the naming server")?;
+            name = path.to_string_lossy().into_owned();
+            let p = path.clone();
+            cleanup.push(Box::new(move || drop(std::fs::remove_file(&p))));
+            let lookup = mech.name.ends_with("lookup");
+            pending = Some(Box::new(move |_| {
+                let client = NameClient::connect(&path).context("connecting to the naming server")?;
+                Ok(Box::new(Naming { client, lookup, _server: server }) as Box<dyn Link>)
+            }));
+            None
+        }
         #[cfg(feature = "peers")]
         "peer-ipc-channel" => {
             let (server, server_name) =
                 peers::IpcOneShotServer::new().context("ipc-channel one-shot server")?;
             name = server_name;
-            pending = Some(Box::new(move || {
+            pending = Some(Box::new(move |_| {
                 let (_, (tx, rx)) = server.accept().context("ipc-channel accept")?;
                 Ok(Box::new(peers::IpcChannel { tx, rx }) as Box<dyn Link>)
+            }));
+            None
+        }
+        #[cfg(feature = "peers")]
+        "peer-interprocess" => {
+            let path = std::env::temp_dir().join(format!("{}.sock", unique("interprocess")));
+            let listener = peers::listen(&path).context("interprocess listener")?;
+            name = path.to_string_lossy().into_owned();
+            cleanup.push(Box::new(move || drop(std::fs::remove_file(&path))));
+            pending = Some(Box::new(move |_| {
+                let s = peers::accept(&listener).context("interprocess accept")?;
+                Ok(Box::new(peers::LocalSocket(s)) as Box<dyn Link>)
             }));
             None
         }
@@ -377,7 +505,7 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
     let mut child = spawn_child(mech, size, cpu, &name, kit)?;
     let link = match (link, pending) {
         (Some(link), _) => link,
-        (None, Some(finish)) => match finish() {
+        (None, Some(finish)) => match finish(child.id()) {
             Ok(link) => link,
             Err(e) => {
                 let _ = child.kill();
@@ -645,6 +773,22 @@ impl Link for Sems {
     }
 }
 
+struct RawSems(i32);
+
+impl Link for RawSems {
+    fn round_trip(&mut self, _msg: &mut [u8]) -> Result<()> {
+        sysv_sem::op(self.0, 0, 1, None).context("semop V")?;
+        if !sysv_sem::op(self.0, 1, -1, Some(IO_TIMEOUT)).context("semtimedop P")? {
+            fail!("no V within {IO_TIMEOUT:?}");
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, _msg: &[u8]) -> Result<()> {
+        fail!("no payload: round trips only")
+    }
+}
+
 struct PosixMq {
     to: posix_mq::Mqd,
     from: posix_mq::Mqd,
@@ -670,6 +814,247 @@ impl Drop for PosixMq {
     fn drop(&mut self) {
         posix_mq::close(self.to);
         posix_mq::close(self.from);
+    }
+}
+
+struct IpcSignal {
+    pid: u32,
+    signals: Signals,
+}
+
+impl Link for IpcSignal {
+    fn round_trip(&mut self, _msg: &mut [u8]) -> Result<()> {
+        ipckit::signal::send(self.pid, SIGUSR1).context("signal::send")?;
+        self.signals.recv_timeout(IO_TIMEOUT).context("waiting for SIGUSR2")?;
+        Ok(())
+    }
+
+    fn send(&mut self, _msg: &[u8]) -> Result<()> {
+        fail!("no payload: round trips only")
+    }
+}
+
+struct RawSignal {
+    pid: i32,
+    _blocked: raw_sig::Blocked,
+}
+
+impl Link for RawSignal {
+    fn round_trip(&mut self, _msg: &mut [u8]) -> Result<()> {
+        raw_sig::kill(self.pid, SIGUSR1).context("kill")?;
+        if !raw_sig::wait(SIGUSR2, Some(IO_TIMEOUT)).context("sigtimedwait")? {
+            fail!("no SIGUSR2 within {IO_TIMEOUT:?}");
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, _msg: &[u8]) -> Result<()> {
+        fail!("no payload: round trips only")
+    }
+}
+
+/// Reads every byte of `b` (a loaned buffer is touched, not copied).
+fn touch(b: &[u8]) -> u8 {
+    std::hint::black_box(b.iter().fold(0u8, |a, &x| a ^ x))
+}
+
+struct Loans {
+    pool: LoanPool,
+    tx: ShmSender,
+    rx: ShmReceiver,
+    buf: Vec<u8>,
+    _keep: (ShmChannel, ShmChannel),
+}
+
+impl Link for Loans {
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+        self.send(msg)?;
+        self.rx.recv_into(&mut self.buf, Some(IO_TIMEOUT)).context("ring recv")?;
+        let token = Token::from_bytes(&self.buf).context("token")?;
+        let view = self.pool.redeem(token).context("redeeming the reply")?;
+        touch(&view);
+        if view.len() != msg.len() {
+            fail!("reply of {} bytes, not {}", view.len(), msg.len());
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        let mut loan = self.pool.loan_timeout(IO_TIMEOUT).context("loan")?;
+        loan[..msg.len()].copy_from_slice(msg);
+        let token = loan.send(msg.len());
+        self.tx
+            .send_bytes(&token.to_bytes(), Some(IO_TIMEOUT))
+            .map_err(|e| crate::error::Failure::new(format!("ring send: {e}")))
+    }
+}
+
+/// The name the naming child registers.
+const SERVICE: &str = "ipckit-bench-service";
+
+struct Naming {
+    client: NameClient,
+    lookup: bool,
+    _server: EmbeddedServer,
+}
+
+impl Link for Naming {
+    fn round_trip(&mut self, _msg: &mut [u8]) -> Result<()> {
+        if self.lookup {
+            drop(self.client.lookup(SERVICE).context("lookup")?);
+        } else {
+            self.client.stat(SERVICE).context("stat")?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, _msg: &[u8]) -> Result<()> {
+        fail!("no payload: round trips only")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw System V semaphores (libc)
+// ---------------------------------------------------------------------------
+
+#[allow(unsafe_code)]
+mod sysv_sem {
+    use std::io;
+    use std::time::Duration;
+
+    /// A new private set of two semaphores (both 0 on Linux).
+    pub fn create() -> io::Result<i32> {
+        // SAFETY: semget takes no pointers.
+        let id = unsafe { libc::semget(libc::IPC_PRIVATE, 2, libc::IPC_CREAT | 0o600) };
+        if id < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(id)
+    }
+
+    /// Removes set `id`.
+    pub fn remove(id: i32) {
+        // SAFETY: IPC_RMID takes no further argument.
+        unsafe { libc::semctl(id, 0, libc::IPC_RMID) };
+    }
+
+    /// Adds `delta` to semaphore `num` (semop, or semtimedop with a timeout);
+    /// false when it timed out.
+    pub fn op(id: i32, num: u16, delta: i16, timeout: Option<Duration>) -> io::Result<bool> {
+        let mut sop = libc::sembuf { sem_num: num, sem_op: delta, sem_flg: 0 };
+        loop {
+            let r = match timeout {
+                // SAFETY: `sop` is one valid sembuf.
+                None => unsafe { libc::semop(id, &mut sop, 1) },
+                Some(t) => {
+                    let ts = libc::timespec { tv_sec: t.as_secs() as _, tv_nsec: t.subsec_nanos() as _ };
+                    // SAFETY: `sop` is one valid sembuf; `ts` a valid timespec (libc has
+                    // no semtimedop wrapper, hence the raw system call).
+                    unsafe {
+                        libc::syscall(libc::SYS_semtimedop, id, &mut sop as *mut libc::sembuf, 1usize, &ts)
+                            as i32
+                    }
+                }
+            };
+            if r == 0 {
+                return Ok(true);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Ok(false),
+                _ => return Err(e),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw signals (libc)
+// ---------------------------------------------------------------------------
+
+#[allow(unsafe_code)]
+mod raw_sig {
+    use std::io;
+    use std::time::Duration;
+
+    fn set_of(sig: i32) -> libc::sigset_t {
+        // SAFETY: an all-zero sigset_t is valid storage; sigemptyset initialises it.
+        let mut s: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `s` is a valid sigset_t.
+        unsafe {
+            libc::sigemptyset(&mut s);
+            libc::sigaddset(&mut s, sig);
+        }
+        s
+    }
+
+    fn mask(how: i32, sig: i32) -> io::Result<()> {
+        let s = set_of(sig);
+        // SAFETY: `s` is an initialised set; the old mask is not wanted.
+        let r = unsafe { libc::pthread_sigmask(how, &s, std::ptr::null_mut()) };
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        Ok(())
+    }
+
+    /// Blocks `sig` in the calling thread (do it before creating any thread).
+    pub fn block(sig: i32) -> io::Result<()> {
+        mask(libc::SIG_BLOCK, sig)
+    }
+
+    /// `sig` blocked in this thread until dropped; a pending one is taken
+    /// before it is unblocked (so its default action never runs).
+    pub struct Blocked(i32);
+
+    impl Blocked {
+        pub fn new(sig: i32) -> io::Result<Blocked> {
+            block(sig)?;
+            Ok(Blocked(sig))
+        }
+    }
+
+    impl Drop for Blocked {
+        fn drop(&mut self) {
+            while matches!(wait(self.0, Some(Duration::ZERO)), Ok(true)) {}
+            let _ = mask(libc::SIG_UNBLOCK, self.0);
+        }
+    }
+
+    /// kill(2).
+    pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+        // SAFETY: kill takes no pointers.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Takes blocked `sig`: sigwaitinfo(2) without a timeout, sigtimedwait(2)
+    /// with one; false when it timed out.
+    pub fn wait(sig: i32, timeout: Option<Duration>) -> io::Result<bool> {
+        let s = set_of(sig);
+        loop {
+            // SAFETY: `s` is an initialised set; siginfo is not wanted (null is allowed).
+            let r = match timeout {
+                None => unsafe { libc::sigwaitinfo(&s, std::ptr::null_mut()) },
+                Some(t) => {
+                    let ts = libc::timespec { tv_sec: t.as_secs() as _, tv_nsec: t.subsec_nanos() as _ };
+                    // SAFETY: as above; `ts` is a valid timespec.
+                    unsafe { libc::sigtimedwait(&s, std::ptr::null_mut(), &ts) }
+                }
+            };
+            if r == sig {
+                return Ok(true);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Ok(false),
+                _ => return Err(e),
+            }
+        }
     }
 }
 
@@ -765,8 +1150,10 @@ mod posix_mq {
 
 #[cfg(feature = "peers")]
 mod peers {
+    use interprocess::local_socket::{prelude::*, GenericFilePath, Listener, ListenerOptions, Stream};
     pub use ipc_channel::ipc::IpcOneShotServer;
     use ipc_channel::ipc::{bytes_channel, IpcBytesReceiver, IpcBytesSender, IpcSender};
+    use std::io::{Read, Write};
 
     use super::{ready, Link, ECHO};
     use crate::error::{fail, Context, Result};
@@ -790,6 +1177,39 @@ mod peers {
         fn send(&mut self, msg: &[u8]) -> Result<()> {
             self.tx.send(msg).context("ipc-channel send")
         }
+    }
+
+    /// A listening interprocess local socket at file path `path`.
+    pub fn listen(path: &std::path::Path) -> std::io::Result<Listener> {
+        let name = path.to_fs_name::<GenericFilePath>()?;
+        ListenerOptions::new().name(name).create_sync()
+    }
+
+    /// The child's connection.
+    pub fn accept(listener: &Listener) -> std::io::Result<Stream> {
+        listener.accept()
+    }
+
+    /// The parent's end of an interprocess local socket carrying fixed-size messages.
+    pub struct LocalSocket(pub Stream);
+
+    impl Link for LocalSocket {
+        fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+            self.0.write_all(msg).context("write")?;
+            self.0.read_exact(msg).context("read")
+        }
+
+        fn send(&mut self, msg: &[u8]) -> Result<()> {
+            self.0.write_all(msg).context("write")
+        }
+    }
+
+    /// The interprocess child: connects to `path` and echoes fixed-size messages.
+    pub fn interprocess_child(path: &str, size: usize) -> Result<()> {
+        let name = path.to_fs_name::<GenericFilePath>().context("socket name")?;
+        ready()?;
+        let s = Stream::connect(name).context("interprocess connect")?;
+        super::stream_echo(&s, &s, size)
     }
 
     /// The child: makes both channels, hands the parent its ends through the
@@ -889,6 +1309,10 @@ fn ready() -> Result<()> {
 /// `ipckit __bench-child`: answers for one mechanism until killed (or until
 /// the parent's end closes).
 pub fn run_child(args: &ChildArgs) -> Result<()> {
+    if args.mechanism == "raw-signal" {
+        // First, before any thread exists: every later thread inherits it.
+        raw_sig::block(SIGUSR1).context("blocking SIGUSR1")?;
+    }
     // A child never outlives the bench.
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
         .context("PR_SET_PDEATHSIG")?;
@@ -1044,6 +1468,14 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
                 }
             }
         }
+        "raw-sysv-sem" => {
+            let id: i32 = args.name.parse().context("semaphore set id")?;
+            ready()?;
+            loop {
+                sysv_sem::op(id, 0, -1, None).context("semop P")?;
+                sysv_sem::op(id, 1, 1, None).context("semop V")?;
+            }
+        }
         "raw-posix-mq" => {
             let to = posix_mq::open(&format!("{}-to", args.name), None).context("mq_open")?;
             let from = posix_mq::open(&format!("{}-from", args.name), None).context("mq_open")?;
@@ -1056,8 +1488,66 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
                 }
             }
         }
+        "ipckit-signal" => {
+            let mut signals = Signals::new(&[SIGUSR1]).context("catching SIGUSR1")?;
+            let parent = std::os::unix::process::parent_id();
+            ready()?;
+            loop {
+                if signals.recv().is_ok() {
+                    ipckit::signal::send(parent, SIGUSR2).context("signal::send")?;
+                }
+            }
+        }
+        "raw-signal" => {
+            let parent = std::os::unix::process::parent_id() as i32;
+            ready()?;
+            loop {
+                if raw_sig::wait(SIGUSR1, None).context("sigwaitinfo")? {
+                    raw_sig::kill(parent, SIGUSR2).context("kill")?;
+                }
+            }
+        }
+        "ipckit-loan" => {
+            let pool = LoanPool::open(&format!("{}-pool", args.name)).context("opening the loan pool")?;
+            let up = ShmChannel::open(&format!("{}-to", args.name)).context("opening a ring")?;
+            let down = ShmChannel::open(&format!("{}-from", args.name)).context("opening a ring")?;
+            let mut rx = up.receiver().context("ring receiver")?.with_wait(WaitMode::Block);
+            let mut tx = down.sender().context("ring sender")?.with_wait(WaitMode::Block);
+            ready()?;
+            let mut buf = Vec::new();
+            loop {
+                if rx.recv_into(&mut buf, Some(Duration::from_secs(3600))).is_err() {
+                    continue;
+                }
+                let token = Token::from_bytes(&buf).context("token")?;
+                let view = pool.redeem(token).context("redeeming a loan")?;
+                touch(&view);
+                let (tag, len) = (view.first().copied(), view.len());
+                drop(view);
+                if tag == Some(ECHO) {
+                    let mut reply = pool.loan_timeout(IO_TIMEOUT).context("loan")?;
+                    reply[..len].fill(0x5a);
+                    reply[0] = ECHO;
+                    let token = reply.send(len);
+                    let _ = tx.send_bytes(&token.to_bytes(), Some(IO_TIMEOUT));
+                }
+            }
+        }
+        "ipckit-naming-stat" | "ipckit-naming-lookup" => {
+            let client = NameClient::connect(&args.name).context("connecting to the naming server")?;
+            let mut service = client.register(SERVICE, Policy::mode(0o600)).context("registering")?;
+            ready()?;
+            loop {
+                match service.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
         #[cfg(feature = "peers")]
         "peer-ipc-channel" => peers::child(&args.name),
+        #[cfg(feature = "peers")]
+        "peer-interprocess" => peers::interprocess_child(&args.name, size),
         other => fail!("unknown bench mechanism {other:?}"),
     }
 }
