@@ -3,13 +3,17 @@
 //! groups), names released when their owner dies, watchers, mailboxes, and
 //! clients that misbehave.
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ipckit::naming::{EmbeddedServer, NameClient, NameEvent, Policy, ServerConfig};
 use ipckit::{rpc, unix, Error, SocketKind};
+
+mod support;
+
+use support::Kid;
 
 const LONG: Duration = Duration::from_secs(20);
 const ROLE: &str = "IPCKIT_NAMING_ROLE";
@@ -46,15 +50,6 @@ impl Drop for Fixture {
     }
 }
 
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn kid(role: &str, path: &std::path::Path, extra: &str) -> Kid {
     Kid(Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
@@ -64,14 +59,7 @@ fn kid(role: &str, path: &std::path::Path, extra: &str) -> Kid {
 }
 
 fn exit_code(k: &mut Kid) -> i32 {
-    let until = Instant::now() + LONG;
-    loop {
-        if let Some(st) = k.0.try_wait().unwrap() {
-            return st.code().unwrap_or(-1);
-        }
-        assert!(Instant::now() < until, "child did not finish");
-        thread::sleep(Duration::from_millis(10));
-    }
+    k.code_within(LONG)
 }
 
 fn wait_for(mut cond: impl FnMut() -> bool) {

@@ -2,38 +2,23 @@
 //! place by another, tokens over a pipe, and buffers coming back when a
 //! holder dies.
 
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ipckit::shm::{LoanPool, Segment, Token};
+use ipckit::shm::{LoanPool, Token};
 use ipckit::{pipe, spawn, Capacity, Error, Receiver};
+
+mod support;
+
+use support::{unique_name, Cleanup, Kid};
 
 const LONG: Duration = Duration::from_secs(20);
 const MIB: usize = 1 << 20;
 const ROLE: &str = "IPCKIT_SHM_LOAN_ROLE";
 
 fn name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("t-loan-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Segment::remove(&self.0);
-    }
-}
-
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    unique_name("t-loan", tag)
 }
 
 fn pattern(seed: u32, len: usize) -> impl Iterator<Item = u8> {
@@ -86,14 +71,7 @@ fn spawn_child(role: &str, pool: &str, rx: Receiver, ack: Option<ipckit::Sender>
 }
 
 fn wait_exit(kid: &mut Kid) -> i32 {
-    let until = Instant::now() + LONG * 2;
-    loop {
-        if let Some(st) = kid.0.try_wait().unwrap() {
-            return st.code().unwrap_or(-1);
-        }
-        assert!(Instant::now() < until, "child did not finish");
-        thread::sleep(Duration::from_millis(10));
-    }
+    kid.code_within(LONG * 2)
 }
 
 #[test]

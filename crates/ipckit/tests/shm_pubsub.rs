@@ -2,38 +2,22 @@
 //! message, history for late joiners, the two overflow policies, and
 //! subscribers and publishers that die.
 
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ipckit::shm::pubsub::{Overflow, Publisher, Subscriber};
-use ipckit::shm::Segment;
 use ipckit::{RecvTimeoutError, SendTimeoutError};
+
+mod support;
+
+use support::{unique_name, Cleanup, Kid};
 
 const LONG: Duration = Duration::from_secs(20);
 const ROLE: &str = "IPCKIT_SHM_PUBSUB_ROLE";
 
 fn name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("t-ps-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Segment::remove(&self.0);
-    }
-}
-
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    unique_name("t-ps", tag)
 }
 
 fn kid(role: &str, seg: &str, n: u64) -> Kid {
@@ -45,14 +29,7 @@ fn kid(role: &str, seg: &str, n: u64) -> Kid {
 }
 
 fn exit_code(k: &mut Kid) -> i32 {
-    let until = Instant::now() + LONG * 3;
-    loop {
-        if let Some(st) = k.0.try_wait().unwrap() {
-            return st.code().unwrap_or(-1);
-        }
-        assert!(Instant::now() < until, "child did not finish");
-        thread::sleep(Duration::from_millis(10));
-    }
+    k.code_within(LONG * 3)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! hostile bytes written into the slots.
 
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -11,22 +11,16 @@ use ipckit::shm::rpc::{RpcClient, RpcServer, WaitMode};
 use ipckit::shm::{Offset, Segment};
 use ipckit::{CallError, Error, RecvTimeoutError};
 
+mod support;
+
+use support::{unique_name, Cleanup};
+
 const LONG: Duration = Duration::from_secs(20);
 const ROLE: &str = "IPCKIT_SHM_RPC_ROLE";
 const MODES: [WaitMode; 3] = [WaitMode::Spin, WaitMode::SpinThenBlock(500), WaitMode::Block];
 
 fn name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("t-rpc-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Removes the segment when the test ends, however it ends.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Segment::remove(&self.0);
-    }
+    unique_name("t-rpc", tag)
 }
 
 /// A child process running this test binary in a role; killed and reaped on drop.

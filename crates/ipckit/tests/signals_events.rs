@@ -1,8 +1,7 @@
 //! Signals, events and death notification with real processes.
 
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -10,38 +9,23 @@ use std::time::{Duration, Instant};
 use ipckit::event::{Event, EventMode, ProcessWatch};
 use ipckit::signal::{self, Signals, SIGIO, SIGTERM, SIGUSR1, SIGUSR2};
 
+mod support;
+
+use support::{unique_name, Kid};
+
 const LONG: Duration = Duration::from_secs(20);
 const ROLE: &str = "IPCKIT_SIGNAL_ROLE";
 
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn kid(role: &str, arg: &str) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["--exact", "child_main", "--nocapture", "--test-threads=1"]).env(ROLE, format!("{role}:{arg}"));
-    c
+    support::role_command(ROLE, format!("{role}:{arg}"))
 }
 
 fn wait_status(k: &mut Kid) -> std::process::ExitStatus {
-    let until = Instant::now() + LONG;
-    loop {
-        if let Some(st) = k.0.try_wait().unwrap() {
-            return st;
-        }
-        assert!(Instant::now() < until, "child did not finish");
-        thread::sleep(Duration::from_millis(5));
-    }
+    k.status_within(LONG)
 }
 
 fn name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("t-ev-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    unique_name("t-ev", tag)
 }
 
 #[test]

@@ -3,7 +3,6 @@
 //! persistence and crashes in the middle of an operation.
 
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -12,20 +11,15 @@ use ipckit::perm::Access;
 use ipckit::sysv::{MessageQueue, QueueConfig, QueueSet, Select};
 use ipckit::{RecvTimeoutError, SendTimeoutError, TryRecvError, TrySendError};
 
+mod support;
+
+use support::{unique_name, Cleanup};
+
 const LONG: Duration = Duration::from_secs(20);
 const ROLE: &str = "IPCKIT_SYSV_MSGQ_ROLE";
 
 fn name(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("t-mq-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = ipckit::shm::Segment::remove(&self.0);
-    }
+    unique_name("t-mq", tag)
 }
 
 /// The kernel's System V queue, driven through libc (the reference).
