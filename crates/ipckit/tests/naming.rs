@@ -3,7 +3,8 @@
 //! groups), names released when their owner dies, watchers, mailboxes, and
 //! clients that misbehave.
 
-use std::process::Command;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -117,6 +118,79 @@ fn child_main() {
                     4
                 }
             }
+        }
+        // Register `extra`, hand the connection to a child that keeps it
+        // open, say the child's pid, and exit.
+        "register-hand-off" => {
+            let c = NameClient::connect(path).unwrap();
+            let _svc = c.register(extra, Policy::mode(0o666)).unwrap();
+            let mut inherit = ipckit::spawn::Inherit::new();
+            inherit.pass("ns", c.try_clone_socket().unwrap()).unwrap();
+            let mut cmd = Command::new(std::env::current_exe().unwrap());
+            cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+                .env(ROLE, format!("holder|{path}|"))
+                .stdout(Stdio::piped());
+            // Left running on purpose (the test kills it): it outlives us.
+            #[allow(clippy::zombie_processes)]
+            let mut holder = inherit.spawn(&mut cmd).unwrap();
+            // Exit only once the holder has the connection in hand.
+            let ready = std::io::BufReader::new(holder.stdout.take().unwrap())
+                .lines()
+                .map_while(|l| l.ok())
+                .any(|l| l.contains("holding"));
+            assert!(ready, "the holder took the connection");
+            println!("holder={}", holder.id());
+            0
+        }
+        // Keep the inherited connection open for a while.
+        "holder" => {
+            let _ns: std::os::fd::OwnedFd = ipckit::spawn::inherited("ns").unwrap();
+            println!("holding");
+            thread::sleep(LONG);
+            0
+        }
+        // As uid:gid from `extra`, use the names "public" (0o666) and
+        // "private" (0o600) owned by root, through the table, and try every
+        // service socket on the machine directly: print what happened.
+        "direct-as" => {
+            let mut f = extra.split(':');
+            let uid: u32 = f.next().unwrap().parse().unwrap();
+            let gid: u32 = f.next().unwrap().parse().unwrap();
+            become_user(uid, gid, &[]);
+            let c = NameClient::connect(path).unwrap();
+            let names: Vec<String> = c.list().unwrap().into_iter().map(|e| e.name).collect();
+            println!("list={}", names.join(","));
+            let stat = |n: &str| match c.stat(n) {
+                Ok(e) => format!("uid{}", e.uid),
+                Err(Error::PermissionDenied(_)) => "denied".into(),
+                Err(e) => format!("error {e}"),
+            };
+            println!("stat-public={} stat-private={}", stat("public"), stat("private"));
+            let mut conn = c.lookup("public").unwrap();
+            conn.send("hi").unwrap();
+            println!("public-reply={}", String::from_utf8_lossy(conn.recv_timeout(LONG).unwrap().bytes()));
+            println!("lookup-private={}", matches!(c.lookup("private"), Err(Error::PermissionDenied(_))));
+            // A client that skips the table: connect to every ipckit service
+            // socket listed in /proc/net/unix, say hello, count the answers.
+            let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
+            let mut answered = 0;
+            for addr in unix.lines().filter_map(|l| l.split_whitespace().nth(7)) {
+                let Some(name) = addr.strip_prefix("@ipckit-svc-") else { continue };
+                let full = format!("ipckit-svc-{name}");
+                use std::os::linux::net::SocketAddrExt;
+                let sa = std::os::unix::net::SocketAddr::from_abstract_name(full.as_bytes()).unwrap();
+                let Ok(mut s) = std::os::unix::net::UnixStream::connect_addr(&sa) else { continue };
+                // A service that lets us in waits for a request; one that
+                // refuses us closes the connection at once.
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut byte = [0u8; 1];
+                use std::io::Read;
+                if matches!(s.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+                    answered += 1;
+                }
+            }
+            println!("raw-answers={answered}");
+            0
         }
         other => panic!("unknown role {other}"),
     };
@@ -285,4 +359,82 @@ fn limits_per_uid_are_enforced_but_not_for_root_and_the_decoder_survives_garbage
         // Root is not limited, as on Linux.
         c.create_mailbox(&format!("m{i}"), Policy::mode(0o600), 1).unwrap();
     }
+}
+
+#[test]
+fn a_name_goes_when_its_registering_process_dies_even_if_a_child_keeps_the_connection() {
+    let f = Fixture::new(ServerConfig::default());
+    let watcher = f.client();
+    let mut watch = watcher.watch("held").unwrap();
+    let mut p = Kid(Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+        .env(ROLE, format!("register-hand-off|{}|held", f.path.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap());
+    let out = std::io::BufReader::new(p.0.stdout.take().unwrap());
+    let holder: u32 = out
+        .lines()
+        .map_while(|l| l.ok())
+        .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("holder=")?.parse().ok()))
+        .expect("the child names its holder");
+    assert_eq!(exit_code(&mut p), 0);
+    assert_eq!(watch.next_timeout(LONG).unwrap(), NameEvent::Appeared("held".into()));
+    // The registering process is gone, the connection is not (the holder has it).
+    assert_eq!(watch.next_timeout(LONG).unwrap(), NameEvent::Disappeared("held".into()));
+    let holder_pid = rustix::process::Pid::from_raw(holder as i32).unwrap();
+    let state = std::fs::read_to_string(format!("/proc/{holder}/stat")).unwrap_or_default();
+    let state = state.rsplit(')').next().unwrap_or_default().split_whitespace().next().unwrap_or("gone");
+    assert!(!matches!(state, "Z" | "X" | "gone"), "the holder keeps the connection open (state {state})");
+    let c = f.client();
+    assert!(matches!(c.stat("held"), Err(Error::NotFound(_))));
+    assert!(matches!(c.lookup("held"), Err(Error::NotFound(_))));
+    let _ = rustix::process::kill_process(holder_pid, rustix::process::Signal::KILL);
+}
+
+#[test]
+fn tables_show_each_class_only_its_names_and_services_check_direct_callers() {
+    if ipckit::euid() != 0 {
+        eprintln!("not root: skipping the other-uid cases");
+        return;
+    }
+    let f = Fixture::new(ServerConfig::default());
+    let owner = f.client();
+    let serve = |mut svc: ipckit::naming::Service| {
+        thread::spawn(move || {
+            // Answer whoever gets through, until the test ends.
+            while let Ok((mut conn, _who)) = svc.accept_timeout(LONG) {
+                thread::spawn(move || {
+                    if let Ok(m) = conn.recv_timeout(LONG) {
+                        let _ = conn.send(format!("{} back", String::from_utf8_lossy(m.bytes())));
+                    }
+                });
+            }
+        })
+    };
+    let _public = serve(owner.register("public", Policy::mode(0o666)).unwrap());
+    let _private = serve(owner.register("private", Policy::mode(0o600)).unwrap());
+    // Root sees both, from its table.
+    let all: Vec<String> = owner.list().unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(all, ["private", "public"]);
+    let mut k = Kid(Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+        .env(ROLE, format!("direct-as|{}|5000:5000", f.path.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap());
+    let out: Vec<String> =
+        std::io::BufReader::new(k.0.stdout.take().unwrap()).lines().map_while(|l| l.ok()).collect();
+    assert_eq!(exit_code(&mut k), 0, "{out:?}");
+    let said = |key: &str| {
+        out.iter().find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(key))).unwrap_or_default()
+    };
+    assert_eq!(said("list="), "public", "the other uid's table holds only what it may see");
+    assert_eq!(said("stat-public="), "uid0");
+    assert_eq!(said("stat-private="), "denied");
+    assert_eq!(said("public-reply="), "hi");
+    assert_eq!(said("lookup-private="), "true");
+    // Of the two service sockets, only the public one answers a stranger
+    // who skipped the table: the private service closes the connection.
+    assert_eq!(said("raw-answers="), "1", "{out:?}");
 }

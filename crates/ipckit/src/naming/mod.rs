@@ -19,8 +19,10 @@
 //! that hold nothing are closed.
 
 mod client;
+mod death;
 mod protocol;
 mod server;
+mod table;
 
 use std::path::PathBuf;
 
@@ -31,6 +33,7 @@ pub use protocol::{Entry, EntryKind, Policy, PROTOCOL_VERSION};
 pub use server::{EmbeddedServer, NameServer, ServerConfig};
 
 use crate::error::{Error, Result};
+use crate::perm::{self, Access, Caller, Owner};
 
 /// The environment variable that overrides the server's socket path.
 pub const SOCKET_ENV: &str = "IPCKIT_NAMING_SOCKET";
@@ -79,4 +82,15 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
         return Ok(());
     };
     Err(Error::InvalidName { name: name.to_owned(), why })
+}
+
+/// Whether `caller` may have `want` on a name owned by `uid`/`gid` under
+/// `policy`: the mode bits as [`perm::allowed`] reads them, or an allow-list.
+/// The one rule the server and a service's own socket both apply.
+pub(crate) fn policy_allows(uid: u32, gid: u32, policy: &Policy, caller: &Caller, want: Access) -> bool {
+    let owner = Owner { uid, gid, mode: policy.mode & 0o777 };
+    perm::allowed(&owner, caller, want)
+        || policy.allow_uids.contains(&caller.uid)
+        || policy.allow_gids.contains(&caller.gid)
+        || caller.groups.iter().any(|g| policy.allow_gids.contains(g))
 }

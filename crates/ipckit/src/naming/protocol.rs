@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::sys::PeerCred;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Who may use a name: System V-style mode bits (owner = the registering
 /// process's kernel-verified uid and gid) plus optional allow-lists.
@@ -68,16 +68,41 @@ pub struct Entry {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Request {
-    Register { name: String, policy: Policy },
-    Unregister { name: String },
-    Lookup { name: String },
-    Watch { name: String },
+    Register {
+        name: String,
+        policy: Policy,
+    },
+    Unregister {
+        name: String,
+    },
+    Lookup {
+        name: String,
+    },
+    Watch {
+        name: String,
+    },
     List,
-    Stat { name: String },
-    Remove { name: String },
-    CreateMailbox { name: String, policy: Policy, capacity: u32 },
-    Send { name: String, data: Vec<u8> },
-    Recv { name: String, timeout_ms: u32 },
+    Stat {
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
+    CreateMailbox {
+        name: String,
+        policy: Policy,
+        capacity: u32,
+    },
+    Send {
+        name: String,
+        data: Vec<u8>,
+    },
+    Recv {
+        name: String,
+        timeout_ms: u32,
+    },
+    /// The read-only name table of the caller's class (a memfd, as a handle).
+    Table,
 }
 
 /// A request and the protocol version it is written in.

@@ -2,18 +2,22 @@
 //! kernel-verified credentials.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::death::DeathWatcher;
 use super::protocol::{
     self, Code, Entry, EntryKind, Envelope, Event, Policy, Reply, Request, PROTOCOL_VERSION,
 };
+use super::table::{self, Found, TableWriter, WriteError};
 use crate::connection::Connection;
 use crate::error::{Error, RecvTimeoutError, Result};
+use crate::event::ProcessWatch;
 use crate::message::Message;
-use crate::perm::{self, Access, Caller, Owner};
+use crate::perm::{Access, Caller};
 use crate::rpc::{Request as RpcRequest, Server};
 use crate::sys::{self, PeerCred, SocketKind};
 use crate::unix::Listener;
@@ -54,7 +58,37 @@ struct Named {
     entry: Entry,
     policy: Policy,
     owner: u64,
+    /// The pidfd watch on the registering process (see [`DeathWatcher`]).
+    watch: Option<u64>,
+    /// The service's own listening socket (an abstract name), for direct connects.
+    addr: Option<Vec<u8>>,
     body: Body,
+}
+
+/// One visibility class: callers with the same kernel-verified uid, gid and
+/// groups (root is one class), and the table of what they may see.
+type ClassKey = (u32, u32, Vec<u32>);
+
+fn class_key(c: &Caller) -> ClassKey {
+    if c.uid == 0 {
+        return (0, 0, Vec::new());
+    }
+    let mut g = c.groups.clone();
+    g.sort_unstable();
+    g.dedup();
+    (c.uid, c.gid, g)
+}
+
+struct ClassTable {
+    caller: Caller,
+    writer: TableWriter,
+    users: usize,
+}
+
+/// What a reply carries besides its bytes.
+enum Attach {
+    Conn(Connection),
+    Fd(OwnedFd),
 }
 
 struct ClientInfo {
@@ -79,6 +113,14 @@ pub struct NameServer {
     watchers: Vec<(String, Connection)>,
     pending: Vec<PendingRecv>,
     last_sweep: Instant,
+    last_beat: Instant,
+    tables: HashMap<ClassKey, ClassTable>,
+    /// Which class's table each client connection was given.
+    client_class: HashMap<u64, ClassKey>,
+    deaths: DeathWatcher,
+    /// The connection on which `deaths` reports (not a client).
+    deaths_id: u64,
+    next_watch: u64,
 }
 
 impl std::fmt::Debug for NameServer {
@@ -99,11 +141,32 @@ fn caller_of(cred: PeerCred, groups: Option<Vec<u32>>) -> Caller {
 }
 
 fn allowed(named: &Named, caller: &Caller, want: Access) -> bool {
-    let owner = Owner { uid: named.entry.uid, gid: named.entry.gid, mode: named.entry.mode };
-    perm::allowed(&owner, caller, want)
-        || named.policy.allow_uids.contains(&caller.uid)
-        || named.policy.allow_gids.contains(&caller.gid)
-        || caller.groups.iter().any(|g| named.policy.allow_gids.contains(g))
+    super::policy_allows(named.entry.uid, named.entry.gid, &named.policy, caller, want)
+}
+
+/// `named` as `caller`'s class sees it in its table; `None` if it may not see it.
+fn found_for(named: &Named, caller: &Caller) -> Option<Found> {
+    if !allowed(named, caller, Access::Read) {
+        return None;
+    }
+    let write = allowed(named, caller, Access::Write);
+    Some(Found {
+        entry: named.entry.clone(),
+        access: table::CAN_READ | if write { table::CAN_WRITE } else { 0 },
+        addr: if write { named.addr.clone() } else { None },
+    })
+}
+
+/// A new table for `caller`'s class, holding every name it may see.
+fn build_table(names: &BTreeMap<String, Named>, caller: &Caller) -> std::io::Result<TableWriter> {
+    let visible: Vec<Found> = names.values().filter_map(|n| found_for(n, caller)).collect();
+    let mut w = TableWriter::new(visible.len() * 2)?;
+    for f in &visible {
+        if let Err(WriteError::Full) = w.put(f) {
+            return Err(std::io::Error::other("a new name table is full"));
+        }
+    }
+    Ok(w)
 }
 
 fn fail(code: Code, message: impl Into<String>) -> Reply {
@@ -122,8 +185,11 @@ impl NameServer {
         let listener =
             Listener::bind(&path, SocketKind::Stream)?.with_max_message_size(config.max_request + 1024);
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+        let mut rpc = Server::with_listener(listener);
+        let (deaths, deaths_conn) = DeathWatcher::start()?;
+        let deaths_id = rpc.add(deaths_conn);
         Ok(NameServer {
-            rpc: Server::with_listener(listener),
+            rpc,
             path,
             config,
             names: BTreeMap::new(),
@@ -131,6 +197,12 @@ impl NameServer {
             watchers: Vec::new(),
             pending: Vec::new(),
             last_sweep: Instant::now(),
+            last_beat: Instant::now(),
+            tables: HashMap::new(),
+            client_class: HashMap::new(),
+            deaths,
+            deaths_id,
+            next_watch: 0,
         })
     }
 
@@ -167,6 +239,13 @@ impl NameServer {
         for id in self.rpc.closed() {
             self.client_gone(id);
         }
+        let now = Instant::now();
+        if now.duration_since(self.last_beat) >= table::HEARTBEAT / 2 {
+            self.last_beat = now;
+            for t in self.tables.values() {
+                t.writer.beat();
+            }
+        }
         // Housekeeping walks every client and watcher: do it every 100 ms
         // (or when a receive deadline is due), not after every request.
         let now = Instant::now();
@@ -179,9 +258,16 @@ impl NameServer {
         Ok(())
     }
 
-    fn handle(&mut self, req: RpcRequest) {
-        let Some(cred) = req.peer_cred() else { return };
+    fn handle(&mut self, mut req: RpcRequest) {
         let client = req.client_id();
+        if client == self.deaths_id {
+            if let Ok(token) = <[u8; 8]>::try_from(req.bytes()) {
+                self.owner_died(u64::from_le_bytes(token));
+            }
+            let _ = req.reply(Vec::new());
+            return;
+        }
+        let Some(cred) = req.peer_cred() else { return };
         let is_new = !self.clients.contains_key(&client);
         if is_new {
             let open = self.clients.values().filter(|c| c.uid == cred.uid).count();
@@ -209,6 +295,11 @@ impl NameServer {
             return;
         }
         let caller = caller_of(cred, self.rpc.peer_groups_of(client));
+        // A service's own listening socket travels with its registration.
+        let listener = match env.request {
+            Request::Register { .. } => req.message().take::<OwnedFd>().ok(),
+            _ => None,
+        };
         let (reply, handle) = match env.request {
             Request::Recv { name, timeout_ms } => match self.recv(&name, &caller) {
                 Ok(Some(data)) => (Reply::Message(data), None),
@@ -220,11 +311,15 @@ impl NameServer {
                 }
                 Err(r) => (r, None),
             },
-            other => self.dispatch(other, client, cred, &caller),
+            other => self.dispatch(other, client, cred, &caller, listener),
         };
         let mut msg = Message::new(protocol::encode(&reply));
-        if let Some(conn) = handle {
-            match msg.with(conn) {
+        if let Some(attach) = handle {
+            let with = match attach {
+                Attach::Conn(c) => msg.with(c),
+                Attach::Fd(fd) => msg.with(fd),
+            };
+            match with {
                 Ok(m) => msg = m,
                 Err(e) => msg = Message::new(protocol::encode(&fail(Code::Unavailable, e.to_string()))),
             }
@@ -240,20 +335,39 @@ impl NameServer {
         client: u64,
         cred: PeerCred,
         caller: &Caller,
-    ) -> (Reply, Option<Connection>) {
+        listener: Option<OwnedFd>,
+    ) -> (Reply, Option<Attach>) {
         let none = |r| (r, None);
         match request {
             Request::Register { name, policy } => {
-                self.register(name, policy, client, cred, EntryKind::Service, 0)
+                let addr = match listener.map(|fd| sys::naming::abstract_name_of_listener(fd.as_fd())) {
+                    None => None,
+                    Some(Ok(a)) if a.len() <= table::MAX_ADDR => Some(a),
+                    Some(Ok(_)) => return none(fail(Code::BadRequest, "the service's address is too long")),
+                    Some(Err(e)) => {
+                        return none(fail(Code::BadRequest, format!("the service's socket: {e}")))
+                    }
+                };
+                self.register(name, policy, client, cred, EntryKind::Service, 0, addr)
             }
             Request::CreateMailbox { name, policy, capacity } => {
-                self.register(name, policy, client, cred, EntryKind::Mailbox, capacity)
+                self.register(name, policy, client, cred, EntryKind::Mailbox, capacity, None)
             }
+            Request::Table => match self.table_for(client, caller) {
+                Ok(fd) => (Reply::Handle, Some(Attach::Fd(fd))),
+                Err(e) => none(fail(Code::Unavailable, format!("no name table: {e}"))),
+            },
             Request::Unregister { name } | Request::Remove { name } => {
                 none(self.remove(&name, client, caller))
             }
-            Request::Lookup { name } => self.lookup(&name, cred, caller),
-            Request::Watch { name } => self.watch(name, caller),
+            Request::Lookup { name } => {
+                let (r, c) = self.lookup(&name, cred, caller);
+                (r, c.map(Attach::Conn))
+            }
+            Request::Watch { name } => {
+                let (r, c) = self.watch(name, caller);
+                (r, c.map(Attach::Conn))
+            }
             Request::List => none(Reply::Entries(
                 self.names
                     .values()
@@ -271,6 +385,7 @@ impl NameServer {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn register(
         &mut self,
         name: String,
@@ -279,7 +394,8 @@ impl NameServer {
         cred: PeerCred,
         kind: EntryKind,
         capacity: u32,
-    ) -> (Reply, Option<Connection>) {
+        addr: Option<Vec<u8>>,
+    ) -> (Reply, Option<Attach>) {
         if let Err(e) = super::check_name(&name) {
             return (fail(Code::InvalidName, e.to_string()), None);
         }
@@ -302,6 +418,29 @@ impl NameServer {
                 (Body::Mailbox { queue: VecDeque::new(), capacity }, None)
             }
         };
+        // The name is the registering process's: watch it (pidfd), so the name
+        // goes when it dies even if its connection lives on in a child.
+        let watch = match ProcessWatch::new(cred.pid) {
+            Ok(w) => {
+                self.next_watch += 1;
+                self.deaths.watch(self.next_watch, w);
+                Some(self.next_watch)
+            }
+            Err(_) if !sys::process_alive(cred.pid) => {
+                let msg = format!(
+                    "the process that opened this connection (pid {}) has exited: \
+                     register over a connection of your own",
+                    cred.pid
+                );
+                return (fail(Code::Unavailable, msg), None);
+            }
+            Err(e) => {
+                // No pidfd (an old kernel, or a descriptor limit): the name
+                // still goes when the connection closes.
+                tracing::warn!(error = %e, pid = cred.pid, "cannot watch the registering process");
+                None
+            }
+        };
         let entry = Entry {
             name: name.clone(),
             kind,
@@ -315,9 +454,10 @@ impl NameServer {
             capacity,
         };
         tracing::info!(%name, ?kind, pid = cred.pid, uid = cred.uid, "registered");
-        self.names.insert(name.clone(), Named { entry, policy, owner: client, body });
+        self.names.insert(name.clone(), Named { entry, policy, owner: client, watch, addr, body });
+        self.publish(&name);
         self.notify(&name, true);
-        (if handle.is_some() { Reply::Handle } else { Reply::Done }, handle)
+        (if handle.is_some() { Reply::Handle } else { Reply::Done }, handle.map(Attach::Conn))
     }
 
     fn remove(&mut self, name: &str, client: u64, caller: &Caller) -> Reply {
@@ -334,8 +474,12 @@ impl NameServer {
     }
 
     fn drop_name(&mut self, name: &str) {
-        if self.names.remove(name).is_some() {
+        if let Some(gone) = self.names.remove(name) {
             tracing::info!(%name, "released");
+            if let Some(t) = gone.watch {
+                self.deaths.forget(t);
+            }
+            self.publish(name);
             self.notify(name, false);
             // Receivers waiting on a mailbox that is gone learn it at once.
             let (gone, keep): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|p| p.name == name);
@@ -368,7 +512,11 @@ impl NameServer {
         if let Err(e) = sent {
             return (fail(Code::Unavailable, format!("{name}: the service is not accepting ({e})")), None);
         }
-        n.entry.last_activity = now_secs();
+        let now = now_secs();
+        if n.entry.last_activity != now {
+            n.entry.last_activity = now;
+            self.publish(name);
+        }
         (Reply::Handle, Some(for_client))
     }
 
@@ -425,6 +573,7 @@ impl NameServer {
         };
         queue.push_back(data);
         entry.messages = queue.len() as u32;
+        self.publish(name);
         Reply::Done
     }
 
@@ -441,11 +590,78 @@ impl NameServer {
         let got = queue.pop_front();
         n.entry.messages = queue.len() as u32;
         n.entry.last_activity = now_secs();
+        self.publish(name);
         Ok(got)
+    }
+
+    /// The table of `caller`'s class (made on first use), for connection `client`.
+    fn table_for(&mut self, client: u64, caller: &Caller) -> std::io::Result<OwnedFd> {
+        let key = class_key(caller);
+        if !self.tables.contains_key(&key) {
+            let writer = build_table(&self.names, caller)?;
+            self.tables.insert(key.clone(), ClassTable { caller: caller.clone(), writer, users: 0 });
+        }
+        let t = self.tables.get_mut(&key).expect("inserted above");
+        let fd = t.writer.reader_fd()?;
+        if self.client_class.insert(client, key).is_none() {
+            t.users += 1;
+        }
+        Ok(fd)
+    }
+
+    /// Writes `name`'s current state (or its absence) into every class's table.
+    fn publish(&mut self, name: &str) {
+        let named = self.names.get(name);
+        let mut full = Vec::new();
+        for (key, t) in &mut self.tables {
+            match named.and_then(|n| found_for(n, &t.caller)) {
+                Some(f) => {
+                    if let Err(WriteError::Full) = t.writer.put(&f) {
+                        full.push(key.clone());
+                    }
+                }
+                None => t.writer.remove(name),
+            }
+        }
+        // A full table is replaced by a bigger one; its readers see it
+        // retired and fetch the new one.
+        for key in full {
+            let Some(old) = self.tables.remove(&key) else { continue };
+            old.writer.retire();
+            match build_table(&self.names, &old.caller) {
+                Ok(writer) => {
+                    tracing::debug!(names = writer.len(), "name table grown");
+                    self.tables.insert(key, ClassTable { writer, ..old });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot grow a name table; its clients ask the server");
+                    self.client_class.retain(|_, k| *k != key);
+                }
+            }
+        }
+    }
+
+    /// The registering process behind watch `token` exited: release its names.
+    fn owner_died(&mut self, token: u64) {
+        let owned: Vec<String> =
+            self.names.iter().filter(|(_, n)| n.watch == Some(token)).map(|(k, _)| k.clone()).collect();
+        for name in owned {
+            tracing::info!(%name, "its registering process died");
+            self.drop_name(&name);
+        }
     }
 
     fn client_gone(&mut self, id: u64) {
         self.clients.remove(&id);
+        if let Some(key) = self.client_class.remove(&id) {
+            if let Some(t) = self.tables.get_mut(&key) {
+                t.users -= 1;
+                if t.users == 0 {
+                    t.writer.retire();
+                    self.tables.remove(&key);
+                }
+            }
+        }
         let owned: Vec<String> =
             self.names.iter().filter(|(_, n)| n.owner == id).map(|(k, _)| k.clone()).collect();
         for name in owned {
@@ -466,7 +682,7 @@ impl NameServer {
         // Connections that hold nothing, wait for nothing and say nothing
         // (a connection that never said anything is timed from when we first saw it).
         for id in self.rpc.client_ids() {
-            if !self.clients.contains_key(&id) {
+            if id != self.deaths_id && !self.clients.contains_key(&id) {
                 let uid = self.rpc.peer_of(id).map_or(u32::MAX, |c| c.uid);
                 let open = self.clients.values().filter(|c| c.uid == uid).count();
                 if open >= self.config.max_connections_per_uid && uid != 0 {
@@ -484,6 +700,7 @@ impl NameServer {
             .filter(|(id, c)| {
                 now.duration_since(c.last_seen) > self.config.idle_timeout
                     && !self.names.values().any(|n| n.owner == **id)
+                    && !self.client_class.contains_key(id)
                     && !waiting.contains(id)
             })
             .map(|(id, _)| *id)
@@ -492,6 +709,15 @@ impl NameServer {
             tracing::info!(client = id, "closing an idle connection");
             self.clients.remove(&id);
             self.rpc.disconnect(id);
+        }
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        // Readers of our tables ask the server from now on (and learn it is gone).
+        for t in self.tables.values() {
+            t.writer.retire();
         }
     }
 }

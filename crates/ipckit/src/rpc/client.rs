@@ -93,6 +93,11 @@ impl Client {
         self.peer
     }
 
+    /// A duplicate of the connection's descriptor (`dup(2)`).
+    pub(crate) fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        lock(&self.reader).fd().try_clone_to_owned()
+    }
+
     /// How many replies arrived after their call had given up (and were dropped).
     pub fn late_replies(&self) -> u64 {
         lock(&self.state).late_replies

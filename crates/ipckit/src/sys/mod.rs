@@ -11,6 +11,7 @@
 //! `exec`, which rustix does not cover) live in [`raw`].
 
 mod map;
+pub(crate) mod naming;
 mod raw;
 pub(crate) mod sig;
 
