@@ -17,14 +17,21 @@
 //!
 //! What is measured, ipckit side (clients are threads of the bench process):
 //!
-//! * `ipckit lookup`: [`NameClient::lookup`] of `bench/sink`, which returns a
-//!   connection straight to the service (the server makes a socket pair and
-//!   passes one end to each side);
-//! * `ipckit lookup+rtt`: lookup of `bench/echo`, then one 8-byte message
-//!   to the service and its echo back over the brokered connection;
-//! * `ipckit stat`: [`NameClient::stat`] of `bench/sink`: the plain "who
-//!   owns this name" query, the counterpart of D-Bus's `GetNameOwner`;
-//! * `ipckit connect+lookup`: a fresh [`NameClient::connect`] + lookup.
+//! * `ipckit stat (table)`: [`NameClient::stat`] of `bench/sink`, the plain
+//!   "who owns this name" query (the counterpart of D-Bus's `GetNameOwner`),
+//!   answered from the client's read-only mapping of the server's name table
+//!   for its class (no system call);
+//! * `ipckit stat (server)`: the same query as a round trip to the server
+//!   ([`NameClient::with_table`]`(false)`);
+//! * `ipckit lookup (direct)`: [`NameClient::lookup`] of `bench/sink`: the
+//!   table gives the service's own socket and the client connects to it
+//!   (the service checks the caller's kernel credentials on accept);
+//! * `ipckit lookup (brokered)`: the server makes a socket pair and passes
+//!   one end to each side (the only path without the table);
+//! * `ipckit lookup+rtt`: direct lookup of `bench/echo`, then one 8-byte
+//!   message to the service and its echo back;
+//! * `ipckit connect+lookup`: a fresh [`NameClient::connect`] + lookup
+//!   (which fetches the table: one round trip) + direct connect.
 //!
 //! D-Bus side: `dbus-daemon --session --nofork --print-address
 //! --address=unix:path=<temp>` (skipped with a note when `dbus-daemon` is not
@@ -50,7 +57,12 @@
 //!
 //! ```text
 //! cargo bench -p ipckit --bench naming
+//! IPCKIT_BENCH_PIN=1 cargo bench -p ipckit --bench naming
 //! ```
+//!
+//! With `IPCKIT_BENCH_PIN=1` the servers (naming server, its service helper,
+//! `dbus-daemon`) run on CPU 1 and every client thread on CPU 0; otherwise
+//! the scheduler places everything.
 //!
 //! For profiling, `IPCKIT_BENCH_PROBE=<lookup|stat|zbus|raw>:<connections>:<seconds>`
 //! runs only that throughput scenario; it prints the server's pid to stderr
@@ -80,6 +92,25 @@ const ROLE_VAR: &str = "IPCKIT_BENCH_ROLE";
 const PATH_VAR: &str = "IPCKIT_BENCH_NAMING_PATH";
 /// Runs one throughput scenario for profiling.
 const PROBE_VAR: &str = "IPCKIT_BENCH_PROBE";
+/// Pins servers to CPU 1 and clients to CPU 0.
+const PIN_VAR: &str = "IPCKIT_BENCH_PIN";
+
+/// Pins process (or thread) `pid` (0: the calling thread) to `cpu`, if pinning was asked for.
+fn pin(pid: u32, cpu: usize) {
+    if std::env::var_os(PIN_VAR).is_none_or(|v| v == "0") {
+        return;
+    }
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    let who = rustix::process::Pid::from_raw(pid as i32);
+    if let Err(e) = rustix::thread::sched_setaffinity(who, &set) {
+        eprintln!("note: cannot pin pid {pid} to CPU {cpu}: {e}");
+    }
+}
+
+fn pinned() -> bool {
+    std::env::var_os(PIN_VAR).is_some_and(|v| v != "0")
+}
 
 const SINK: &str = "bench/sink";
 const ECHO: &str = "bench/echo";
@@ -474,6 +505,11 @@ fn ipckit_lookup(client: &NameClient) {
     black_box(conn);
 }
 
+/// A client that asks the server for everything (no name table).
+fn server_only(path: &Path) -> NameClient {
+    NameClient::connect(path).expect("connect to the naming server").with_table(false)
+}
+
 fn ipckit_lookup_rtt(client: &NameClient) {
     let mut conn = client.lookup(ECHO).expect("lookup");
     conn.send_timeout(&PAYLOAD, IO_TIMEOUT).expect("send to the service");
@@ -515,13 +551,16 @@ type Op<'a> = (&'static str, usize, Box<dyn FnMut() + 'a>);
 /// Every op `rounds` times a batch, interleaved (rotating which goes first).
 fn latencies(scale: &Scale, naming: &Naming, bus: Option<&Bus>) -> Vec<Latency> {
     let client = NameClient::connect(&naming.path).expect("connect to the naming server");
+    let brokered = server_only(&naming.path);
     let zbus_client = bus.map(|b| zbus_connect(&b.address).expect("zbus connect"));
     let mut raw_client = bus.map(|b| RawBus::connect(&b.path).expect("raw D-Bus connect"));
     let (b, cb) = (scale.batch, scale.connect_batch);
     let mut ops: Vec<Op<'_>> = vec![
-        ("ipckit lookup", b, Box::new(|| ipckit_lookup(&client))),
+        ("ipckit stat (table)", b, Box::new(|| ipckit_stat(&client))),
+        ("ipckit stat (server)", b, Box::new(|| ipckit_stat(&brokered))),
+        ("ipckit lookup (direct)", b, Box::new(|| ipckit_lookup(&client))),
+        ("ipckit lookup (brokered)", b, Box::new(|| ipckit_lookup(&brokered))),
         ("ipckit lookup+rtt", b, Box::new(|| ipckit_lookup_rtt(&client))),
-        ("ipckit stat", b, Box::new(|| ipckit_stat(&client))),
         (
             "ipckit connect+lookup",
             cb,
@@ -591,7 +630,9 @@ fn latencies(scale: &Scale, naming: &Naming, bus: Option<&Bus>) -> Vec<Latency> 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Lookup,
+    LookupBrokered,
     Stat,
+    StatServer,
     Zbus,
     Raw,
 }
@@ -599,8 +640,10 @@ enum Kind {
 impl Kind {
     fn name(self) -> &'static str {
         match self {
-            Kind::Lookup => "ipckit lookup",
-            Kind::Stat => "ipckit stat",
+            Kind::Lookup => "ipckit lookup (direct)",
+            Kind::LookupBrokered => "ipckit lookup (brokered)",
+            Kind::Stat => "ipckit stat (table)",
+            Kind::StatServer => "ipckit stat (server)",
             Kind::Zbus => "dbus zbus GetNameOwner",
             Kind::Raw => "dbus raw GetNameOwner",
         }
@@ -609,7 +652,9 @@ impl Kind {
     fn parse(s: &str) -> Option<Kind> {
         Some(match s {
             "lookup" => Kind::Lookup,
+            "brokered" => Kind::LookupBrokered,
             "stat" => Kind::Stat,
+            "statserver" => Kind::StatServer,
             "zbus" => Kind::Zbus,
             "raw" => Kind::Raw,
             _ => return None,
@@ -618,6 +663,14 @@ impl Kind {
 
     fn is_dbus(self) -> bool {
         matches!(self, Kind::Zbus | Kind::Raw)
+    }
+
+    fn uses_table(self) -> bool {
+        matches!(self, Kind::Lookup | Kind::Stat)
+    }
+
+    fn is_lookup(self) -> bool {
+        matches!(self, Kind::Lookup | Kind::LookupBrokered)
     }
 }
 
@@ -657,13 +710,18 @@ fn throughput(
                 c.fetch_add(1, Ordering::Relaxed);
             };
             match kind {
-                Kind::Lookup | Kind::Stat => {
-                    let client = NameClient::connect(&path).expect("connect to the naming server");
+                Kind::Lookup | Kind::LookupBrokered | Kind::Stat | Kind::StatServer => {
+                    let client = NameClient::connect(&path)
+                        .expect("connect to the naming server")
+                        .with_table(kind.uses_table());
+                    // Fetch the table before the clock starts.
+                    let _ = client.stat(SINK);
                     ready.wait();
                     while !stop.load(Ordering::Relaxed) {
-                        count(match kind {
-                            Kind::Lookup => client.lookup(SINK).is_ok(),
-                            _ => client.stat(SINK).is_ok(),
+                        count(if kind.is_lookup() {
+                            client.lookup(SINK).is_ok()
+                        } else {
+                            client.stat(SINK).is_ok()
                         });
                     }
                 }
@@ -687,7 +745,7 @@ fn throughput(
     }
     ready.wait();
     let server = if kind.is_dbus() { bus.expect("bus").daemon.pid() } else { naming.server.pid() };
-    let service = if kind == Kind::Lookup { naming.service.as_ref().map_or(0, Proc::pid) } else { 0 };
+    let service = if kind.is_lookup() { naming.service.as_ref().map_or(0, Proc::pid) } else { 0 };
     let me = std::process::id();
     std::thread::sleep(scale.warm_up);
     let (n0, e0, s0, v0, c0, t0) = (
@@ -795,6 +853,18 @@ fn run(scale: &Scale, dir: &TempDir) {
         );
         None
     };
+    if pinned() {
+        pin(naming.server.pid(), 1);
+        if let Some(s) = &naming.service {
+            pin(s.pid(), 1);
+        }
+        if let Some(b) = &bus {
+            pin(b.daemon.pid(), 1);
+        }
+        // Client threads are created by this one and inherit its CPU.
+        pin(0, 0);
+        eprintln!("pinned: servers on CPU 1, clients on CPU 0");
+    }
     eprintln!(
         "naming server pid {}, service pid {}{}",
         naming.server.pid(),
@@ -805,7 +875,7 @@ fn run(scale: &Scale, dir: &TempDir) {
     eprintln!("latency: {} rounds, interleaved ...", scale.rounds);
     let lat = latencies(scale, &naming, bus.as_ref());
 
-    let mut kinds = vec![Kind::Lookup, Kind::Stat];
+    let mut kinds = vec![Kind::Stat, Kind::StatServer, Kind::Lookup, Kind::LookupBrokered];
     if bus.is_some() {
         kinds.extend([Kind::Zbus, Kind::Raw]);
     }
@@ -855,10 +925,11 @@ fn report(scale: &Scale, lat: &[Latency], rates: &[Rate], mem: &[Memory]) {
         );
     }
     let pairs = [
-        ("ipckit lookup", "dbus zbus GetNameOwner"),
-        ("ipckit lookup", "dbus raw GetNameOwner"),
-        ("ipckit stat", "dbus zbus GetNameOwner"),
-        ("ipckit stat", "dbus raw GetNameOwner"),
+        ("ipckit stat (table)", "dbus zbus GetNameOwner"),
+        ("ipckit stat (table)", "dbus raw GetNameOwner"),
+        ("ipckit stat (server)", "dbus raw GetNameOwner"),
+        ("ipckit lookup (direct)", "dbus raw GetNameOwner"),
+        ("ipckit lookup (brokered)", "dbus raw GetNameOwner"),
         ("ipckit connect+lookup", "dbus raw connect+GetNameOwner"),
     ];
     for (ours, theirs) in pairs {
@@ -895,10 +966,10 @@ fn report(scale: &Scale, lat: &[Latency], rates: &[Rate], mem: &[Memory]) {
         );
     }
     let rate = |k: Kind, n: usize| rates.iter().find(|r| r.kind == k && r.conns == n);
-    println!("ratios ipckit / D-Bus (goal: ipckit lookups >= 5x D-Bus's):");
+    println!("ratios ipckit / D-Bus calls per second (goal: ipckit lookups >= 5x D-Bus's):");
     println!(
-        "{:>5} |{:>14} {:>14} {:>14} {:>14} |{:>15} {:>15}",
-        "N", "lookup/zbus", "lookup/raw", "stat/zbus", "stat/raw", "srv-cpu raw/lkp", "srv-cpu raw/stat"
+        "{:>5} |{:>12} {:>12} {:>12} {:>12} {:>12} |{:>10} {:>10}",
+        "N", "stat-t/zbus", "stat-t/raw", "stat-s/raw", "lkp-d/raw", "lkp-b/raw", "cpu s/raw", "cpu b/raw"
     );
     for &n in scale.concurrency {
         let ratio = |a: Kind, b: Kind| match (rate(a, n), rate(b, n)) {
@@ -909,31 +980,33 @@ fn report(scale: &Scale, lat: &[Latency], rates: &[Rate], mem: &[Memory]) {
             (Some(x), Some(y)) => format!("{:.2}x", y.server_us / x.server_us),
             _ => "-".to_owned(),
         };
-        let goal = match (rate(Kind::Lookup, n), rate(Kind::Zbus, n), rate(Kind::Raw, n)) {
-            (Some(l), Some(z), Some(r)) => {
-                let met = |x: f64| if x >= 5.0 { "met" } else { "NOT met" };
-                format!(
-                    "  goal vs zbus {}, vs raw {}",
-                    met(l.per_sec / z.per_sec),
-                    met(l.per_sec / r.per_sec)
-                )
-            }
-            _ => String::new(),
+        let met = |a: Kind, b: Kind| match (rate(a, n), rate(b, n)) {
+            (Some(x), Some(y)) if x.per_sec >= 5.0 * y.per_sec => "met",
+            (Some(_), Some(_)) => "NOT met",
+            _ => "-",
         };
         println!(
-            "{:>5} |{:>14} {:>14} {:>14} {:>14} |{:>15} {:>15}{goal}",
+            "{:>5} |{:>12} {:>12} {:>12} {:>12} {:>12} |{:>10} {:>10}  goal: resolve vs raw {}, lookup+connect vs raw {}",
             n,
-            ratio(Kind::Lookup, Kind::Zbus),
-            ratio(Kind::Lookup, Kind::Raw),
             ratio(Kind::Stat, Kind::Zbus),
             ratio(Kind::Stat, Kind::Raw),
-            cpu(Kind::Lookup, Kind::Raw),
-            cpu(Kind::Stat, Kind::Raw),
+            ratio(Kind::StatServer, Kind::Raw),
+            ratio(Kind::Lookup, Kind::Raw),
+            ratio(Kind::LookupBrokered, Kind::Raw),
+            cpu(Kind::StatServer, Kind::Raw),
+            cpu(Kind::LookupBrokered, Kind::Raw),
+            met(Kind::Stat, Kind::Raw),
+            met(Kind::Lookup, Kind::Raw),
         );
     }
     println!(
-        "srv-cpu: dbus-daemon CPU per GetNameOwner / naming server CPU per call (client-independent); \
-         2 cores are shared by clients, server (and service)"
+        "stat-t: stat from the name table; stat-s: stat asking the server; lkp-d: lookup connecting \
+         straight to the service's socket; lkp-b: brokered lookup"
+    );
+    println!(
+        "cpu: dbus-daemon CPU per GetNameOwner / naming server CPU per call (client-independent); \
+         2 cores are shared by clients, server (and service){}",
+        if pinned() { "; pinned: servers on CPU 1, clients on CPU 0" } else { "; unpinned" }
     );
 
     println!();

@@ -97,6 +97,14 @@ impl NameClient {
         Ok(NameClient { rpc: rpc::Client::new(conn), table: Mutex::new(TableState::Unfetched) })
     }
 
+    /// Whether to use the name table (the default) or ask the server for
+    /// every `stat`, `lookup` and `list` (and have every lookup brokered).
+    pub fn with_table(self, use_table: bool) -> Self {
+        let state = if use_table { TableState::Unfetched } else { TableState::Refused };
+        *self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+        self
+    }
+
     /// The name table, fetched from the server on first use.
     fn table(&self) -> Option<Arc<TableReader>> {
         let mut state = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -390,7 +398,17 @@ impl Direct {
         while let Some(fd) = sysn::accept_pending(self.listener.as_fd())? {
             let conn = Connection::from_socket(fd, SocketKind::Stream, crate::DEFAULT_MAX_MESSAGE);
             let Some(cred) = conn.peer else { continue };
-            let groups = sys::peer_groups(conn.reader.fd()).unwrap_or_else(|| sys::groups_of(cred.pid));
+            // Supplementary groups (one more system call) only when they can
+            // change the answer.
+            let mode = self.policy.mode;
+            let groups_matter = cred.uid != self.uid
+                && cred.gid != self.gid
+                && ((mode >> 3) & 7 != mode & 7 || !self.policy.allow_gids.is_empty());
+            let groups = if groups_matter {
+                sys::peer_groups(conn.reader.fd()).unwrap_or_else(|| sys::groups_of(cred.pid))
+            } else {
+                Vec::new()
+            };
             let caller = Caller { uid: cred.uid, gid: cred.gid, groups };
             if super::policy_allows(self.uid, self.gid, &self.policy, &caller, Access::Write) {
                 return Ok(Some((conn, cred)));
@@ -444,14 +462,19 @@ impl Service {
             })?;
             return Self::incoming(msg);
         };
+        // Brokered clients come as messages on `events`, direct ones on the
+        // listener: look at both without a system call wasted on an empty one.
+        let mut events_ready = self.events.reader.has_frame();
         loop {
-            match self.events.try_recv() {
-                Ok(msg) => return Self::incoming(msg),
-                Err(crate::TryRecvError::Empty) => {}
-                Err(crate::TryRecvError::Disconnected) => {
-                    return Err(Error::NotListening("the naming server went away".into()))
+            if events_ready {
+                match self.events.try_recv() {
+                    Ok(msg) => return Self::incoming(msg),
+                    Err(crate::TryRecvError::Empty) => {}
+                    Err(crate::TryRecvError::Disconnected) => {
+                        return Err(Error::NotListening("the naming server went away".into()))
+                    }
+                    Err(other) => return Err(Error::Io(std::io::Error::other(other.to_string()))),
                 }
-                Err(other) => return Err(Error::Io(std::io::Error::other(other.to_string()))),
             }
             if let Some(got) = direct.accept()? {
                 return Ok(got);
@@ -462,6 +485,7 @@ impl Service {
             if sys::wait_many(&mut set, deadline)? == 0 {
                 return Err(Error::Timeout);
             }
+            events_ready = !set[0].revents().is_empty();
         }
     }
 
