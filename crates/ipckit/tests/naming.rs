@@ -438,3 +438,23 @@ fn tables_show_each_class_only_its_names_and_services_check_direct_callers() {
     // who skipped the table: the private service closes the connection.
     assert_eq!(said("raw-answers="), "1", "{out:?}");
 }
+
+#[test]
+fn a_table_that_grows_is_replaced_and_clients_follow() {
+    let f = Fixture::new(ServerConfig::default());
+    let owner = f.client();
+    let reader = f.client();
+    owner.create_mailbox("first", Policy::mode(0o644), 1).unwrap();
+    // The reader maps its class's table now (it holds room for 32 names).
+    assert_eq!(reader.stat("first").unwrap().name, "first");
+    for i in 0..100 {
+        owner.create_mailbox(&format!("box/{i}"), Policy::mode(0o644), 1).unwrap();
+    }
+    // The table was replaced by bigger ones; the reader notices and follows.
+    assert_eq!(reader.stat("box/99").unwrap().capacity, 1);
+    assert_eq!(reader.list().unwrap().len(), 101);
+    owner.send("box/7", b"x").unwrap();
+    assert_eq!(reader.stat("box/7").unwrap().messages, 1, "the table is updated before the reply");
+    owner.remove("box/7").unwrap();
+    assert!(matches!(reader.stat("box/7"), Err(Error::NotFound(_))));
+}

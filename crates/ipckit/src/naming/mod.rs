@@ -4,14 +4,34 @@
 //! - A service [`register`](NameClient::register)s a name with a [`Policy`];
 //!   the name is its connection's, released the moment that connection
 //!   closes (the owner exits or dies).
+//!   It is also released when the registering process (the one that opened
+//!   the connection, `SO_PEERCRED`) exits, even if a child inherited the
+//!   connection and keeps it open: the server watches that process with a
+//!   pidfd ([`crate::event::ProcessWatch`]).
 //! - A client [`lookup`](NameClient::lookup)s the name and receives a
-//!   connection straight to the service: the server makes a socket pair and
-//!   passes one end to each (`SCM_RIGHTS`), after checking the client's
-//!   `SO_PEERCRED` uid/gid (and supplementary groups) against the policy.
+//!   connection straight to the service, after a check of the client's
+//!   kernel credentials (`SO_PEERCRED` uid/gid, `SO_PEERGROUPS`) against
+//!   the policy. Brokered: the server makes a socket pair and passes one end
+//!   to each (`SCM_RIGHTS`). Direct (when the client's name table shows the
+//!   service's own socket): the client connects to the service's abstract
+//!   socket and checks that the owner answers (`SO_PEERCRED`), and the
+//!   service applies the same policy to the caller's credentials on accept.
 //! - [`watch`](NameClient::watch) reports a name appearing and disappearing.
 //! - Mailboxes (indirect communication): named queues held by the server,
 //!   sent to and received from by anyone the policy allows.
 //! - [`list`](NameClient::list) shows a caller only what it may see.
+//!
+//! # Name tables: `stat`, `lookup` and `list` without a round trip
+//!
+//! The server keeps one read-only table per visibility class (callers with
+//! the same kernel-verified uid, gid and groups; root is one class) in a
+//! sealed `memfd`, holding exactly the names that class may see. A client
+//! gets its class's table once, as a descriptor, from the server, which
+//! reads the client's credentials from the kernel to pick it; the table has
+//! no filesystem name, and its descriptor is read-only and sealed against
+//! writing and resizing. Readers use a seqlock and validate every byte they
+//! copy; a torn, stale (no server heartbeat for 2 s) or malformed table
+//! sends the client to the server instead. See `table.rs` for the layout.
 //!
 //! The server protects itself and its other clients: requests are bounded in
 //! size, malformed ones close that connection, protocol versions are
@@ -29,6 +49,13 @@ use std::path::PathBuf;
 pub use client::{NameClient, NameEvent, Service, Watch};
 #[doc(hidden)]
 pub use protocol::fuzz_decode_request;
+
+/// Decodes one name-table slot from arbitrary bytes: the decoder of what a
+/// client reads from the server's shared table, exposed for fuzzing.
+#[doc(hidden)]
+pub fn fuzz_decode_table_slot(bytes: &[u8]) -> bool {
+    table::fuzz_decode_slot(bytes)
+}
 pub use protocol::{Entry, EntryKind, Policy, PROTOCOL_VERSION};
 pub use server::{EmbeddedServer, NameServer, ServerConfig};
 

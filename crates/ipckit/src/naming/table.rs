@@ -193,6 +193,15 @@ fn decode_slot(s: &[u8; SLOT]) -> Result<Found, &'static str> {
     Ok(Found { entry, access, addr })
 }
 
+/// Decodes one slot's bytes (zero-padded or cut to [`SLOT`]): the decoder
+/// that reads what another process wrote, exposed for fuzzing.
+pub(crate) fn fuzz_decode_slot(bytes: &[u8]) -> bool {
+    let mut s = [0u8; SLOT];
+    let n = bytes.len().min(SLOT);
+    s[..n].copy_from_slice(&bytes[..n]);
+    decode_slot(&s).is_ok()
+}
+
 // ---------------------------------------------------------------------------
 // The server's side
 // ---------------------------------------------------------------------------
@@ -555,6 +564,20 @@ mod tests {
         map.u64_at(H_MAGIC).unwrap().store(MAGIC, Ordering::Relaxed);
         map.u64_at(H_SLOTS).unwrap().store(1 << 40, Ordering::Relaxed);
         assert!(TableReader::open(ro).is_err());
+    }
+
+    #[test]
+    fn the_slot_decoder_survives_garbage_and_round_trips() {
+        use proptest::prelude::*;
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(&proptest::collection::vec(any::<u8>(), 0..300), |bytes| {
+                let _ = fuzz_decode_slot(&bytes);
+                Ok(())
+            })
+            .unwrap();
+        let f = found("a/b-c.d_e", CAN_READ | CAN_WRITE);
+        assert_eq!(decode_slot(&encode_slot(&f, 7)), Ok(f));
     }
 
     #[test]
