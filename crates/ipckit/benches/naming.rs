@@ -687,6 +687,14 @@ struct Rate {
     errors: u64,
 }
 
+/// Says what the first failed call of a run said (the count is in the table).
+fn first_error(kind: Kind, e: &ipckit::Error) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        eprintln!("  {}: first error: {e}", kind.name());
+    }
+}
+
 /// `conns` threads, each with its own connection, calling in a loop.
 fn throughput(
     kind: Kind,
@@ -718,11 +726,15 @@ fn throughput(
                     let _ = client.stat(SINK);
                     ready.wait();
                     while !stop.load(Ordering::Relaxed) {
-                        count(if kind.is_lookup() {
-                            client.lookup(SINK).is_ok()
+                        let outcome = if kind.is_lookup() {
+                            client.lookup(SINK).map(drop)
                         } else {
-                            client.stat(SINK).is_ok()
-                        });
+                            client.stat(SINK).map(drop)
+                        };
+                        if let Err(e) = &outcome {
+                            first_error(kind, e);
+                        }
+                        count(outcome.is_ok());
                     }
                 }
                 Kind::Zbus => {

@@ -257,7 +257,7 @@ impl NameClient {
             if found.entry.kind == EntryKind::Mailbox {
                 return Err(Error::Io(std::io::Error::other(format!("{name} is a mailbox, not a service"))));
             }
-            if let Some(conn) = direct_connect(&found) {
+            if let Some(conn) = direct_connect(&found, self.rpc.timeout()) {
                 return Ok(conn);
             }
         }
@@ -363,9 +363,9 @@ fn random_address() -> String {
 
 /// Connects straight to a service's own socket, if it answers and is the
 /// process the table names (uid and pid from `SO_PEERCRED`).
-fn direct_connect(found: &Found) -> Option<Connection> {
+fn direct_connect(found: &Found, wait: Duration) -> Option<Connection> {
     let addr = found.addr.as_deref()?;
-    let fd = match sysn::abstract_connect(addr) {
+    let fd = match sysn::abstract_connect(addr, wait) {
         Ok(fd) => fd,
         Err(e) => {
             tracing::debug!(error = %e, name = %found.entry.name, "direct connect failed; asking the server");

@@ -163,11 +163,13 @@ pub(crate) fn abstract_name_of_listener(fd: BorrowedFd<'_>) -> io::Result<Vec<u8
     addr.abstract_name().map(<[u8]>::to_vec).ok_or_else(|| bad("not bound to an abstract name"))
 }
 
-/// `socket(2)` + `connect(2)` to abstract address `name`, without waiting:
-/// `WouldBlock` when the listener's backlog is full, `ConnectionRefused`
-/// when nobody listens. The connected socket is returned blocking, like
-/// every ipckit connection.
-pub(crate) fn abstract_connect(name: &[u8]) -> io::Result<OwnedFd> {
+/// `socket(2)` + `connect(2)` to abstract address `name`. When the
+/// listener's backlog is full the connect waits for room, at most `wait`
+/// (`SO_SNDTIMEO`, reset afterwards): `WouldBlock` if none came.
+/// `ConnectionRefused` when nobody listens. The connected socket is returned
+/// blocking, like every ipckit connection.
+pub(crate) fn abstract_connect(name: &[u8], wait: std::time::Duration) -> io::Result<OwnedFd> {
+    use rustix::net::sockopt::{set_socket_timeout, Timeout};
     let addr = SocketAddrUnix::new_abstract_name(name)?;
     let fd = rustix::net::socket_with(
         AddressFamily::UNIX,
@@ -175,14 +177,25 @@ pub(crate) fn abstract_connect(name: &[u8]) -> io::Result<OwnedFd> {
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )?;
+    let mut waited = false;
     loop {
         match rustix::net::connect(&fd, &addr) {
             Ok(()) => break,
             Err(Errno::INTR) => {}
+            // The backlog is full: wait for the service to take some (once).
+            Err(Errno::AGAIN) if !waited && !wait.is_zero() => {
+                waited = true;
+                super::set_nonblocking(&fd, false)?;
+                set_socket_timeout(&fd, Timeout::Send, Some(wait))?;
+            }
             Err(e) => return Err(e.into()),
         }
     }
-    super::set_nonblocking(&fd, false)?;
+    if waited {
+        set_socket_timeout(&fd, Timeout::Send, None)?;
+    } else {
+        super::set_nonblocking(&fd, false)?;
+    }
     Ok(fd)
 }
 
