@@ -192,6 +192,13 @@ fn child_main() {
             println!("raw-answers={answered}");
             0
         }
+        // A naming server of its own, until killed.
+        "server" => {
+            let mut server = ipckit::naming::NameServer::bind(path, ServerConfig::default()).unwrap();
+            println!("serving");
+            server.run(&std::sync::atomic::AtomicBool::new(false)).unwrap();
+            0
+        }
         other => panic!("unknown role {other}"),
     };
     std::process::exit(code);
@@ -457,4 +464,29 @@ fn a_table_that_grows_is_replaced_and_clients_follow() {
     assert_eq!(reader.stat("box/7").unwrap().messages, 1, "the table is updated before the reply");
     owner.remove("box/7").unwrap();
     assert!(matches!(reader.stat("box/7"), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn a_table_whose_server_died_stops_answering() {
+    let dir = std::env::temp_dir().join(format!("ipckit-ns-dead-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ns.sock");
+    let mut server = Kid(Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+        .env(ROLE, format!("server|{}|", path.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap());
+    let out = std::io::BufReader::new(server.0.stdout.take().unwrap());
+    assert!(out.lines().map_while(|l| l.ok()).any(|l| l.contains("serving")));
+    let owner = NameClient::connect(&path).unwrap();
+    owner.create_mailbox("m", Policy::mode(0o644), 1).unwrap();
+    let reader = NameClient::connect(&path).unwrap();
+    assert_eq!(reader.stat("m").unwrap().name, "m", "answered from the table");
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    // No more heartbeat: within a couple of seconds the table is stale and
+    // the client asks the (gone) server instead of answering from old data.
+    wait_for(|| matches!(reader.stat("m"), Err(Error::NotListening(_) | Error::Io(_))));
+    let _ = std::fs::remove_dir_all(&dir);
 }
