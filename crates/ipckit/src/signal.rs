@@ -1,22 +1,66 @@
 //! Signals: one-way asynchronous notifications, handled safely.
 //!
-//! A signal interrupts whatever a thread is doing, so a handler may only do
-//! async-signal-safe work: no locks, no allocation, nothing that the
-//! interrupted code might be in the middle of (the chapter's reentrancy
-//! rule). ipckit's own handler does only that: it writes a 20-byte record
-//! (signal, sender pid and uid from the kernel's `siginfo_t`, code, value)
-//! to that signal's pipe. The registration reads the pipe as a
-//! [`SignalInfo`]: a [`Signals`] receiver (with the four `recv` forms) on
-//! whatever thread calls it, or a closure run by [`handle`] on a normal
-//! thread, where anything may be done.
-//!
 //! The kernel's three choices per signal are all here: handle
 //! ([`Signals::new`], [`handle`]), [`ignore`], and [`default`]. Each returns
-//! a guard that puts the previous disposition back when dropped.
+//! a guard that puts the previous disposition back when dropped. Sending:
+//! [`send`] (`kill`), [`send_group`] (`kill(-pgid)`), [`send_thread`]
+//! (`tgkill`), [`queue`] (`sigqueue`, an integer with it). Standard signals
+//! coalesce (the kernel keeps one pending instance); real-time signals
+//! (`SIGRTMIN..=SIGRTMAX`) queue, each with its value. Every delivery
+//! carries the sender's pid and uid as the kernel recorded them.
 //!
-//! Standard signals coalesce (the kernel keeps one pending instance); real-
-//! time signals (`SIGRTMIN..=SIGRTMAX`) queue, each with its value
-//! ([`queue`]).
+//! # How a signal reaches a [`Signals`] receiver
+//!
+//! A registration has two ways in, and [`Signals::recv`] waits on both with
+//! one `poll(2)`:
+//!
+//! * **Direct** (`signalfd`): when every thread of the process blocks the
+//!   signal, the kernel runs no handler and keeps the signal pending; the
+//!   registration's `signalfd` becomes readable and `recv` reads the
+//!   `siginfo` from it, on the receiving thread, as `sigwaitinfo(2)` would.
+//!   An application gets this path by calling [`block`] for its signals at
+//!   the start of `main`, before it starts any thread (every thread inherits
+//!   the mask of the thread that creates it), as `sigwait`-based programs
+//!   do; [`blocked_in_every_thread`] tells whether it holds.
+//! * **Handler** (self-pipe): when some thread does not block the signal,
+//!   the kernel interrupts that thread and runs ipckit's real handler there,
+//!   which writes a 20-byte record (signal, sender pid and uid, code, value)
+//!   to that signal's pipe; `recv` reads the record.
+//!
+//! The two never lose or duplicate a signal, whichever applies and even when
+//! a thread changes its mask later: the handler stays installed for as long
+//! as the registration lives, so a signal some thread does not block is
+//! caught (never the default action), and each pending signal is taken from
+//! the kernel exactly once, by the handler or by the `signalfd` read. One
+//! caveat of the direct path: a signal sent to one *thread* ([`send_thread`])
+//! that blocks it waits in that thread's own queue, which only that thread
+//! can take (by calling `recv`, or by unblocking it); signals sent to the
+//! process go to whichever way is open.
+//!
+//! # Reentrancy (the chapter's rules, and how the API keeps them)
+//!
+//! A handler can interrupt any code at any instruction, itself included, so
+//! the chapter asks a handler to be reentrant: use no static data unless it
+//! is read-only, prefer local data, guard shared globals without risking a
+//! deadlock, never modify its own code, and call no non-reentrant function
+//! (such as `malloc`). Rust closures cannot be checked for that, so ipckit
+//! never runs user code in signal context:
+//!
+//! 1. The only real handler is ipckit's own (`sys::sig`). It reads one
+//!    atomic integer (the pipe's descriptor, written before the handler is
+//!    installed; pipes are never closed), copies fields from the kernel's
+//!    `siginfo_t` into a local buffer and makes one `write(2)` (async-signal-
+//!    safe), saving and restoring `errno`. No lock, no allocation, no other
+//!    global state: nested or concurrent invocations on several threads
+//!    cannot interfere (a 20-byte write to a pipe is atomic).
+//! 2. Your code runs on a normal thread: the thread that calls
+//!    [`Signals::recv`], or the thread [`handle`] starts for a closure. There
+//!    it may lock, allocate, print, send messages, and a signal arriving
+//!    meanwhile simply waits in the pipe or the kernel's queue for the next
+//!    `recv` (signals arriving while a closure runs are not lost, and do not
+//!    interrupt it).
+//! 3. On the direct path no handler runs at all: the signal is a message
+//!    read from a descriptor.
 //!
 //! # Examples
 //!
@@ -28,6 +72,24 @@
 //! let info = signals.recv_timeout(Duration::from_secs(5))?;
 //! assert_eq!((info.signal, info.pid), (SIGUSR1, std::process::id()));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The direct path, in a program that blocks its signals first:
+//!
+//! ```no_run
+//! use ipckit::signal::{self, Signals, SIGTERM, SIGUSR1};
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // First thing in main, before any thread starts.
+//!     signal::block(&[SIGUSR1, SIGTERM])?;
+//!     let mut signals = Signals::new(&[SIGUSR1, SIGTERM])?;
+//!     assert!(signal::blocked_in_every_thread(&[SIGUSR1, SIGTERM])?);
+//!     while let Ok(info) = signals.recv() {
+//!         if info.signal == SIGTERM {
+//!             break;
+//!         }
+//!     }
+//!     Ok(())
+//! }
 //! ```
 
 use std::collections::HashMap;
@@ -78,31 +140,49 @@ fn pipes() -> &'static Mutex<HashMap<i32, Pipe>> {
     PIPES.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// Decodes whole records from `buf` into `out`.
-fn decode(buf: &[u8], out: &mut VecDeque<SignalInfo>) {
-    for rec in buf.chunks_exact(sig::RECORD) {
-        let f = |i: usize| i32::from_ne_bytes(rec[4 * i..4 * i + 4].try_into().expect("4 bytes"));
-        out.push_back(SignalInfo {
-            signal: f(0),
-            pid: f(1) as u32,
-            uid: f(2) as u32,
-            code: f(3),
-            value: (f(3) == libc::SI_QUEUE).then(|| f(4)),
-        });
+fn info_of([signal, pid, uid, code, value]: sig::Fields) -> SignalInfo {
+    SignalInfo {
+        signal,
+        pid: pid as u32,
+        uid: uid as u32,
+        code,
+        value: (code == libc::SI_QUEUE).then_some(value),
     }
 }
 
-/// Reads every record waiting in `fd` (non-blocking). Writes are whole
-/// 20-byte records, so a pipe always holds whole records.
-fn drain(fd: &OwnedFd, out: &mut VecDeque<SignalInfo>) {
+/// Reads every record waiting in the pipe `fd` (non-blocking). Writes are
+/// whole 20-byte records, so a pipe always holds whole records. Returns
+/// whether it found any.
+fn drain_pipe(fd: &OwnedFd, out: &mut VecDeque<SignalInfo>) -> std::io::Result<bool> {
     let mut buf = [0u8; sig::RECORD * 64];
-    while let Ok(sys::Xfer::Done(n)) = sys::read(fd.as_fd(), &mut buf, false) {
-        if n == 0 {
-            return;
+    let mut any = false;
+    loop {
+        let n = sig::read_some(fd.as_fd(), &mut buf)?;
+        for rec in buf[..n - n % sig::RECORD].chunks_exact(sig::RECORD) {
+            let f = |i: usize| i32::from_ne_bytes(rec[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+            out.push_back(info_of([f(0), f(1), f(2), f(3), f(4)]));
+            any = true;
         }
-        decode(&buf[..n - n % sig::RECORD], out);
         if n < buf.len() {
-            return;
+            return Ok(any);
+        }
+    }
+}
+
+/// Reads every signal the `signalfd` `fd` has for this thread (non-blocking):
+/// each read takes them from the kernel's pending set. Returns whether it
+/// found any.
+fn drain_signalfd(fd: &OwnedFd, out: &mut VecDeque<SignalInfo>) -> std::io::Result<bool> {
+    let mut buf = [0u8; sig::SIGNALFD_RECORD * 8];
+    let mut any = false;
+    loop {
+        let n = sig::read_some(fd.as_fd(), &mut buf)?;
+        for rec in buf[..n - n % sig::SIGNALFD_RECORD].chunks_exact(sig::SIGNALFD_RECORD) {
+            out.push_back(info_of(sig::decode_signalfd(rec)));
+            any = true;
+        }
+        if n < buf.len() {
+            return Ok(any);
         }
     }
 }
@@ -122,14 +202,20 @@ fn check_signal(signal: i32) -> Result<()> {
 /// received here (on whatever thread calls `recv`). Dropping it puts the
 /// previous dispositions back.
 ///
-/// Each signal has a pipe of its own that the real handler writes to;
-/// `recv` reads it directly (no thread in between).
+/// Each signal has a pipe of its own that the real handler writes to, and
+/// the registration has a `signalfd` for the signals that every thread
+/// blocks (see the [module docs](self)); `recv` reads both directly (no
+/// thread in between).
 #[derive(Debug)]
 pub struct Signals {
+    /// The registration's `signalfd` first, then each signal's pipe.
     fds: Vec<Arc<OwnedFd>>,
     ready: VecDeque<SignalInfo>,
     old: Vec<(i32, sig::OldAction)>,
 }
+
+/// Positions in `Signals::fds`: the `signalfd`, then the pipes.
+const SIGNALFD: usize = 0;
 
 impl Signals {
     /// Catches `signals` (one registration per signal at a time).
@@ -146,7 +232,11 @@ impl Signals {
                 return Err(Error::AlreadyExists(format!("a handler for signal {s}")));
             }
         }
-        let mut me = Signals { fds: Vec::new(), ready: VecDeque::new(), old: Vec::new() };
+        if signals.is_empty() {
+            return Ok(Signals { fds: Vec::new(), ready: VecDeque::new(), old: Vec::new() });
+        }
+        let sfd = sig::signalfd(signals)?;
+        let mut me = Signals { fds: vec![Arc::new(sfd)], ready: VecDeque::new(), old: Vec::new() };
         for &s in signals {
             if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(s) {
                 let (r, w) = sys::pipe()?;
@@ -158,7 +248,7 @@ impl Signals {
             }
             let pipe = map.get_mut(&s).expect("inserted above");
             // Records left from an earlier registration are not ours.
-            drain(&pipe.read, &mut VecDeque::new());
+            let _ = drain_pipe(&pipe.read, &mut VecDeque::new());
             pipe.taken = true;
             me.fds.push(pipe.read.clone());
             match sig::install(s) {
@@ -174,22 +264,46 @@ impl Signals {
         Ok(me)
     }
 
+    /// Takes what the descriptors in the bit set `which` hold; `Ok(false)` if nothing.
+    fn take(&mut self, which: u128) -> std::io::Result<bool> {
+        let mut any = false;
+        for i in (0..self.fds.len()).filter(|&i| which & 1 << i != 0) {
+            any |= if i == SIGNALFD {
+                drain_signalfd(&self.fds[i], &mut self.ready)?
+            } else {
+                drain_pipe(&self.fds[i], &mut self.ready)?
+            };
+        }
+        Ok(any)
+    }
+
     fn recv_inner(&mut self, deadline: sys::Deadline) -> std::result::Result<SignalInfo, Fault> {
         loop {
             if let Some(info) = self.ready.pop_front() {
                 return Ok(info);
             }
-            for fd in &self.fds {
-                drain(fd, &mut self.ready);
-            }
-            if !self.ready.is_empty() {
-                continue;
-            }
             if self.fds.is_empty() {
                 return Err(Fault::Disconnected);
             }
-            if sys::wait_readable_any(self.fds.iter().map(|f| f.as_fd()), None, deadline)?.is_none() {
-                return Err(Fault::Timeout);
+            // Wait first: what is already there makes poll return at once,
+            // and a ping-pong makes one poll and one read per signal.
+            let ready = match sig::poll_once(&self.fds, deadline)? {
+                sig::Polled::Ready(ready) => ready,
+                sig::Polled::Interrupted => 0,
+                sig::Polled::Timeout if deadline.expired() => {
+                    // A last look: a handler may have written since poll looked.
+                    if !self.take(u128::MAX)? {
+                        return Err(Fault::Timeout);
+                    }
+                    continue;
+                }
+                sig::Polled::Timeout => continue,
+            };
+            // Nothing where poll said: the signal went the other way (a
+            // handler on this thread took it after poll saw it pending, or
+            // interrupted poll): look at every other descriptor.
+            if !self.take(ready)? {
+                self.take(!ready)?;
             }
         }
     }
@@ -316,6 +430,49 @@ pub fn ignore(signal: i32) -> Result<Restore> {
 pub fn default(signal: i32) -> Result<Restore> {
     check_signal(signal)?;
     Ok(Restore { signal, old: Some(sig::default(signal)?) })
+}
+
+/// `pthread_sigmask(SIG_BLOCK)`: blocks `signals` in the calling thread,
+/// and so in every thread it starts afterwards (a new thread inherits its
+/// creator's mask).
+///
+/// Called at the start of `main`, before any thread exists, it blocks them
+/// process-wide: the kernel then runs no handler for them and keeps them
+/// pending, and a [`Signals`] registration takes them directly from its
+/// `signalfd` (the direct path in the [module docs](self): the same system
+/// calls as `sigwaitinfo`). A blocked signal nobody registered for stays
+/// pending; blocking changes nothing for signals that are sent while no
+/// thread blocks them.
+///
+/// # Errors
+///
+/// [`Error::InvalidName`] for a signal that cannot be handled (as [`Signals::new`]).
+pub fn block(signals: &[i32]) -> Result<()> {
+    signals.iter().try_for_each(|&s| check_signal(s))?;
+    sig::block(signals).map_err(Error::Io)
+}
+
+/// `pthread_sigmask(SIG_UNBLOCK)`: lets `signals` in on the calling thread
+/// again. A pending one is then delivered at once: to the handler of a live
+/// registration, or with its disposition (the default action, for example).
+///
+/// # Errors
+///
+/// As [`block`].
+pub fn unblock(signals: &[i32]) -> Result<()> {
+    signals.iter().try_for_each(|&s| check_signal(s))?;
+    sig::unblock(signals).map_err(Error::Io)
+}
+
+/// Whether every thread of this process blocks all of `signals` right now
+/// (read from `/proc/self/task/*/status`): then a [`Signals`] registration
+/// takes them on the direct path, with no handler.
+///
+/// # Errors
+///
+/// [`Error::Io`] when `/proc` cannot be read.
+pub fn blocked_in_every_thread(signals: &[i32]) -> Result<bool> {
+    sig::blocked_in_every_thread(signals).map_err(Error::Io)
 }
 
 fn pid_of(pid: u32) -> Result<rustix::process::Pid> {

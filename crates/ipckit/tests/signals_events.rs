@@ -1,8 +1,9 @@
 //! Signals, events and death notification with real processes.
 
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
-use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,132 @@ fn name(tag: &str) -> String {
     unique_name("t-ev", tag)
 }
 
+/// The real-time signal the direct-path tests use.
+fn rt_direct() -> i32 {
+    signal::sigrtmin() + 3
+}
+
+/// Children whose role starts with "blocked" block SIGUSR1 and a real-time
+/// signal before `main` runs, as a program calls `signal::block` first thing
+/// in its own `main`: libtest owns this binary's `main` and starts threads,
+/// so an ELF constructor is the only place where no other thread exists yet.
+#[used]
+#[link_section = ".init_array"]
+static BLOCK_BEFORE_MAIN: extern "C" fn() = block_before_main;
+
+extern "C" fn block_before_main() {
+    if std::env::var(ROLE).is_ok_and(|r| r.starts_with("blocked"))
+        && signal::block(&[SIGUSR1, rt_direct()]).is_err()
+    {
+        std::process::abort();
+    }
+}
+
+/// Says `line` to the parent (after a marker: libtest writes to stdout too,
+/// and the first line shares its line with libtest's "test child_main ... ").
+fn say(line: &str) {
+    println!("@@{line}");
+    std::io::stdout().flush().unwrap();
+}
+
+/// Waits for one line from the parent on stdin.
+fn hear() -> String {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    line.trim().to_owned()
+}
+
+/// A child that talks in lines: its "@" lines arrive through a thread, so
+/// every wait for one has a timeout.
+struct Chat {
+    kid: Kid,
+    to: ChildStdin,
+    from: mpsc::Receiver<String>,
+}
+
+impl Chat {
+    fn spawn(role: &str) -> Chat {
+        let mut c = kid(role, "");
+        c.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let to = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, from) = mpsc::channel();
+        thread::spawn(move || {
+            for line in out.lines().map_while(|l| l.ok()) {
+                if let Some((_, l)) = line.split_once("@@") {
+                    let _ = tx.send(l.to_owned());
+                }
+            }
+        });
+        Chat { kid: Kid(child), to, from }
+    }
+
+    fn hear(&self) -> String {
+        self.from.recv_timeout(LONG).expect("the child said nothing")
+    }
+
+    fn say(&mut self, line: &str) {
+        writeln!(self.to, "{line}").unwrap();
+    }
+}
+
+/// The child of `signals_blocked_everywhere_are_taken_directly_with_their_sender`.
+fn blocked_direct() {
+    let rt = rt_direct();
+    assert!(signal::blocked_in_every_thread(&[SIGUSR1, rt]).unwrap(), "blocked before main");
+    let mut signals = Signals::new(&[SIGUSR1, rt]).unwrap();
+    say("ready");
+    // The parent sends while nobody receives: the kernel holds them.
+    assert_eq!(hear(), "sent");
+    let mut got = Vec::new();
+    while let Ok(i) = signals.recv_timeout(Duration::from_millis(300)) {
+        got.push(i);
+    }
+    let parent = std::os::unix::process::parent_id();
+    assert!(got.iter().all(|i| (i.pid, i.uid) == (parent, ipckit::euid())), "{got:?}");
+    let usr1 = got.iter().filter(|i| i.signal == SIGUSR1).count();
+    let values: Vec<String> =
+        got.iter().filter(|i| i.signal == rt).map(|i| format!("{:?}", i.value)).collect();
+    // A signal to this very thread waits in its own queue, which this thread's recv reads.
+    signal::send_thread(std::process::id(), signal::thread_id(), SIGUSR1).unwrap();
+    let i = signals.recv_timeout(LONG).unwrap();
+    assert_eq!((i.signal, i.pid, i.code), (SIGUSR1, std::process::id(), libc::SI_TKILL));
+    // A closure runs on a thread that inherits the mask: still direct.
+    drop(signals);
+    let (tx, rx) = mpsc::channel();
+    let h = signal::handle(&[rt], move |i| tx.send(i).unwrap()).unwrap();
+    assert!(signal::blocked_in_every_thread(&[SIGUSR1, rt]).unwrap());
+    say("handling");
+    let i = rx.recv_timeout(LONG).unwrap();
+    drop(h);
+    say(&format!("usr1={usr1} rt={} handled={:?}", values.join(","), i.value));
+}
+
+/// The child of `a_thread_that_unblocks_later_gets_the_handler_and_nothing_is_lost`.
+fn blocked_rogue() {
+    let mut signals = Signals::new(&[SIGUSR1]).unwrap();
+    assert!(signal::blocked_in_every_thread(&[SIGUSR1]).unwrap());
+    // A thread lets SIGUSR1 in after the registration: the kernel now runs
+    // ipckit's handler there instead of leaving the signal pending.
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        signal::unblock(&[SIGUSR1]).unwrap();
+        tx.send(()).unwrap();
+        loop {
+            thread::sleep(LONG);
+        }
+    });
+    rx.recv_timeout(LONG).unwrap();
+    assert!(!signal::blocked_in_every_thread(&[SIGUSR1]).unwrap());
+    for n in 0..3 {
+        say(&format!("ready {n}"));
+        let i = signals.recv_timeout(LONG).unwrap();
+        assert_eq!(i.signal, SIGUSR1);
+        say(&format!("got {}", i.pid));
+    }
+}
+
 #[test]
 fn child_main() {
     let Ok(role) = std::env::var(ROLE) else { return };
@@ -45,6 +172,8 @@ fn child_main() {
             thread::sleep(LONG);
         }
         "sleep" => thread::sleep(LONG * 10),
+        "blocked-direct" => blocked_direct(),
+        "blocked-rogue" => blocked_rogue(),
         "wait-event" => {
             let ev = Event::open(arg).unwrap();
             ev.wait_timeout(LONG).unwrap();
@@ -266,4 +395,37 @@ fn events_across_processes_and_modes() {
     assert!((0..3).all(|_| ev.try_wait().is_ok()));
     assert!(ev.try_wait().is_err());
     Event::remove(&n).unwrap();
+}
+
+#[test]
+fn signals_blocked_everywhere_are_taken_directly_with_their_sender() {
+    let mut c = Chat::spawn("blocked-direct");
+    assert_eq!(c.hear(), "ready");
+    let pid = c.kid.0.id();
+    for _ in 0..3 {
+        signal::send(pid, SIGUSR1).unwrap();
+    }
+    for v in 10..15 {
+        signal::queue(pid, rt_direct(), v).unwrap();
+    }
+    c.say("sent");
+    assert_eq!(c.hear(), "handling");
+    signal::queue(pid, rt_direct(), 77).unwrap();
+    assert_eq!(
+        c.hear(),
+        "usr1=1 rt=Some(10),Some(11),Some(12),Some(13),Some(14) handled=Some(77)",
+        "standard signals coalesce, real-time ones queue in order with values"
+    );
+    assert!(wait_status(&mut c.kid).success());
+}
+
+#[test]
+fn a_thread_that_unblocks_later_gets_the_handler_and_nothing_is_lost() {
+    let mut c = Chat::spawn("blocked-rogue");
+    for n in 0..3 {
+        assert_eq!(c.hear(), format!("ready {n}"));
+        signal::send(c.kid.0.id(), SIGUSR1).unwrap();
+        assert_eq!(c.hear(), format!("got {}", std::process::id()));
+    }
+    assert!(wait_status(&mut c.kid).success());
 }

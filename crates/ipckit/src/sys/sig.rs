@@ -1,5 +1,6 @@
-//! Signal dispositions and the one real signal handler, through `libc`
-//! (rustix does not wrap `sigaction`, `tgkill` or `sigqueue`).
+//! Signal dispositions, the one real signal handler, signal masks and
+//! `signalfd`, through `libc` (rustix does not wrap `sigaction`,
+//! `pthread_sigmask`, `signalfd`, `tgkill` or `sigqueue`).
 //!
 //! # Safety
 //!
@@ -11,10 +12,18 @@
 //! touches no other state, so it cannot deadlock or corrupt the interrupted
 //! code, whatever that code was doing (the chapter's reentrancy rule: the
 //! handler itself does no work; the work happens later on a normal thread).
+//!
+//! A `signalfd` is read on a normal thread with `read(2)`; its records are
+//! decoded from bytes at the offsets of `libc::signalfd_siginfo`.
 #![allow(unsafe_code)]
 
 use std::io;
+use std::mem::offset_of;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::io::Errno;
 
 /// Bytes per record the handler writes: signal, pid, uid, code, value (5 x i32).
 pub(crate) const RECORD: usize = 20;
@@ -49,6 +58,7 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
                 (*info).si_value().sival_ptr as usize as i32,
             )
         };
+        let (pid, uid) = if names_sender(sig, code) { (pid, uid) } else { (0, 0) };
         let mut rec = [0u8; RECORD];
         for (i, v) in [sig, pid, uid as i32, code, value].into_iter().enumerate() {
             rec[4 * i..4 * i + 4].copy_from_slice(&v.to_ne_bytes());
@@ -143,4 +153,151 @@ pub(crate) fn sigrtmin() -> i32 {
 /// `SIGRTMAX`.
 pub(crate) fn sigrtmax() -> i32 {
     libc::SIGRTMAX()
+}
+
+/// Whether `si_pid` / `si_uid` name a sending process for this signal and
+/// `si_code`: a process sent it (`kill`, `sigqueue`, `tgkill`, ... have
+/// codes <= 0) or it is `SIGCHLD` (the child). For other kernel-generated
+/// signals (`SIGIO` with `POLL_IN`, say) those bytes hold other union
+/// members, so no sender is reported. Async-signal-safe (pure).
+pub(crate) fn names_sender(sig: i32, code: i32) -> bool {
+    code <= 0 || sig == libc::SIGCHLD
+}
+
+/// A `sigset_t` holding `signals`.
+fn sigset(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: all-zero is valid storage for a sigset_t; sigemptyset initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t to write.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &s in signals {
+        // SAFETY: as above; an invalid number makes sigaddset fail, which changes nothing.
+        unsafe { libc::sigaddset(&mut set, s) };
+    }
+    set
+}
+
+/// `pthread_sigmask(how)` on the calling thread.
+fn thread_mask(how: libc::c_int, signals: &[i32]) -> io::Result<()> {
+    let set = sigset(signals);
+    // SAFETY: `set` is a valid sigset_t; no old mask is asked for.
+    let r = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+/// `pthread_sigmask(SIG_BLOCK)`: blocks `signals` in the calling thread
+/// (threads it starts later inherit its mask).
+pub(crate) fn block(signals: &[i32]) -> io::Result<()> {
+    thread_mask(libc::SIG_BLOCK, signals)
+}
+
+/// `pthread_sigmask(SIG_UNBLOCK)` on the calling thread.
+pub(crate) fn unblock(signals: &[i32]) -> io::Result<()> {
+    thread_mask(libc::SIG_UNBLOCK, signals)
+}
+
+/// Whether every thread of this process blocks all of `signals`, from the
+/// `SigBlk` line of each `/proc/self/task/<tid>/status`. A thread that ends
+/// while being looked at is skipped.
+pub(crate) fn blocked_in_every_thread(signals: &[i32]) -> io::Result<bool> {
+    let want = signals.iter().fold(0u64, |m, &s| if (1..=64).contains(&s) { m | 1 << (s - 1) } else { m });
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let status = match std::fs::read_to_string(task?.path().join("status")) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let blocked = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .ok_or_else(|| io::Error::other("no SigBlk line in /proc/self/task/*/status"))?;
+        if blocked & want != want {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// `signalfd(2)` (non-blocking, close-on-exec) for `signals`: readable while
+/// one of them is pending for the reading thread or for the process.
+pub(crate) fn signalfd(signals: &[i32]) -> io::Result<OwnedFd> {
+    let set = sigset(signals);
+    // SAFETY: -1 asks for a new descriptor; `set` is a valid sigset_t.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: signalfd returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Bytes per `signalfd` record.
+pub(crate) const SIGNALFD_RECORD: usize = std::mem::size_of::<libc::signalfd_siginfo>();
+
+/// One record decoded: signal, pid, uid, code, value (as the handler's).
+pub(crate) type Fields = [i32; 5];
+
+/// Decodes one `signalfd_siginfo` (native byte order) into the handler's fields.
+pub(crate) fn decode_signalfd(rec: &[u8]) -> Fields {
+    let at = |off: usize| i32::from_ne_bytes(rec[off..off + 4].try_into().expect("4 bytes"));
+    let sig = at(offset_of!(libc::signalfd_siginfo, ssi_signo));
+    let code = at(offset_of!(libc::signalfd_siginfo, ssi_code));
+    let (pid, uid) = if names_sender(sig, code) {
+        (at(offset_of!(libc::signalfd_siginfo, ssi_pid)), at(offset_of!(libc::signalfd_siginfo, ssi_uid)))
+    } else {
+        (0, 0)
+    };
+    [sig, pid, uid, code, at(offset_of!(libc::signalfd_siginfo, ssi_int))]
+}
+
+/// One non-blocking `read(2)`: `Ok(0)` when nothing is there.
+pub(crate) fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::io::read(fd, &mut *buf) {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// What one `poll(2)` said.
+pub(crate) enum Polled {
+    /// Bit `i` set: `fds[i]` is readable (or hung up).
+    Ready(u128),
+    /// The timeout passed.
+    Timeout,
+    /// A signal handler ran on this thread (`EINTR`).
+    Interrupted,
+}
+
+/// One `poll(2)` for readability of `fds` (at most 128) until `deadline`,
+/// with no allocation for up to 8 descriptors.
+pub(crate) fn poll_once(fds: &[std::sync::Arc<OwnedFd>], deadline: super::Deadline) -> io::Result<Polled> {
+    const INLINE: usize = 8;
+    assert!(!fds.is_empty() && fds.len() <= 128, "poll_once: 1 to 128 descriptors");
+    let entry = |i: usize| PollFd::new(&*fds[i.min(fds.len() - 1)], PollFlags::IN);
+    let mut inline: [PollFd<'_>; INLINE];
+    let mut heap: Vec<PollFd<'_>>;
+    let set: &mut [PollFd<'_>] = if fds.len() <= INLINE {
+        inline = std::array::from_fn(entry);
+        &mut inline[..fds.len()]
+    } else {
+        heap = (0..fds.len()).map(entry).collect();
+        &mut heap
+    };
+    match rustix::event::poll(set, deadline.remaining().as_ref()) {
+        Ok(0) => Ok(Polled::Timeout),
+        Ok(_) => Ok(Polled::Ready(
+            set.iter().enumerate().filter(|(_, p)| !p.revents().is_empty()).fold(0, |m, (i, _)| m | 1 << i),
+        )),
+        Err(Errno::INTR) => Ok(Polled::Interrupted),
+        Err(e) => Err(e.into()),
+    }
 }
