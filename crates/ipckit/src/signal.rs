@@ -178,8 +178,12 @@ fn drain_signalfd(fd: &OwnedFd, out: &mut VecDeque<SignalInfo>) -> std::io::Resu
     loop {
         let n = sig::read_some(fd.as_fd(), &mut buf)?;
         for rec in buf[..n - n % sig::SIGNALFD_RECORD].chunks_exact(sig::SIGNALFD_RECORD) {
-            out.push_back(info_of(sig::decode_signalfd(rec)));
-            any = true;
+            let fields = sig::decode_signalfd(rec);
+            // A relay left from a direct registration is no signal.
+            if fields[3] != sig::RELAY {
+                out.push_back(info_of(fields));
+                any = true;
+            }
         }
         if n < buf.len() {
             return Ok(any);
@@ -210,6 +214,9 @@ fn check_signal(signal: i32) -> Result<()> {
 pub struct Signals {
     /// The registration's `signalfd` first, then each signal's pipe.
     fds: Vec<Arc<OwnedFd>>,
+    /// The signals, and for the direct path their set.
+    signals: Vec<i32>,
+    direct: Option<sig::SigSet>,
     ready: VecDeque<SignalInfo>,
     old: Vec<(i32, sig::OldAction)>,
 }
@@ -225,18 +232,38 @@ impl Signals {
     /// [`Error::InvalidName`] for a signal that cannot be handled,
     /// [`Error::AlreadyExists`] when another registration has one of them.
     pub fn new(signals: &[i32]) -> Result<Signals> {
-        let mut map = pipes().lock().unwrap_or_else(|e| e.into_inner());
+        let mut unique: Vec<i32> = Vec::with_capacity(signals.len());
         for &s in signals {
             check_signal(s)?;
-            if map.get(&s).is_some_and(|p| p.taken) {
-                return Err(Error::AlreadyExists(format!("a handler for signal {s}")));
+            if !unique.contains(&s) {
+                unique.push(s);
             }
         }
-        if signals.is_empty() {
-            return Ok(Signals { fds: Vec::new(), ready: VecDeque::new(), old: Vec::new() });
+        let mut map = pipes().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = unique.iter().find(|s| map.get(s).is_some_and(|p| p.taken)) {
+            return Err(Error::AlreadyExists(format!("a handler for signal {s}")));
         }
-        let sfd = sig::signalfd(signals)?;
-        let mut me = Signals { fds: vec![Arc::new(sfd)], ready: VecDeque::new(), old: Vec::new() };
+        let mut me = Signals {
+            fds: Vec::new(),
+            signals: Vec::new(),
+            direct: None,
+            ready: VecDeque::new(),
+            old: Vec::new(),
+        };
+        if unique.is_empty() {
+            return Ok(me);
+        }
+        // Blocked in every thread: the kernel will run no handler, so the
+        // receiver takes them with sigtimedwait.
+        me.direct = sig::blocked_in_every_thread(&unique).unwrap_or(false).then(|| sig::SigSet::new(&unique));
+        let outcome = me.register(&mut map, &unique);
+        // On failure `me` is dropped (undoing what was done) after the lock is released.
+        drop(map);
+        outcome.map(|()| me)
+    }
+
+    fn register(&mut self, map: &mut HashMap<i32, Pipe>, signals: &[i32]) -> Result<()> {
+        self.fds.push(Arc::new(sig::signalfd(signals)?));
         for &s in signals {
             if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(s) {
                 let (r, w) = sys::pipe()?;
@@ -249,19 +276,22 @@ impl Signals {
             let pipe = map.get_mut(&s).expect("inserted above");
             // Records left from an earlier registration are not ours.
             let _ = drain_pipe(&pipe.read, &mut VecDeque::new());
-            pipe.taken = true;
-            me.fds.push(pipe.read.clone());
+            sig::take_spilled(&[s]);
+            sig::set_direct(s, self.direct.is_some());
             match sig::install(s) {
-                Ok(o) => me.old.push((s, o)),
+                Ok(o) => {
+                    pipe.taken = true;
+                    self.fds.push(pipe.read.clone());
+                    self.signals.push(s);
+                    self.old.push((s, o));
+                }
                 Err(e) => {
-                    pipe.taken = false;
-                    drop(map);
-                    drop(me);
+                    sig::set_direct(s, false);
                     return Err(Error::Io(e));
                 }
             }
         }
-        Ok(me)
+        Ok(())
     }
 
     /// Takes what the descriptors in the bit set `which` hold; `Ok(false)` if nothing.
@@ -277,7 +307,45 @@ impl Signals {
         Ok(any)
     }
 
+    /// Whether this registration takes its signals on the direct path (they
+    /// were blocked in every thread when it was made; see the
+    /// [module docs](self)): `recv` is then one `sigtimedwait(2)`.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// The direct path: `sigtimedwait`, and the pipes when the handler had
+    /// to keep a signal there.
+    fn recv_direct(
+        &mut self,
+        set: sig::SigSet,
+        deadline: sys::Deadline,
+    ) -> std::result::Result<SignalInfo, Fault> {
+        let pipes = !1u128;
+        loop {
+            if let Some(info) = self.ready.pop_front() {
+                return Ok(info);
+            }
+            if sig::take_spilled(&self.signals) {
+                self.take(pipes)?;
+                continue;
+            }
+            match sig::wait(&set, deadline)? {
+                // A wake-up from the handler: the record is in a pipe.
+                Some(fields) if fields[3] == sig::RELAY => {}
+                Some(fields) => return Ok(info_of(fields)),
+                None if sig::take_spilled(&self.signals) => {
+                    self.take(pipes)?;
+                }
+                None => return Err(Fault::Timeout),
+            }
+        }
+    }
+
     fn recv_inner(&mut self, deadline: sys::Deadline) -> std::result::Result<SignalInfo, Fault> {
+        if let Some(set) = self.direct {
+            return self.recv_direct(set, deadline);
+        }
         loop {
             if let Some(info) = self.ready.pop_front() {
                 return Ok(info);
@@ -352,6 +420,7 @@ impl Drop for Signals {
             if let Err(e) = sig::restore(s, &old) {
                 tracing::warn!(signal = s, error = %e, "could not restore the old disposition");
             }
+            sig::set_direct(s, false);
             if let Some(p) = map.get_mut(&s) {
                 p.taken = false;
             }

@@ -104,6 +104,7 @@ fn blocked_direct() {
     let rt = rt_direct();
     assert!(signal::blocked_in_every_thread(&[SIGUSR1, rt]).unwrap(), "blocked before main");
     let mut signals = Signals::new(&[SIGUSR1, rt]).unwrap();
+    assert!(signals.is_direct());
     say("ready");
     // The parent sends while nobody receives: the kernel holds them.
     assert_eq!(hear(), "sent");
@@ -134,19 +135,26 @@ fn blocked_direct() {
 /// The child of `a_thread_that_unblocks_later_gets_the_handler_and_nothing_is_lost`.
 fn blocked_rogue() {
     let mut signals = Signals::new(&[SIGUSR1]).unwrap();
-    assert!(signal::blocked_in_every_thread(&[SIGUSR1]).unwrap());
+    assert!(signals.is_direct());
     // A thread lets SIGUSR1 in after the registration: the kernel now runs
     // ipckit's handler there instead of leaving the signal pending.
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         signal::unblock(&[SIGUSR1]).unwrap();
-        tx.send(()).unwrap();
+        tx.send(signal::thread_id()).unwrap();
         loop {
             thread::sleep(LONG);
         }
     });
-    rx.recv_timeout(LONG).unwrap();
+    let rogue = rx.recv_timeout(LONG).unwrap();
     assert!(!signal::blocked_in_every_thread(&[SIGUSR1]).unwrap());
+    // Sent to that very thread: its handler passes it on, whole, and blocks
+    // it there again.
+    let me = std::process::id();
+    signal::send_thread(me, rogue, SIGUSR1).unwrap();
+    let i = signals.recv_timeout(LONG).unwrap();
+    assert_eq!((i.signal, i.pid, i.code), (SIGUSR1, me, libc::SI_TKILL));
+    assert!(signal::blocked_in_every_thread(&[SIGUSR1]).unwrap(), "the handler blocked it again");
     for n in 0..3 {
         say(&format!("ready {n}"));
         let i = signals.recv_timeout(LONG).unwrap();
@@ -224,36 +232,47 @@ fn real_time_signals_queue_with_values_and_standard_ones_coalesce() {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
     let (pid, tid) = (std::process::id(), signal::thread_id());
-    for v in 0..5 {
-        signal::send_thread(pid, tid, SIGUSR2).unwrap();
-        // rt_tgsigqueueinfo: a real-time signal with a value, to this thread.
-        // SAFETY: a zeroed siginfo_t with the fields the syscall reads set below.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        info.si_signo = rt;
-        info.si_code = libc::SI_QUEUE;
-        // SAFETY: writes the sender pid/uid/value fields of the union as glibc lays them out.
-        unsafe {
-            let p = (&mut info as *mut libc::siginfo_t).cast::<i32>();
-            *p.add(4) = pid as i32; // si_pid
-            *p.add(5) = ipckit::euid() as i32; // si_uid
-            *p.add(6) = 100 + v; // si_value (int)
-            assert_eq!(libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, rt, &info), 0);
+    assert!(!signals.is_direct(), "the test harness's threads let them in");
+    let send = || {
+        for v in 0..5 {
+            signal::send_thread(pid, tid, SIGUSR2).unwrap();
+            // rt_tgsigqueueinfo: a real-time signal with a value, to this thread.
+            // SAFETY: a zeroed siginfo_t with the fields the syscall reads set below.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            info.si_signo = rt;
+            info.si_code = libc::SI_QUEUE;
+            // SAFETY: writes the sender pid/uid/value fields of the union as glibc lays them out.
+            unsafe {
+                let p = (&mut info as *mut libc::siginfo_t).cast::<i32>();
+                *p.add(4) = pid as i32; // si_pid
+                *p.add(5) = ipckit::euid() as i32; // si_uid
+                *p.add(6) = 100 + v; // si_value (int)
+                assert_eq!(libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, rt, &info), 0);
+            }
         }
-    }
+    };
+    let check = |signals: &mut Signals| {
+        let mut got = Vec::new();
+        while let Ok(i) = signals.recv_timeout(Duration::from_millis(300)) {
+            got.push((i.signal, i.value));
+        }
+        let usr2 = got.iter().filter(|(s, _)| *s == SIGUSR2).count();
+        let values: Vec<Option<i32>> = got.iter().filter(|(s, _)| *s == rt).map(|(_, v)| *v).collect();
+        assert_eq!(usr2, 1, "five pending SIGUSR2 coalesce into one: {got:?}");
+        assert_eq!(
+            values,
+            (100..105).map(Some).collect::<Vec<_>>(),
+            "real-time signals queue, in order, with values"
+        );
+    };
+    // Still blocked on this thread: taken from its queue through the signalfd.
+    send();
+    check(&mut signals);
+    // Then let in: the handler takes them, through the pipe.
+    send();
     // SAFETY: unblocks on this thread.
     unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-    let mut got = Vec::new();
-    while let Ok(i) = signals.recv_timeout(Duration::from_millis(300)) {
-        got.push((i.signal, i.value));
-    }
-    let usr2 = got.iter().filter(|(s, _)| *s == SIGUSR2).count();
-    let values: Vec<Option<i32>> = got.iter().filter(|(s, _)| *s == rt).map(|(_, v)| *v).collect();
-    assert_eq!(usr2, 1, "five pending SIGUSR2 coalesce into one: {got:?}");
-    assert_eq!(
-        values,
-        (100..105).map(Some).collect::<Vec<_>>(),
-        "real-time signals queue, in order, with values"
-    );
+    check(&mut signals);
 }
 
 #[test]

@@ -20,7 +20,7 @@
 use std::io;
 use std::mem::offset_of;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
@@ -36,41 +36,138 @@ pub(crate) const MAX_SIGNAL: usize = 64;
 /// before a registration ended still writes into the right pipe.
 static PIPES: [AtomicI32; MAX_SIGNAL + 1] = [const { AtomicI32::new(-1) }; MAX_SIGNAL + 1];
 
+/// Per signal: whether a registration takes it on the direct path
+/// (`sigtimedwait`), trusting that every thread blocks it.
+static DIRECT: [AtomicBool; MAX_SIGNAL + 1] = [const { AtomicBool::new(false) }; MAX_SIGNAL + 1];
+
+/// Per signal: whether the handler wrote a record to the pipe while the
+/// signal was on the direct path (the rare fallback below).
+static SPILLED: [AtomicBool; MAX_SIGNAL + 1] = [const { AtomicBool::new(false) }; MAX_SIGNAL + 1];
+
+fn slot<T>(table: &'static [T; MAX_SIGNAL + 1], sig: i32) -> Option<&'static T> {
+    usize::try_from(sig).ok().and_then(|i| table.get(i))
+}
+
 /// Sets the pipe the handler writes `sig`'s records to.
 pub(crate) fn set_pipe(sig: i32, fd: i32) {
-    if let Some(slot) = usize::try_from(sig).ok().and_then(|i| PIPES.get(i)) {
+    if let Some(slot) = slot(&PIPES, sig) {
         slot.store(fd, Ordering::SeqCst);
     }
 }
 
-extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+/// Marks `sig` as taken on the direct path (or not any more).
+pub(crate) fn set_direct(sig: i32, direct: bool) {
+    if let Some(slot) = slot(&DIRECT, sig) {
+        slot.store(direct, Ordering::SeqCst);
+    }
+}
+
+/// Whether the handler wrote records for any of `signals` to their pipes
+/// while they were on the direct path; clears the marks.
+pub(crate) fn take_spilled(signals: &[i32]) -> bool {
+    let mut any = false;
+    for &s in signals {
+        if let Some(slot) = slot(&SPILLED, s) {
+            // Load first: the common case writes nothing to the shared line.
+            if slot.load(Ordering::Relaxed) && slot.swap(false, Ordering::AcqRel) {
+                any = true;
+            }
+        }
+    }
+    any
+}
+
+/// The fields a record carries, from a `siginfo_t` the kernel filled:
+/// signal, pid, uid, code, value. Async-signal-safe (reads memory only).
+///
+/// # Safety
+///
+/// `info` points to a valid `siginfo_t` filled by the kernel.
+unsafe fn fields_of(sig: i32, info: *const libc::siginfo_t) -> Fields {
+    // SAFETY: the caller passes a valid siginfo_t; the accessors read fields
+    // of it (the union members are plain integers).
+    let (pid, uid, code, value) = unsafe {
+        ((*info).si_pid(), (*info).si_uid(), (*info).si_code, (*info).si_value().sival_ptr as usize as i32)
+    };
+    let (pid, uid) = if names_sender(sig, code) { (pid, uid as i32) } else { (0, 0) };
+    [sig, pid, uid, code, value]
+}
+
+/// The `si_code` of a relay (see [`on_signal`]): a wake-up for the direct
+/// path, which says "a record waits in the pipe", never a signal of its own.
+/// Negative (a code user space may send) and used by nobody else.
+pub(crate) const RELAY: i32 = -0x4b49;
+
+/// `rt_sigqueueinfo(2)` of a relay for `sig` to this process.
+/// Async-signal-safe (one system call). Returns whether the kernel took it.
+fn relay(sig: i32) -> bool {
+    // SAFETY: all-zero is a valid siginfo_t; the fields set are public.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    info.si_signo = sig;
+    info.si_code = RELAY;
+    // SAFETY: getpid is async-signal-safe; rt_sigqueueinfo(2) is a system
+    // call reading the valid local `info`.
+    unsafe { libc::syscall(libc::SYS_rt_sigqueueinfo, libc::getpid(), sig, &info) == 0 }
+}
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: __errno_location is async-signal-safe and returns this thread's errno.
     let errno = unsafe { *libc::__errno_location() };
-    let fd = usize::try_from(sig).ok().and_then(|i| PIPES.get(i)).map_or(-1, |p| p.load(Ordering::Relaxed));
-    if fd >= 0 && !info.is_null() {
-        // SAFETY: the kernel passes a valid siginfo_t with SA_SIGINFO; the
-        // accessors read fields of it (the union members are plain integers).
-        let (pid, uid, code, value) = unsafe {
-            (
-                (*info).si_pid(),
-                (*info).si_uid(),
-                (*info).si_code,
-                (*info).si_value().sival_ptr as usize as i32,
-            )
-        };
-        let (pid, uid) = if names_sender(sig, code) { (pid, uid) } else { (0, 0) };
-        let mut rec = [0u8; RECORD];
-        for (i, v) in [sig, pid, uid as i32, code, value].into_iter().enumerate() {
-            rec[4 * i..4 * i + 4].copy_from_slice(&v.to_ne_bytes());
-        }
-        // A record (20 bytes < PIPE_BUF) is written whole or not at all; if
-        // the pipe is full the signal is dropped, as the kernel drops a
-        // pending standard signal.
-        // SAFETY: write(2) is async-signal-safe; `rec` is a local buffer.
-        unsafe { libc::write(fd, rec.as_ptr().cast(), RECORD) };
-    }
+    on_signal_inner(sig, info, ctx);
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
+}
+
+fn on_signal_inner(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    if info.is_null() {
+        return;
+    }
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t.
+    let is_relay = unsafe { (*info).si_code } == RELAY;
+    let direct = slot(&DIRECT, sig).is_some_and(|d| d.load(Ordering::Relaxed));
+    if direct && !ctx.is_null() {
+        // The direct path expects every thread to block `sig`, and this one
+        // lets it in (it unblocked it after the registration). Block it here
+        // from now on (sigreturn puts back the mask saved in `ctx`), so this
+        // happens at most once per thread and cannot loop.
+        // SAFETY: with SA_SIGINFO the kernel passes a valid ucontext_t as
+        // `ctx`; sigaddset edits its saved mask (plain memory).
+        unsafe { libc::sigaddset(&mut (*ctx.cast::<libc::ucontext_t>()).uc_sigmask, sig) };
+    }
+    if is_relay {
+        // Not a signal: pass the wake-up on (this thread took it instead of
+        // the receiver), or drop it when nobody takes the direct path.
+        if direct {
+            relay(sig);
+        }
+        return;
+    }
+    let fd = slot(&PIPES, sig).map_or(-1, |p| p.load(Ordering::Relaxed));
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: the kernel passes a valid siginfo_t with SA_SIGINFO.
+    let fields = unsafe { fields_of(sig, info) };
+    let mut rec = [0u8; RECORD];
+    for (i, v) in fields.into_iter().enumerate() {
+        rec[4 * i..4 * i + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    // A record (20 bytes < PIPE_BUF) is written whole or not at all; if
+    // the pipe is full the signal is dropped, as the kernel drops a
+    // pending standard signal.
+    // SAFETY: write(2) is async-signal-safe; `rec` is a local buffer.
+    let n = unsafe { libc::write(fd, rec.as_ptr().cast(), RECORD) };
+    if direct && n == RECORD as isize {
+        // The receiver sleeps in sigtimedwait, blind to the pipe: mark the
+        // record and wake it with a relay (it ends up with the receiver:
+        // this thread blocks `sig` until the handler returns, and for good
+        // afterwards). For a standard signal the relay coalesces with a
+        // pending instance, as the kernel coalesces such signals anyway.
+        if let Some(s) = slot(&SPILLED, sig) {
+            s.store(true, Ordering::Release);
+        }
+        relay(sig);
+    }
 }
 
 /// A signal's previous disposition, to put back.
@@ -162,6 +259,52 @@ pub(crate) fn sigrtmax() -> i32 {
 /// members, so no sender is reported. Async-signal-safe (pure).
 pub(crate) fn names_sender(sig: i32, code: i32) -> bool {
     code <= 0 || sig == libc::SIGCHLD
+}
+
+/// A set of signals, for [`wait`].
+#[derive(Clone, Copy)]
+pub(crate) struct SigSet(libc::sigset_t);
+
+impl std::fmt::Debug for SigSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigSet")
+    }
+}
+
+impl SigSet {
+    pub(crate) fn new(signals: &[i32]) -> SigSet {
+        SigSet(sigset(signals))
+    }
+}
+
+/// `sigtimedwait(2)`: takes one pending signal of `set` (from the process's
+/// queue or this thread's), sleeping until `deadline`; `None` when it
+/// passes. The signals in `set` are let in on this thread only while it
+/// waits.
+pub(crate) fn wait(set: &SigSet, deadline: super::Deadline) -> io::Result<Option<Fields>> {
+    loop {
+        let ts =
+            deadline.remaining().map(|t| libc::timespec { tv_sec: t.tv_sec as _, tv_nsec: t.tv_nsec as _ });
+        let tp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: all-zero is valid storage for the siginfo_t the kernel fills.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // The system call itself: glibc's sigtimedwait reports SI_TKILL as SI_USER.
+        // SAFETY: `set` and `info` are valid; `tp` is null or a valid
+        // timespec; the kernel's sigset is 8 bytes (the start of sigset_t).
+        let sig = unsafe { libc::syscall(libc::SYS_rt_sigtimedwait, &set.0, &mut info, tp, 8usize) };
+        if sig > 0 {
+            // SAFETY: the kernel filled `info` for `sig`.
+            return Ok(Some(unsafe { fields_of(sig as i32, &info) }));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => return Ok(None),
+            // A handler for another signal ran on this thread.
+            Some(libc::EINTR) if !deadline.expired() => {}
+            Some(libc::EINTR) => return Ok(None),
+            _ => return Err(e),
+        }
+    }
 }
 
 /// A `sigset_t` holding `signals`.
