@@ -11,31 +11,37 @@
 //!
 //! # How a signal reaches a [`Signals`] receiver
 //!
-//! A registration has two ways in, and [`Signals::recv`] waits on both with
-//! one `poll(2)`:
+//! [`Signals::recv`] waits in `sigtimedwait(2)`, as a `sigwait`-based
+//! program does (the kernel lets the signals in on the waiting thread while
+//! it waits). A signal then takes one of two ways:
 //!
-//! * **Direct** (`signalfd`): when every thread of the process blocks the
-//!   signal, the kernel runs no handler and keeps the signal pending; the
-//!   registration's `signalfd` becomes readable and `recv` reads the
-//!   `siginfo` from it, on the receiving thread, as `sigwaitinfo(2)` would.
-//!   An application gets this path by calling [`block`] for its signals at
-//!   the start of `main`, before it starts any thread (every thread inherits
-//!   the mask of the thread that creates it), as `sigwait`-based programs
-//!   do; [`blocked_in_every_thread`] tells whether it holds.
-//! * **Handler** (self-pipe): when some thread does not block the signal,
-//!   the kernel interrupts that thread and runs ipckit's real handler there,
-//!   which writes a 20-byte record (signal, sender pid and uid, code, value)
-//!   to that signal's pipe; `recv` reads the record.
+//! * **Direct**: the kernel gives it to the receiver in `sigtimedwait`, with
+//!   its `siginfo`, and no handler runs (the same system calls as a raw
+//!   `kill` + `sigwaitinfo`). The kernel does so when the receiver waits
+//!   and is the thread the signal was sent to (for `kill(pid)`: the main
+//!   thread), or when every other thread blocks the signal (then a signal
+//!   sent while nobody waits stays pending for the next `recv`). An
+//!   application gets the second for sure by calling [`block`] for its
+//!   signals at the start of `main`, before it starts any thread (a thread
+//!   inherits the mask of the thread that creates it), as `sigwait`-based
+//!   programs do; [`blocked_in_every_thread`] tells whether that holds.
+//! * **Handler**: the kernel gives it to a thread that does not block it
+//!   and is not waiting in `recv` (the receiver between two `recv`s
+//!   included). ipckit's real handler runs there, writes a 20-byte record
+//!   (signal, sender pid and uid, code, value) to that signal's pipe and, if
+//!   a receiver sleeps in `sigtimedwait`, wakes it with a *relay*: a signal
+//!   of the same number queued to the receiver's thread with a private
+//!   `si_code`, which `recv` never returns; `recv` reads the record.
 //!
-//! The two never lose or duplicate a signal, whichever applies and even when
-//! a thread changes its mask later: the handler stays installed for as long
-//! as the registration lives, so a signal some thread does not block is
-//! caught (never the default action), and each pending signal is taken from
-//! the kernel exactly once, by the handler or by the `signalfd` read. One
-//! caveat of the direct path: a signal sent to one *thread* ([`send_thread`])
-//! that blocks it waits in that thread's own queue, which only that thread
-//! can take (by calling `recv`, or by unblocking it); signals sent to the
-//! process go to whichever way is open.
+//! Either way each signal is taken from the kernel exactly once, nothing is
+//! lost, and a signal is never left to its default action while the
+//! registration lives (the handler stays installed, whichever thread
+//! changes its mask). Two caveats: a signal sent to one *thread*
+//! ([`send_thread`]) that blocks it waits in that thread's own queue until
+//! that thread receives it or lets it in; and a relay for a real-time
+//! signal can be refused when the user's queue of pending signals is full
+//! (`RLIMIT_SIGPENDING`), in which case the record waits in the pipe until
+//! the receiver's next wake-up (another signal, or its deadline).
 //!
 //! # Reentrancy (the chapter's rules, and how the API keeps them)
 //!
@@ -46,13 +52,15 @@
 //! (such as `malloc`). Rust closures cannot be checked for that, so ipckit
 //! never runs user code in signal context:
 //!
-//! 1. The only real handler is ipckit's own (`sys::sig`). It reads one
-//!    atomic integer (the pipe's descriptor, written before the handler is
-//!    installed; pipes are never closed), copies fields from the kernel's
-//!    `siginfo_t` into a local buffer and makes one `write(2)` (async-signal-
-//!    safe), saving and restoring `errno`. No lock, no allocation, no other
-//!    global state: nested or concurrent invocations on several threads
-//!    cannot interfere (a 20-byte write to a pipe is atomic).
+//! 1. The only real handler is ipckit's own (`sys::sig`). It loads atomic
+//!    integers (the pipe's descriptor, written before the handler is
+//!    installed, pipes are never closed; the waiting thread's id), copies
+//!    fields from the kernel's `siginfo_t` into a local buffer, and makes at
+//!    most two async-signal-safe system calls (`write(2)` to the pipe,
+//!    `rt_tgsigqueueinfo(2)` for the relay), saving and restoring `errno`.
+//!    No lock, no allocation, only atomic stores to global state: nested or
+//!    concurrent invocations on several threads cannot interfere (a 20-byte
+//!    write to a pipe is atomic).
 //! 2. Your code runs on a normal thread: the thread that calls
 //!    [`Signals::recv`], or the thread [`handle`] starts for a closure. There
 //!    it may lock, allocate, print, send messages, and a signal arriving
@@ -60,7 +68,7 @@
 //!    `recv` (signals arriving while a closure runs are not lost, and do not
 //!    interrupt it).
 //! 3. On the direct path no handler runs at all: the signal is a message
-//!    read from a descriptor.
+//!    the kernel hands to a thread that asked for it.
 //!
 //! # Examples
 //!
@@ -82,6 +90,7 @@
 //!     // First thing in main, before any thread starts.
 //!     signal::block(&[SIGUSR1, SIGTERM])?;
 //!     let mut signals = Signals::new(&[SIGUSR1, SIGTERM])?;
+//!     // Threads started from here on inherit the mask.
 //!     assert!(signal::blocked_in_every_thread(&[SIGUSR1, SIGTERM])?);
 //!     while let Ok(info) = signals.recv() {
 //!         if info.signal == SIGTERM {
@@ -169,28 +178,6 @@ fn drain_pipe(fd: &OwnedFd, out: &mut VecDeque<SignalInfo>) -> std::io::Result<b
     }
 }
 
-/// Reads every signal the `signalfd` `fd` has for this thread (non-blocking):
-/// each read takes them from the kernel's pending set. Returns whether it
-/// found any.
-fn drain_signalfd(fd: &OwnedFd, out: &mut VecDeque<SignalInfo>) -> std::io::Result<bool> {
-    let mut buf = [0u8; sig::SIGNALFD_RECORD * 8];
-    let mut any = false;
-    loop {
-        let n = sig::read_some(fd.as_fd(), &mut buf)?;
-        for rec in buf[..n - n % sig::SIGNALFD_RECORD].chunks_exact(sig::SIGNALFD_RECORD) {
-            let fields = sig::decode_signalfd(rec);
-            // A relay left from a direct registration is no signal.
-            if fields[3] != sig::RELAY {
-                out.push_back(info_of(fields));
-                any = true;
-            }
-        }
-        if n < buf.len() {
-            return Ok(any);
-        }
-    }
-}
-
 fn check_signal(signal: i32) -> Result<()> {
     let forbidden = [libc::SIGKILL, libc::SIGSTOP, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE];
     if signal <= 0 || signal > sig::sigrtmax() || forbidden.contains(&signal) {
@@ -206,23 +193,18 @@ fn check_signal(signal: i32) -> Result<()> {
 /// received here (on whatever thread calls `recv`). Dropping it puts the
 /// previous dispositions back.
 ///
-/// Each signal has a pipe of its own that the real handler writes to, and
-/// the registration has a `signalfd` for the signals that every thread
-/// blocks (see the [module docs](self)); `recv` reads both directly (no
-/// thread in between).
+/// `recv` waits in `sigtimedwait`, and each signal has a pipe that the real
+/// handler writes to when the kernel gives the signal to another thread
+/// (see the [module docs](self)); no thread in between.
 #[derive(Debug)]
 pub struct Signals {
-    /// The registration's `signalfd` first, then each signal's pipe.
-    fds: Vec<Arc<OwnedFd>>,
-    /// The signals, and for the direct path their set.
+    /// Each signal's pipe.
+    pipes: Vec<Arc<OwnedFd>>,
     signals: Vec<i32>,
-    direct: Option<sig::SigSet>,
+    set: sig::SigSet,
     ready: VecDeque<SignalInfo>,
     old: Vec<(i32, sig::OldAction)>,
 }
-
-/// Positions in `Signals::fds`: the `signalfd`, then the pipes.
-const SIGNALFD: usize = 0;
 
 impl Signals {
     /// Catches `signals` (one registration per signal at a time).
@@ -244,18 +226,12 @@ impl Signals {
             return Err(Error::AlreadyExists(format!("a handler for signal {s}")));
         }
         let mut me = Signals {
-            fds: Vec::new(),
+            pipes: Vec::new(),
             signals: Vec::new(),
-            direct: None,
+            set: sig::SigSet::new(&unique),
             ready: VecDeque::new(),
             old: Vec::new(),
         };
-        if unique.is_empty() {
-            return Ok(me);
-        }
-        // Blocked in every thread: the kernel will run no handler, so the
-        // receiver takes them with sigtimedwait.
-        me.direct = sig::blocked_in_every_thread(&unique).unwrap_or(false).then(|| sig::SigSet::new(&unique));
         let outcome = me.register(&mut map, &unique);
         // On failure `me` is dropped (undoing what was done) after the lock is released.
         drop(map);
@@ -263,11 +239,10 @@ impl Signals {
     }
 
     fn register(&mut self, map: &mut HashMap<i32, Pipe>, signals: &[i32]) -> Result<()> {
-        self.fds.push(Arc::new(sig::signalfd(signals)?));
         for &s in signals {
             if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(s) {
                 let (r, w) = sys::pipe()?;
-                // The handler must never block, and `recv` polls.
+                // The handler must never block, and `recv` reads without waiting.
                 sys::set_nonblocking(&w, true)?;
                 sys::set_nonblocking(&r, true)?;
                 sig::set_pipe(s, w.into_raw_fd());
@@ -277,101 +252,31 @@ impl Signals {
             // Records left from an earlier registration are not ours.
             let _ = drain_pipe(&pipe.read, &mut VecDeque::new());
             sig::take_spilled(&[s]);
-            sig::set_direct(s, self.direct.is_some());
-            match sig::install(s) {
-                Ok(o) => {
-                    pipe.taken = true;
-                    self.fds.push(pipe.read.clone());
-                    self.signals.push(s);
-                    self.old.push((s, o));
-                }
-                Err(e) => {
-                    sig::set_direct(s, false);
-                    return Err(Error::Io(e));
-                }
-            }
+            let old = sig::install(s).map_err(Error::Io)?;
+            pipe.taken = true;
+            self.pipes.push(pipe.read.clone());
+            self.signals.push(s);
+            self.old.push((s, old));
         }
         Ok(())
     }
 
-    /// Takes what the descriptors in the bit set `which` hold; `Ok(false)` if nothing.
-    fn take(&mut self, which: u128) -> std::io::Result<bool> {
-        let mut any = false;
-        for i in (0..self.fds.len()).filter(|&i| which & 1 << i != 0) {
-            any |= if i == SIGNALFD {
-                drain_signalfd(&self.fds[i], &mut self.ready)?
-            } else {
-                drain_pipe(&self.fds[i], &mut self.ready)?
-            };
-        }
-        Ok(any)
-    }
-
-    /// Whether this registration takes its signals on the direct path (they
-    /// were blocked in every thread when it was made; see the
-    /// [module docs](self)): `recv` is then one `sigtimedwait(2)`.
-    pub fn is_direct(&self) -> bool {
-        self.direct.is_some()
-    }
-
-    /// The direct path: `sigtimedwait`, and the pipes when the handler had
-    /// to keep a signal there.
-    fn recv_direct(
-        &mut self,
-        set: sig::SigSet,
-        deadline: sys::Deadline,
-    ) -> std::result::Result<SignalInfo, Fault> {
-        let pipes = !1u128;
-        loop {
-            if let Some(info) = self.ready.pop_front() {
-                return Ok(info);
-            }
-            if sig::take_spilled(&self.signals) {
-                self.take(pipes)?;
-                continue;
-            }
-            match sig::wait(&set, deadline)? {
-                // A wake-up from the handler: the record is in a pipe.
-                Some(fields) if fields[3] == sig::RELAY => {}
-                Some(fields) => return Ok(info_of(fields)),
-                None if sig::take_spilled(&self.signals) => {
-                    self.take(pipes)?;
-                }
-                None => return Err(Fault::Timeout),
-            }
-        }
-    }
-
     fn recv_inner(&mut self, deadline: sys::Deadline) -> std::result::Result<SignalInfo, Fault> {
-        if let Some(set) = self.direct {
-            return self.recv_direct(set, deadline);
-        }
         loop {
             if let Some(info) = self.ready.pop_front() {
                 return Ok(info);
             }
-            if self.fds.is_empty() {
+            if self.signals.is_empty() {
                 return Err(Fault::Disconnected);
             }
-            // Wait first: what is already there makes poll return at once,
-            // and a ping-pong makes one poll and one read per signal.
-            let ready = match sig::poll_once(&self.fds, deadline)? {
-                sig::Polled::Ready(ready) => ready,
-                sig::Polled::Interrupted => 0,
-                sig::Polled::Timeout if deadline.expired() => {
-                    // A last look: a handler may have written since poll looked.
-                    if !self.take(u128::MAX)? {
-                        return Err(Fault::Timeout);
+            match sig::wait(&self.set, &self.signals, deadline)? {
+                sig::Waited::Signal(fields) => return Ok(info_of(fields)),
+                sig::Waited::Spilled => {
+                    for p in &self.pipes {
+                        drain_pipe(p, &mut self.ready)?;
                     }
-                    continue;
                 }
-                sig::Polled::Timeout => continue,
-            };
-            // Nothing where poll said: the signal went the other way (a
-            // handler on this thread took it after poll saw it pending, or
-            // interrupted poll): look at every other descriptor.
-            if !self.take(ready)? {
-                self.take(!ready)?;
+                sig::Waited::Timeout => return Err(Fault::Timeout),
             }
         }
     }
@@ -420,7 +325,6 @@ impl Drop for Signals {
             if let Err(e) = sig::restore(s, &old) {
                 tracing::warn!(signal = s, error = %e, "could not restore the old disposition");
             }
-            sig::set_direct(s, false);
             if let Some(p) = map.get_mut(&s) {
                 p.taken = false;
             }
@@ -507,11 +411,9 @@ pub fn default(signal: i32) -> Result<Restore> {
 ///
 /// Called at the start of `main`, before any thread exists, it blocks them
 /// process-wide: the kernel then runs no handler for them and keeps them
-/// pending, and a [`Signals`] registration takes them directly from its
-/// `signalfd` (the direct path in the [module docs](self): the same system
-/// calls as `sigwaitinfo`). A blocked signal nobody registered for stays
-/// pending; blocking changes nothing for signals that are sent while no
-/// thread blocks them.
+/// pending until a [`Signals`] receiver takes them in `sigtimedwait` (the
+/// direct path in the [module docs](self): the same system calls as a raw
+/// `sigwaitinfo`). A blocked signal nobody registered for stays pending.
 ///
 /// # Errors
 ///
@@ -534,8 +436,10 @@ pub fn unblock(signals: &[i32]) -> Result<()> {
 }
 
 /// Whether every thread of this process blocks all of `signals` right now
-/// (read from `/proc/self/task/*/status`): then a [`Signals`] registration
-/// takes them on the direct path, with no handler.
+/// (read from `/proc/self/task/*/status`): then the kernel keeps them for a
+/// [`Signals`] receiver, which takes them on the direct path, with no
+/// handler (see the [module docs](self)).
+/// A thread waiting in [`Signals::recv`] for one of them counts as blocking it.
 ///
 /// # Errors
 ///

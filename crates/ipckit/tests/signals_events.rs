@@ -104,7 +104,6 @@ fn blocked_direct() {
     let rt = rt_direct();
     assert!(signal::blocked_in_every_thread(&[SIGUSR1, rt]).unwrap(), "blocked before main");
     let mut signals = Signals::new(&[SIGUSR1, rt]).unwrap();
-    assert!(signals.is_direct());
     say("ready");
     // The parent sends while nobody receives: the kernel holds them.
     assert_eq!(hear(), "sent");
@@ -121,7 +120,7 @@ fn blocked_direct() {
     signal::send_thread(std::process::id(), signal::thread_id(), SIGUSR1).unwrap();
     let i = signals.recv_timeout(LONG).unwrap();
     assert_eq!((i.signal, i.pid, i.code), (SIGUSR1, std::process::id(), libc::SI_TKILL));
-    // A closure runs on a thread that inherits the mask: still direct.
+    // A closure runs on a thread that inherits the mask: still blocked everywhere.
     drop(signals);
     let (tx, rx) = mpsc::channel();
     let h = signal::handle(&[rt], move |i| tx.send(i).unwrap()).unwrap();
@@ -135,9 +134,8 @@ fn blocked_direct() {
 /// The child of `a_thread_that_unblocks_later_gets_the_handler_and_nothing_is_lost`.
 fn blocked_rogue() {
     let mut signals = Signals::new(&[SIGUSR1]).unwrap();
-    assert!(signals.is_direct());
-    // A thread lets SIGUSR1 in after the registration: the kernel now runs
-    // ipckit's handler there instead of leaving the signal pending.
+    // A thread lets SIGUSR1 in after the registration: the kernel may now
+    // run ipckit's handler there instead of keeping the signal pending.
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         signal::unblock(&[SIGUSR1]).unwrap();
@@ -148,13 +146,22 @@ fn blocked_rogue() {
     });
     let rogue = rx.recv_timeout(LONG).unwrap();
     assert!(!signal::blocked_in_every_thread(&[SIGUSR1]).unwrap());
-    // Sent to that very thread: its handler passes it on, whole, and blocks
-    // it there again.
     let me = std::process::id();
+    // Sent to that very thread while nobody waits: the handler's record waits in the pipe.
     signal::send_thread(me, rogue, SIGUSR1).unwrap();
+    thread::sleep(Duration::from_millis(100));
     let i = signals.recv_timeout(LONG).unwrap();
     assert_eq!((i.signal, i.pid, i.code), (SIGUSR1, me, libc::SI_TKILL));
-    assert!(signal::blocked_in_every_thread(&[SIGUSR1]).unwrap(), "the handler blocked it again");
+    // Sent there while this thread sleeps in recv: the handler wakes it with a relay.
+    let later = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(200));
+        signal::send_thread(me, rogue, SIGUSR1).unwrap();
+    });
+    let i = signals.recv_timeout(LONG).unwrap();
+    assert_eq!((i.signal, i.pid, i.code), (SIGUSR1, me, libc::SI_TKILL));
+    later.join().unwrap();
+    assert!(signals.try_recv().is_err(), "a relay is no signal");
+    // From another process, whichever thread the kernel picks.
     for n in 0..3 {
         say(&format!("ready {n}"));
         let i = signals.recv_timeout(LONG).unwrap();
@@ -182,6 +189,15 @@ fn child_main() {
         "sleep" => thread::sleep(LONG * 10),
         "blocked-direct" => blocked_direct(),
         "blocked-rogue" => blocked_rogue(),
+        "echo" => {
+            let mut signals = Signals::new(&[SIGUSR1]).unwrap();
+            say("ready");
+            for _ in 0..ROUNDS {
+                let i = signals.recv_timeout(LONG).unwrap();
+                assert_eq!((i.signal, i.pid), (SIGUSR1, parent));
+                signal::send(parent, SIGUSR2).unwrap();
+            }
+        }
         "wait-event" => {
             let ev = Event::open(arg).unwrap();
             ev.wait_timeout(LONG).unwrap();
@@ -232,7 +248,6 @@ fn real_time_signals_queue_with_values_and_standard_ones_coalesce() {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
     let (pid, tid) = (std::process::id(), signal::thread_id());
-    assert!(!signals.is_direct(), "the test harness's threads let them in");
     let send = || {
         for v in 0..5 {
             signal::send_thread(pid, tid, SIGUSR2).unwrap();
@@ -309,6 +324,13 @@ fn disposition(sig: i32) -> usize {
     old.sa_sigaction
 }
 
+fn blocked_here(sig: i32) -> bool {
+    // SAFETY: reads this thread's mask into a zeroed set.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set) };
+    unsafe { libc::sigismember(&set, sig) == 1 }
+}
+
 #[test]
 fn dropping_a_registration_restores_the_old_disposition() {
     let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -317,9 +339,12 @@ fn dropping_a_registration_restores_the_old_disposition() {
         let _ignored = signal::ignore(SIGUSR1).unwrap();
         assert_eq!(disposition(SIGUSR1), libc::SIG_IGN);
         {
-            let _caught = Signals::new(&[SIGUSR1]).unwrap();
+            let mut caught = Signals::new(&[SIGUSR1]).unwrap();
             assert!(![libc::SIG_IGN, libc::SIG_DFL].contains(&disposition(SIGUSR1)));
             assert!(Signals::new(&[SIGUSR1]).is_err(), "one registration per signal");
+            // recv leaves the thread's mask as it was.
+            assert!(caught.try_recv().is_err());
+            assert!(!blocked_here(SIGUSR1));
         }
         assert_eq!(disposition(SIGUSR1), libc::SIG_IGN, "back to ignore");
         // Ignored: delivering it does nothing at all.
@@ -447,4 +472,26 @@ fn a_thread_that_unblocks_later_gets_the_handler_and_nothing_is_lost() {
         assert_eq!(c.hear(), format!("got {}", std::process::id()));
     }
     assert!(wait_status(&mut c.kid).success());
+}
+
+/// Round trips of `ping_pong_loses_nothing_whichever_thread_the_kernel_picks`.
+const ROUNDS: usize = 300;
+
+#[test]
+fn ping_pong_loses_nothing_whichever_thread_the_kernel_picks() {
+    let _s = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Neither side blocks the signals and neither receives on its main
+    // thread: deliveries go straight to a waiting receiver, or through the
+    // handler on another thread (and a relay), racing every step of both.
+    let mut signals = Signals::new(&[SIGUSR2]).unwrap();
+    let mut c = Chat::spawn("echo");
+    assert_eq!(c.hear(), "ready");
+    let kid = c.kid.0.id();
+    for _ in 0..ROUNDS {
+        signal::send(kid, SIGUSR1).unwrap();
+        let i = signals.recv_timeout(LONG).unwrap();
+        assert_eq!((i.signal, i.pid), (SIGUSR2, kid));
+    }
+    assert!(wait_status(&mut c.kid).success());
+    assert!(signals.try_recv().is_err(), "one reply per ping, no relay returned");
 }

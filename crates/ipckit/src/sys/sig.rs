@@ -1,29 +1,27 @@
 //! Signal dispositions, the one real signal handler, signal masks and
-//! `signalfd`, through `libc` (rustix does not wrap `sigaction`,
-//! `pthread_sigmask`, `signalfd`, `tgkill` or `sigqueue`).
+//! `sigtimedwait`, through `libc` (rustix does not wrap `sigaction`,
+//! `pthread_sigmask`, `sigtimedwait`, `tgkill` or `sigqueue`).
 //!
 //! # Safety
 //!
 //! The handler installed here runs in signal context, where only
-//! async-signal-safe functions may be called. It reads one atomic integer
-//! (the write end of a pipe that is never closed), copies four fields out of
-//! the `siginfo_t` the kernel passed, and calls `write(2)` once, saving and
-//! restoring `errno` around it. It takes no lock, allocates nothing and
-//! touches no other state, so it cannot deadlock or corrupt the interrupted
-//! code, whatever that code was doing (the chapter's reentrancy rule: the
+//! async-signal-safe functions may be called. It loads atomic integers
+//! (the write end of the signal's pipe, which is never closed, and the
+//! thread waiting for the signal), copies five fields out of the
+//! `siginfo_t` the kernel passed into a local buffer, and makes at most two
+//! system calls: `write(2)` of that buffer to the pipe and
+//! `rt_tgsigqueueinfo(2)` to wake the waiting thread (plus `gettid(2)`, and
+//! an edit of the mask the kernel saved in the `ucontext_t` it passed); it
+//! saves and restores `errno` around them. It takes no lock, allocates nothing and touches no
+//! other state, so it cannot deadlock or corrupt the interrupted code,
+//! whatever that code was doing, and any number of invocations may nest or
+//! run at once on several threads (the chapter's reentrancy rules: the
 //! handler itself does no work; the work happens later on a normal thread).
-//!
-//! A `signalfd` is read on a normal thread with `read(2)`; its records are
-//! decoded from bytes at the offsets of `libc::signalfd_siginfo`.
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::io;
-use std::mem::offset_of;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-
-use rustix::event::{PollFd, PollFlags};
-use rustix::io::Errno;
 
 /// Bytes per record the handler writes: signal, pid, uid, code, value (5 x i32).
 pub(crate) const RECORD: usize = 20;
@@ -36,13 +34,20 @@ pub(crate) const MAX_SIGNAL: usize = 64;
 /// before a registration ended still writes into the right pipe.
 static PIPES: [AtomicI32; MAX_SIGNAL + 1] = [const { AtomicI32::new(-1) }; MAX_SIGNAL + 1];
 
-/// Per signal: whether a registration takes it on the direct path
-/// (`sigtimedwait`), trusting that every thread blocks it.
-static DIRECT: [AtomicBool; MAX_SIGNAL + 1] = [const { AtomicBool::new(false) }; MAX_SIGNAL + 1];
+/// Per signal, the thread sleeping in [`wait`] for it (0: none).
+static WAITER: [AtomicI32; MAX_SIGNAL + 1] = [const { AtomicI32::new(0) }; MAX_SIGNAL + 1];
 
-/// Per signal: whether the handler wrote a record to the pipe while the
-/// signal was on the direct path (the rare fallback below).
+/// Per signal: the handler wrote a record to the pipe that nobody read yet.
 static SPILLED: [AtomicBool; MAX_SIGNAL + 1] = [const { AtomicBool::new(false) }; MAX_SIGNAL + 1];
+
+/// Per signal: the handler blocked it on the waiting thread (see `record`),
+/// which lets it in again when its wait ends.
+static REBLOCKED: [AtomicBool; MAX_SIGNAL + 1] = [const { AtomicBool::new(false) }; MAX_SIGNAL + 1];
+
+/// The `si_code` of a relay (see [`on_signal`]): a wake-up that says "a
+/// record waits in the pipe", never a signal of its own. Negative (a code
+/// user space may send to its own process) and used by nobody else.
+pub(crate) const RELAY: i32 = -0x4b49;
 
 fn slot<T>(table: &'static [T; MAX_SIGNAL + 1], sig: i32) -> Option<&'static T> {
     usize::try_from(sig).ok().and_then(|i| table.get(i))
@@ -55,21 +60,14 @@ pub(crate) fn set_pipe(sig: i32, fd: i32) {
     }
 }
 
-/// Marks `sig` as taken on the direct path (or not any more).
-pub(crate) fn set_direct(sig: i32, direct: bool) {
-    if let Some(slot) = slot(&DIRECT, sig) {
-        slot.store(direct, Ordering::SeqCst);
-    }
-}
-
-/// Whether the handler wrote records for any of `signals` to their pipes
-/// while they were on the direct path; clears the marks.
+/// Whether the handler wrote records for any of `signals` to their pipes;
+/// clears the marks (the caller then reads the pipes).
 pub(crate) fn take_spilled(signals: &[i32]) -> bool {
     let mut any = false;
     for &s in signals {
         if let Some(slot) = slot(&SPILLED, s) {
             // Load first: the common case writes nothing to the shared line.
-            if slot.load(Ordering::Relaxed) && slot.swap(false, Ordering::AcqRel) {
+            if slot.load(Ordering::SeqCst) && slot.swap(false, Ordering::SeqCst) {
                 any = true;
             }
         }
@@ -93,58 +91,77 @@ unsafe fn fields_of(sig: i32, info: *const libc::siginfo_t) -> Fields {
     [sig, pid, uid, code, value]
 }
 
-/// The `si_code` of a relay (see [`on_signal`]): a wake-up for the direct
-/// path, which says "a record waits in the pipe", never a signal of its own.
-/// Negative (a code user space may send) and used by nobody else.
-pub(crate) const RELAY: i32 = -0x4b49;
+/// One record decoded: signal, pid, uid, code, value.
+pub(crate) type Fields = [i32; 5];
 
-/// `rt_sigqueueinfo(2)` of a relay for `sig` to this process.
-/// Async-signal-safe (one system call). Returns whether the kernel took it.
-fn relay(sig: i32) -> bool {
+/// `rt_tgsigqueueinfo(2)` of a relay for `sig` to thread `tid` of this
+/// process. Async-signal-safe (two system calls).
+fn relay(sig: i32, tid: i32) {
     // SAFETY: all-zero is a valid siginfo_t; the fields set are public.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     info.si_signo = sig;
     info.si_code = RELAY;
-    // SAFETY: getpid is async-signal-safe; rt_sigqueueinfo(2) is a system
-    // call reading the valid local `info`.
-    unsafe { libc::syscall(libc::SYS_rt_sigqueueinfo, libc::getpid(), sig, &info) == 0 }
+    // SAFETY: getpid is async-signal-safe; rt_tgsigqueueinfo(2) is a system
+    // call reading the valid local `info`. A refusal (the real-time queue is
+    // full) leaves the record in the pipe for the waiter's next look.
+    unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, libc::getpid(), tid, sig, &info) };
 }
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: __errno_location is async-signal-safe and returns this thread's errno.
     let errno = unsafe { *libc::__errno_location() };
-    on_signal_inner(sig, info, ctx);
+    record(sig, info, ctx);
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
 
-fn on_signal_inner(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+/// The handler's work: the record to the pipe, and a relay to the waiting
+/// thread, if any (it sleeps in `sigtimedwait`, blind to the pipe).
+fn record(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     if info.is_null() {
         return;
     }
     // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t.
     let is_relay = unsafe { (*info).si_code } == RELAY;
-    let direct = slot(&DIRECT, sig).is_some_and(|d| d.load(Ordering::Relaxed));
-    if direct && !ctx.is_null() {
-        // The direct path expects every thread to block `sig`, and this one
-        // lets it in (it unblocked it after the registration). Block it here
-        // from now on (sigreturn puts back the mask saved in `ctx`), so this
-        // happens at most once per thread and cannot loop.
+    if !is_relay && !write_record(sig, info) {
+        return;
+    }
+    // `wait` publishes its thread, then looks at SPILLED (both sequentially
+    // consistent), and `write_record` set SPILLED before this looks at
+    // WAITER: either the waiter sees the record and does not sleep, or this
+    // sees the waiter and wakes it.
+    let waiter = slot(&WAITER, sig).map_or(0, |w| w.load(Ordering::SeqCst));
+    if waiter <= 0 {
+        // Nobody waits (or a relay came after its waiter left): the next
+        // `recv` finds the record.
+        return;
+    }
+    if waiter == rustix::thread::gettid().as_raw_nonzero().get() {
+        if ctx.is_null() {
+            return;
+        }
+        // The waiter's own thread, between publishing itself and entering
+        // `sigtimedwait`: block `sig` here until its wait ends (sigreturn
+        // puts back the mask saved in `ctx`), so that the relay queued to
+        // this thread below waits for that `sigtimedwait`.
         // SAFETY: with SA_SIGINFO the kernel passes a valid ucontext_t as
         // `ctx`; sigaddset edits its saved mask (plain memory).
         unsafe { libc::sigaddset(&mut (*ctx.cast::<libc::ucontext_t>()).uc_sigmask, sig) };
-    }
-    if is_relay {
-        // Not a signal: pass the wake-up on (this thread took it instead of
-        // the receiver), or drop it when nobody takes the direct path.
-        if direct {
-            relay(sig);
+        if let Some(r) = slot(&REBLOCKED, sig) {
+            r.store(true, Ordering::SeqCst);
         }
-        return;
+        relay(sig, waiter);
+    } else if !is_relay {
+        relay(sig, waiter);
     }
+}
+
+/// Writes the record of a delivery to `sig`'s pipe and marks it; returns
+/// whether it did.
+fn write_record(sig: libc::c_int, info: *mut libc::siginfo_t) -> bool {
     let fd = slot(&PIPES, sig).map_or(-1, |p| p.load(Ordering::Relaxed));
     if fd < 0 {
-        return;
+        return false;
     }
     // SAFETY: the kernel passes a valid siginfo_t with SA_SIGINFO.
     let fields = unsafe { fields_of(sig, info) };
@@ -152,22 +169,17 @@ fn on_signal_inner(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc:
     for (i, v) in fields.into_iter().enumerate() {
         rec[4 * i..4 * i + 4].copy_from_slice(&v.to_ne_bytes());
     }
-    // A record (20 bytes < PIPE_BUF) is written whole or not at all; if
-    // the pipe is full the signal is dropped, as the kernel drops a
-    // pending standard signal.
+    // A record (20 bytes < PIPE_BUF) is written whole or not at all; if the
+    // pipe is full the signal is dropped, as the kernel drops a pending
+    // standard signal.
     // SAFETY: write(2) is async-signal-safe; `rec` is a local buffer.
-    let n = unsafe { libc::write(fd, rec.as_ptr().cast(), RECORD) };
-    if direct && n == RECORD as isize {
-        // The receiver sleeps in sigtimedwait, blind to the pipe: mark the
-        // record and wake it with a relay (it ends up with the receiver:
-        // this thread blocks `sig` until the handler returns, and for good
-        // afterwards). For a standard signal the relay coalesces with a
-        // pending instance, as the kernel coalesces such signals anyway.
-        if let Some(s) = slot(&SPILLED, sig) {
-            s.store(true, Ordering::Release);
-        }
-        relay(sig);
+    if unsafe { libc::write(fd, rec.as_ptr().cast(), RECORD) } != RECORD as isize {
+        return false;
     }
+    if let Some(s) = slot(&SPILLED, sig) {
+        s.store(true, Ordering::SeqCst);
+    }
+    true
 }
 
 /// A signal's previous disposition, to put back.
@@ -261,52 +273,6 @@ pub(crate) fn names_sender(sig: i32, code: i32) -> bool {
     code <= 0 || sig == libc::SIGCHLD
 }
 
-/// A set of signals, for [`wait`].
-#[derive(Clone, Copy)]
-pub(crate) struct SigSet(libc::sigset_t);
-
-impl std::fmt::Debug for SigSet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SigSet")
-    }
-}
-
-impl SigSet {
-    pub(crate) fn new(signals: &[i32]) -> SigSet {
-        SigSet(sigset(signals))
-    }
-}
-
-/// `sigtimedwait(2)`: takes one pending signal of `set` (from the process's
-/// queue or this thread's), sleeping until `deadline`; `None` when it
-/// passes. The signals in `set` are let in on this thread only while it
-/// waits.
-pub(crate) fn wait(set: &SigSet, deadline: super::Deadline) -> io::Result<Option<Fields>> {
-    loop {
-        let ts =
-            deadline.remaining().map(|t| libc::timespec { tv_sec: t.tv_sec as _, tv_nsec: t.tv_nsec as _ });
-        let tp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: all-zero is valid storage for the siginfo_t the kernel fills.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // The system call itself: glibc's sigtimedwait reports SI_TKILL as SI_USER.
-        // SAFETY: `set` and `info` are valid; `tp` is null or a valid
-        // timespec; the kernel's sigset is 8 bytes (the start of sigset_t).
-        let sig = unsafe { libc::syscall(libc::SYS_rt_sigtimedwait, &set.0, &mut info, tp, 8usize) };
-        if sig > 0 {
-            // SAFETY: the kernel filled `info` for `sig`.
-            return Ok(Some(unsafe { fields_of(sig as i32, &info) }));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) => return Ok(None),
-            // A handler for another signal ran on this thread.
-            Some(libc::EINTR) if !deadline.expired() => {}
-            Some(libc::EINTR) => return Ok(None),
-            _ => return Err(e),
-        }
-    }
-}
-
 /// A `sigset_t` holding `signals`.
 fn sigset(signals: &[i32]) -> libc::sigset_t {
     // SAFETY: all-zero is valid storage for a sigset_t; sigemptyset initialises it.
@@ -344,12 +310,17 @@ pub(crate) fn unblock(signals: &[i32]) -> io::Result<()> {
 }
 
 /// Whether every thread of this process blocks all of `signals`, from the
-/// `SigBlk` line of each `/proc/self/task/<tid>/status`. A thread that ends
-/// while being looked at is skipped.
+/// `SigBlk` line of each `/proc/self/task/<tid>/status`. A thread waiting
+/// in [`wait`] for one of them counts as blocking it (`sigtimedwait` lets it
+/// in only for the wait, which takes it directly). A thread that ends while
+/// being looked at is skipped.
 pub(crate) fn blocked_in_every_thread(signals: &[i32]) -> io::Result<bool> {
-    let want = signals.iter().fold(0u64, |m, &s| if (1..=64).contains(&s) { m | 1 << (s - 1) } else { m });
+    let bit = |s: i32| if (1..=64).contains(&s) { 1u64 << (s - 1) } else { 0 };
+    let want = signals.iter().fold(0u64, |m, &s| m | bit(s));
     for task in std::fs::read_dir("/proc/self/task")? {
-        let status = match std::fs::read_to_string(task?.path().join("status")) {
+        let task = task?;
+        let tid: i32 = task.file_name().to_str().and_then(|t| t.parse().ok()).unwrap_or(0);
+        let status = match std::fs::read_to_string(task.path().join("status")) {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
@@ -359,88 +330,129 @@ pub(crate) fn blocked_in_every_thread(signals: &[i32]) -> io::Result<bool> {
             .find_map(|l| l.strip_prefix("SigBlk:"))
             .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
             .ok_or_else(|| io::Error::other("no SigBlk line in /proc/self/task/*/status"))?;
-        if blocked & want != want {
+        let waiting = signals
+            .iter()
+            .filter(|&&s| slot(&WAITER, s).is_some_and(|w| w.load(Ordering::SeqCst) == tid))
+            .fold(0u64, |m, &s| m | bit(s));
+        if (blocked | waiting) & want != want {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-/// `signalfd(2)` (non-blocking, close-on-exec) for `signals`: readable while
-/// one of them is pending for the reading thread or for the process.
-pub(crate) fn signalfd(signals: &[i32]) -> io::Result<OwnedFd> {
-    let set = sigset(signals);
-    // SAFETY: -1 asks for a new descriptor; `set` is a valid sigset_t.
-    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+/// A set of signals, for [`wait`].
+#[derive(Clone, Copy)]
+pub(crate) struct SigSet(libc::sigset_t);
+
+impl std::fmt::Debug for SigSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigSet")
     }
-    // SAFETY: signalfd returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Bytes per `signalfd` record.
-pub(crate) const SIGNALFD_RECORD: usize = std::mem::size_of::<libc::signalfd_siginfo>();
-
-/// One record decoded: signal, pid, uid, code, value (as the handler's).
-pub(crate) type Fields = [i32; 5];
-
-/// Decodes one `signalfd_siginfo` (native byte order) into the handler's fields.
-pub(crate) fn decode_signalfd(rec: &[u8]) -> Fields {
-    let at = |off: usize| i32::from_ne_bytes(rec[off..off + 4].try_into().expect("4 bytes"));
-    let sig = at(offset_of!(libc::signalfd_siginfo, ssi_signo));
-    let code = at(offset_of!(libc::signalfd_siginfo, ssi_code));
-    let (pid, uid) = if names_sender(sig, code) {
-        (at(offset_of!(libc::signalfd_siginfo, ssi_pid)), at(offset_of!(libc::signalfd_siginfo, ssi_uid)))
-    } else {
-        (0, 0)
-    };
-    [sig, pid, uid, code, at(offset_of!(libc::signalfd_siginfo, ssi_int))]
+impl SigSet {
+    pub(crate) fn new(signals: &[i32]) -> SigSet {
+        SigSet(sigset(signals))
+    }
 }
 
-/// One non-blocking `read(2)`: `Ok(0)` when nothing is there.
-pub(crate) fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match rustix::io::read(fd, &mut *buf) {
-            Ok(n) => return Ok(n),
-            Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => return Ok(0),
-            Err(e) => return Err(e.into()),
+thread_local! {
+    /// This thread's id, asked once.
+    static TID: Cell<i32> = const { Cell::new(0) };
+}
+
+/// `gettid(2)`, remembered per thread.
+pub(crate) fn tid() -> i32 {
+    TID.with(|t| {
+        if t.get() == 0 {
+            t.set(rustix::thread::gettid().as_raw_nonzero().get());
+        }
+        t.get()
+    })
+}
+
+/// Publishes (or withdraws, with 0) the thread waiting for `signals`.
+fn set_waiter(signals: &[i32], tid: i32) {
+    for &s in signals {
+        if let Some(w) = slot(&WAITER, s) {
+            w.store(tid, Ordering::SeqCst);
         }
     }
 }
 
-/// What one `poll(2)` said.
-pub(crate) enum Polled {
-    /// Bit `i` set: `fds[i]` is readable (or hung up).
-    Ready(u128),
-    /// The timeout passed.
+/// What [`wait`] got.
+pub(crate) enum Waited {
+    /// A signal, taken from the kernel's queue.
+    Signal(Fields),
+    /// The handler put records in the pipes: read them.
+    Spilled,
+    /// The deadline passed.
     Timeout,
-    /// A signal handler ran on this thread (`EINTR`).
-    Interrupted,
 }
 
-/// One `poll(2)` for readability of `fds` (at most 128) until `deadline`,
-/// with no allocation for up to 8 descriptors.
-pub(crate) fn poll_once(fds: &[std::sync::Arc<OwnedFd>], deadline: super::Deadline) -> io::Result<Polled> {
-    const INLINE: usize = 8;
-    assert!(!fds.is_empty() && fds.len() <= 128, "poll_once: 1 to 128 descriptors");
-    let entry = |i: usize| PollFd::new(&*fds[i.min(fds.len() - 1)], PollFlags::IN);
-    let mut inline: [PollFd<'_>; INLINE];
-    let mut heap: Vec<PollFd<'_>>;
-    let set: &mut [PollFd<'_>] = if fds.len() <= INLINE {
-        inline = std::array::from_fn(entry);
-        &mut inline[..fds.len()]
-    } else {
-        heap = (0..fds.len()).map(entry).collect();
-        &mut heap
-    };
-    match rustix::event::poll(set, deadline.remaining().as_ref()) {
-        Ok(0) => Ok(Polled::Timeout),
-        Ok(_) => Ok(Polled::Ready(
-            set.iter().enumerate().filter(|(_, p)| !p.revents().is_empty()).fold(0, |m, (i, _)| m | 1 << i),
-        )),
-        Err(Errno::INTR) => Ok(Polled::Interrupted),
-        Err(e) => Err(e.into()),
+/// `rt_sigtimedwait(2)`: takes one pending signal of `set` (`signals`)
+/// from the process's queue or this thread's, sleeping until `deadline`,
+/// unless the handler has left records in their pipes.
+pub(crate) fn wait(set: &SigSet, signals: &[i32], deadline: super::Deadline) -> io::Result<Waited> {
+    set_waiter(signals, tid());
+    let got = wait_published(set, signals, deadline);
+    set_waiter(signals, 0);
+    // Let in again what the handler blocked on this thread for this wait.
+    for &s in signals {
+        if slot(&REBLOCKED, s).is_some_and(|r| r.load(Ordering::SeqCst) && r.swap(false, Ordering::SeqCst)) {
+            unblock(&[s])?;
+        }
+    }
+    got
+}
+
+fn wait_published(set: &SigSet, signals: &[i32], deadline: super::Deadline) -> io::Result<Waited> {
+    loop {
+        if take_spilled(signals) {
+            return Ok(Waited::Spilled);
+        }
+        let ts =
+            deadline.remaining().map(|t| libc::timespec { tv_sec: t.tv_sec as _, tv_nsec: t.tv_nsec as _ });
+        let tp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: all-zero is valid storage for the siginfo_t the kernel fills.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // The system call itself: glibc's sigtimedwait reports SI_TKILL as SI_USER.
+        // SAFETY: `set` and `info` are valid; `tp` is null or a valid
+        // timespec; the kernel's sigset is 8 bytes (the start of sigset_t).
+        let sig = unsafe { libc::syscall(libc::SYS_rt_sigtimedwait, &set.0, &mut info, tp, 8usize) };
+        if sig > 0 {
+            // SAFETY: the kernel filled `info` for `sig`.
+            let fields = unsafe { fields_of(sig as i32, &info) };
+            if fields[3] == RELAY {
+                // The handler ran on another thread: look at the pipes.
+                continue;
+            }
+            return Ok(Waited::Signal(fields));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => {
+                return Ok(if take_spilled(signals) { Waited::Spilled } else { Waited::Timeout })
+            }
+            // A handler for another signal ran on this thread.
+            Some(libc::EINTR) if !deadline.expired() => {}
+            Some(libc::EINTR) => {
+                return Ok(if take_spilled(signals) { Waited::Spilled } else { Waited::Timeout })
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+/// One non-blocking `read(2)`: `Ok(0)` when nothing is there.
+pub(crate) fn read_some(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match rustix::io::read(fd, &mut *buf) {
+            Ok(n) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
