@@ -26,13 +26,15 @@
 //! * `ipckit_signals` (the handler path): this process sends SIGUSR1 with
 //!   `signal::send` and takes SIGUSR2 from a `Signals` receiver; the child
 //!   takes SIGUSR1 with `Signals::recv` and answers the sender's pid
-//!   (`SignalInfo::pid`). Neither blocks the signals, so the kernel runs
-//!   ipckit's handler, which writes a record to the signal's pipe;
+//!   (`SignalInfo::pid`). Neither blocks the signals: a signal that arrives
+//!   while the receiver waits in `sigtimedwait` goes straight to it; one that
+//!   arrives before (the receiver was preempted between its send and its
+//!   wait) runs ipckit's handler, which writes a record to the signal's pipe;
 //! * `ipckit_signals_blocked` (the direct path): as `kill_sigwaitinfo_raw`,
 //!   two fresh children, which call `signal::block(&[SIGUSR1, SIGUSR2])`
 //!   at the very start of `main`, then use `Signals::new` + `recv` and
-//!   `signal::send`: the registration's `signalfd` takes the signals, no
-//!   handler runs.
+//!   `signal::send`: the kernel keeps each signal pending until the
+//!   receiver's `sigtimedwait` takes it, no handler runs.
 //!
 //! Placements: `pinned` (the two ends on two different CPUs, with
 //! `sched_setaffinity` on every thread of each process), `unpinned` (the
@@ -894,8 +896,8 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     println!(
         "efd: eventfd_raw, ftx: futex_raw, evt: ipckit_event (AutoReset, notify_one + wait); raw: kill + \
          sigwaitinfo (signals blocked), blk: ipckit signal::send + Signals::recv with the signals blocked \
-         (signal::block: the direct path, signalfd), hnd: the same with the signals not blocked (the \
-         handler path). Ratios: of the medians; pair: median over rounds of the per-round ratio of batch \
+         (signal::block: the kernel keeps them for sigtimedwait), hnd: the same with the signals not \
+         blocked (the kernel may give one to a thread that is not waiting: the handler path). Ratios: of the medians; pair: median over rounds of the per-round ratio of batch \
          medians (robust to preemption by other load). same-cpu %: batches after which both ends sat on \
          one CPU (what decides the unpinned numbers)."
     );

@@ -56,11 +56,17 @@
 //!    integers (the pipe's descriptor, written before the handler is
 //!    installed, pipes are never closed; the waiting thread's id), copies
 //!    fields from the kernel's `siginfo_t` into a local buffer, and makes at
-//!    most two async-signal-safe system calls (`write(2)` to the pipe,
-//!    `rt_tgsigqueueinfo(2)` for the relay), saving and restoring `errno`.
-//!    No lock, no allocation, only atomic stores to global state: nested or
-//!    concurrent invocations on several threads cannot interfere (a 20-byte
-//!    write to a pipe is atomic).
+//!    most three async-signal-safe system calls (`write(2)` to the pipe,
+//!    `gettid(2)`, `rt_tgsigqueueinfo(2)` for the relay), saving and
+//!    restoring `errno`. No lock, no allocation, only atomic loads and
+//!    stores of global state: nested or concurrent invocations on several
+//!    threads cannot interfere (a 20-byte write to a pipe is atomic). In one
+//!    case it also edits the signal mask the kernel saved for the
+//!    interrupted code: when it runs on the receiver's own thread in the
+//!    instant between `recv` announcing its wait and entering
+//!    `sigtimedwait`, it keeps the signal blocked there until that wait
+//!    ends, so that its relay is taken by that wait (`recv` then lets the
+//!    signal in again); the thread's mask is otherwise left alone.
 //! 2. Your code runs on a normal thread: the thread that calls
 //!    [`Signals::recv`], or the thread [`handle`] starts for a closure. There
 //!    it may lock, allocate, print, send messages, and a signal arriving
@@ -414,6 +420,8 @@ pub fn default(signal: i32) -> Result<Restore> {
 /// pending until a [`Signals`] receiver takes them in `sigtimedwait` (the
 /// direct path in the [module docs](self): the same system calls as a raw
 /// `sigwaitinfo`). A blocked signal nobody registered for stays pending.
+/// Programs started with `std::process::Command` begin with no signal
+/// blocked (the standard library clears the mask in the child).
 ///
 /// # Errors
 ///

@@ -280,7 +280,7 @@ fn real_time_signals_queue_with_values_and_standard_ones_coalesce() {
             "real-time signals queue, in order, with values"
         );
     };
-    // Still blocked on this thread: taken from its queue through the signalfd.
+    // Still blocked on this thread: taken from its queue by sigtimedwait (no handler can run).
     send();
     check(&mut signals);
     // Then let in: the handler takes them, through the pipe.
