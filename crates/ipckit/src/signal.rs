@@ -56,8 +56,8 @@
 //!    integers (the pipe's descriptor, written before the handler is
 //!    installed, pipes are never closed; the waiting thread's id), copies
 //!    fields from the kernel's `siginfo_t` into a local buffer, and makes at
-//!    most three async-signal-safe system calls (`write(2)` to the pipe,
-//!    `gettid(2)`, `rt_tgsigqueueinfo(2)` for the relay), saving and
+//!    most four async-signal-safe system calls (`write(2)` to the pipe,
+//!    `gettid(2)`, `getpid(2)` and `rt_tgsigqueueinfo(2)` for the relay), saving and
 //!    restoring `errno`. No lock, no allocation, only atomic loads and
 //!    stores of global state: nested or concurrent invocations on several
 //!    threads cannot interfere (a 20-byte write to a pipe is atomic). In one

@@ -7,12 +7,13 @@
 //! The handler installed here runs in signal context, where only
 //! async-signal-safe functions may be called. It loads atomic integers
 //! (the write end of the signal's pipe, which is never closed, and the
-//! thread waiting for the signal), copies five fields out of the
-//! `siginfo_t` the kernel passed into a local buffer, and makes at most two
-//! system calls: `write(2)` of that buffer to the pipe and
-//! `rt_tgsigqueueinfo(2)` to wake the waiting thread (plus `gettid(2)`, and
-//! an edit of the mask the kernel saved in the `ucontext_t` it passed); it
-//! saves and restores `errno` around them. It takes no lock, allocates nothing and touches no
+//! thread waiting for the signal), stores atomic flags, copies five fields
+//! out of the `siginfo_t` the kernel passed into a local buffer, and makes
+//! at most four system calls: `write(2)` of that buffer to the pipe, and
+//! `gettid(2)`, `getpid(2)` and `rt_tgsigqueueinfo(2)` to wake the waiting
+//! thread; in one case it also edits the signal mask the kernel saved in
+//! the `ucontext_t` it passed (see `record`). It saves and restores `errno`
+//! around all that. It takes no lock, allocates nothing and touches no
 //! other state, so it cannot deadlock or corrupt the interrupted code,
 //! whatever that code was doing, and any number of invocations may nest or
 //! run at once on several threads (the chapter's reentrancy rules: the
