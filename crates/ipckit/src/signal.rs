@@ -36,12 +36,16 @@
 //! Either way each signal is taken from the kernel exactly once, nothing is
 //! lost, and a signal is never left to its default action while the
 //! registration lives (the handler stays installed, whichever thread
-//! changes its mask). Two caveats: a signal sent to one *thread*
+//! changes its mask). Caveats: a signal sent to one *thread*
 //! ([`send_thread`]) that blocks it waits in that thread's own queue until
-//! that thread receives it or lets it in; and a relay for a real-time
-//! signal can be refused when the user's queue of pending signals is full
+//! that thread receives it or lets it in; a relay for a real-time signal
+//! can be refused when the user's queue of pending signals is full
 //! (`RLIMIT_SIGPENDING`), in which case the record waits in the pipe until
-//! the receiver's next wake-up (another signal, or its deadline).
+//! the receiver's next wake-up (another signal, or its deadline); and a
+//! relay that reaches a receiving thread which blocks the signal just after
+//! its wait ended stays pending there: the next `recv` on that thread skips
+//! it, ipckit's handler ignores it, but a thread that lets the signal in
+//! after the registration is gone gets it with the restored disposition.
 //!
 //! # Reentrancy (the chapter's rules, and how the API keeps them)
 //!

@@ -352,6 +352,7 @@ fn dropping_a_registration_restores_the_old_disposition() {
     }
     assert_eq!(disposition(SIGUSR1), before);
     assert!(Signals::new(&[libc::SIGKILL]).is_err());
+    assert!(signal::block(&[libc::SIGKILL]).is_err() && signal::unblock(&[0]).is_err());
 }
 
 #[test]
