@@ -23,16 +23,25 @@
 //!   are freshly spawned children that block the two signals at the very start
 //!   of `main`, before any thread exists (so no thread can take them); the
 //!   driving child times itself and sends the times back over its stdout;
-//! * `ipckit_signals`: this process sends SIGUSR1 with `signal::send` and takes
-//!   SIGUSR2 from a `Signals` receiver; the child takes SIGUSR1 with
-//!   `Signals::recv` and answers the sender's pid (`SignalInfo::pid`).
+//! * `ipckit_signals` (the handler path): this process sends SIGUSR1 with
+//!   `signal::send` and takes SIGUSR2 from a `Signals` receiver; the child
+//!   takes SIGUSR1 with `Signals::recv` and answers the sender's pid
+//!   (`SignalInfo::pid`). Neither blocks the signals: a signal that arrives
+//!   while the receiver waits in `sigtimedwait` goes straight to it; one that
+//!   arrives before (the receiver was preempted between its send and its
+//!   wait) runs ipckit's handler, which writes a record to the signal's pipe;
+//! * `ipckit_signals_blocked` (the direct path): as `kill_sigwaitinfo_raw`,
+//!   two fresh children, which call `signal::block(&[SIGUSR1, SIGUSR2])`
+//!   at the very start of `main`, then use `Signals::new` + `recv` and
+//!   `signal::send`: the kernel keeps each signal pending until the
+//!   receiver's `sigtimedwait` takes it, no handler runs.
 //!
 //! Placements: `pinned` (the two ends on two different CPUs, with
 //! `sched_setaffinity` on every thread of each process), `unpinned` (the
 //! scheduler decides) and `samecpu` (both ends on the first CPU).
 //!
 //! Criterion runs first (`iter_custom`, so the remote raw-signal driver can
-//! time itself), then a summary loop of its own interleaves batches of all five
+//! time itself), then a summary loop of its own interleaves batches of all six
 //! cases of a placement (rotating which goes first, so background noise hits
 //! them alike), times every single round trip and prints median and p99 and the
 //! ratios event/eventfd, event/futex and signals/raw-signals (goal <= 1.2).
@@ -41,7 +50,7 @@
 //! cargo bench -p ipckit --bench notify
 //! ```
 //!
-//! For syscall counting, `IPCKIT_NOTIFY_BENCH_PROBE=<eventfd|futex|event|rawsig|kitsig>[:N[:placement]]`
+//! For syscall counting, `IPCKIT_NOTIFY_BENCH_PROBE=<eventfd|futex|event|rawsig|kitsig|kitblk>[:N[:placement]]`
 //! skips criterion and performs exactly N (default 20000) round trips of one
 //! case (placement default `pinned`), e.g.
 //! `IPCKIT_NOTIFY_BENCH_PROBE=kitsig:20000 strace -f -c target/release/deps/notify-* --bench`.
@@ -106,15 +115,18 @@ enum Case {
     Event,
     RawSignal,
     KitSignal,
+    KitBlocked,
 }
 
 /// In summary order (the indices below are positions in it).
-const CASES: [Case; 5] = [Case::Eventfd, Case::Futex, Case::Event, Case::RawSignal, Case::KitSignal];
+const CASES: [Case; 6] =
+    [Case::Eventfd, Case::Futex, Case::Event, Case::RawSignal, Case::KitSignal, Case::KitBlocked];
 const EFD: usize = 0;
 const FTX: usize = 1;
 const EVT: usize = 2;
 const RSIG: usize = 3;
 const KSIG: usize = 4;
+const KBLK: usize = 5;
 
 impl Case {
     fn name(self) -> &'static str {
@@ -124,6 +136,7 @@ impl Case {
             Case::Event => "ipckit_event",
             Case::RawSignal => "kill_sigwaitinfo_raw",
             Case::KitSignal => "ipckit_signals",
+            Case::KitBlocked => "ipckit_signals_blocked",
         }
     }
 
@@ -134,13 +147,14 @@ impl Case {
             Case::Event => "event",
             Case::RawSignal => "rawsig",
             Case::KitSignal => "kitsig",
+            Case::KitBlocked => "kitblk",
         }
     }
 
     fn group(self) -> &'static str {
         match self {
             Case::Eventfd | Case::Futex | Case::Event => "notify",
-            Case::RawSignal | Case::KitSignal => "signal",
+            Case::RawSignal | Case::KitSignal | Case::KitBlocked => "signal",
         }
     }
 }
@@ -152,6 +166,13 @@ fn main() {
         if role.starts_with("rawsig") {
             if let Err(e) = block_raw_signals() {
                 eprintln!("notify bench child ({role}): pthread_sigmask: {e}");
+                std::process::exit(1);
+            }
+        }
+        // The ipckit direct path: the same, through ipckit's API.
+        if role.starts_with("kitblk") {
+            if let Err(e) = signal::block(&[SIGUSR1, SIGUSR2]) {
+                eprintln!("notify bench child ({role}): signal::block: {e}");
                 std::process::exit(1);
             }
         }
@@ -559,7 +580,7 @@ enum Side {
         child: u32,
     },
     /// Driven by the driver child (the last `Proc`).
-    RawSignal,
+    Remote,
 }
 
 /// One running case: this process's end and the children.
@@ -620,13 +641,17 @@ impl Peer {
                 let p = Proc::start(far, None, label)?;
                 (Side::KitSignal { signals, child: p.pid() }, vec![p])
             }
-            Case::RawSignal => {
-                let echo =
-                    Proc::start(child_cmd("rawsig-echo", place.child_cpu())?, None, format!("{label}/echo"))?;
-                let mut cmd = child_cmd("rawsig-drive", place.parent_cpu())?;
+            Case::RawSignal | Case::KitBlocked => {
+                let tag = case.tag();
+                let echo = Proc::start(
+                    child_cmd(&format!("{tag}-echo"), place.child_cpu())?,
+                    None,
+                    format!("{label}/echo"),
+                )?;
+                let mut cmd = child_cmd(&format!("{tag}-drive"), place.parent_cpu())?;
                 cmd.env(PEER_VAR, echo.pid().to_string());
                 let driver = Proc::start(cmd, None, format!("{label}/driver"))?;
-                (Side::RawSignal, vec![echo, driver])
+                (Side::Remote, vec![echo, driver])
             }
         };
         Ok(Peer { side: Some(side), procs })
@@ -652,9 +677,9 @@ impl Peer {
                 signal::send(*child, SIGUSR1).expect("signal::send");
                 black_box(signals.recv().expect("Signals::recv"));
             }),
-            Side::RawSignal => {
+            Side::Remote => {
                 let driver = self.procs.last_mut().expect("driver");
-                remote_run(driver, n, samples).expect("raw-signal driver")
+                remote_run(driver, n, samples).expect("signal driver")
             }
         };
         beat();
@@ -664,7 +689,7 @@ impl Peer {
     /// Whether the two ends last ran on one CPU.
     fn shares_cpu(&self) -> Option<bool> {
         match self.side.as_ref()? {
-            Side::RawSignal => Some(self.procs[0].last_cpu()? == self.procs[1].last_cpu()?),
+            Side::Remote => Some(self.procs[0].last_cpu()? == self.procs[1].last_cpu()?),
             _ => Some(self.procs[0].last_cpu()? == rustix::thread::sched_getcpu()),
         }
     }
@@ -722,9 +747,10 @@ struct Stat {
 
 struct Row {
     place: Placement,
-    stat: [Stat; 5],
-    /// Median over rounds of the per-round ratio of batch medians: event/eventfd, event/futex, kitsig/rawsig.
-    paired: [f64; 3],
+    stat: [Stat; 6],
+    /// Median over rounds of the per-round ratio of batch medians: event/eventfd, event/futex,
+    /// kitsig/rawsig, kitblk/rawsig.
+    paired: [f64; 4],
 }
 
 fn summary(placements: &[Placement], original: &CpuSet) {
@@ -759,7 +785,7 @@ fn summary(placements: &[Placement], original: &CpuSet) {
             let (xs, ys) = (&batch_medians[a], &batch_medians[b]);
             common::median_in_place(&mut xs.iter().zip(ys).map(|(x, y)| x / y).collect::<Vec<_>>())
         };
-        let paired = [paired(EVT, EFD), paired(EVT, FTX), paired(KSIG, RSIG)];
+        let paired = [paired(EVT, EFD), paired(EVT, FTX), paired(KSIG, RSIG), paired(KBLK, RSIG)];
         let stat = std::array::from_fn(|c| {
             let mut s: Vec<f64> = samples[c].iter().map(|&x| x as f64).collect();
             s.sort_by(f64::total_cmp);
@@ -826,30 +852,54 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     println!();
     println!("Signal round trip between two processes (SIGUSR1 there, SIGUSR2 back): median / p99, us");
     println!(
-        "{:<9}|{:>8} {:>8}|{:>8} {:>8}|{:>8} {:>8}| {:<11}| goal <= {GOAL}",
-        "cpus", "raw med", "p99", "kit med", "p99", "kit/raw", "pair", "same-cpu %"
+        "{:<9}|{:>8} {:>8}|{:>8} {:>8}|{:>8} {:>8}|{:>7} {:>7}|{:>7} {:>7}| {:<11}| goal <= {GOAL}",
+        "cpus",
+        "raw med",
+        "p99",
+        "blk med",
+        "p99",
+        "hnd med",
+        "p99",
+        "blk/raw",
+        "pair",
+        "hnd/raw",
+        "pair",
+        "same-cpu %"
     );
     for r in &rows {
         let s = &r.stat;
-        let ratio = s[KSIG].median / s[RSIG].median;
+        let (rb, rh) = (s[KBLK].median / s[RSIG].median, s[KSIG].median / s[RSIG].median);
         println!(
-            "{:<9}|{:>8.2} {:>8.2}|{:>8.2} {:>8.2}|{:>8.3} {:>8.3}| {:<11}| signals/raw {}",
+            "{:<9}|{:>8.2} {:>8.2}|{:>8.2} {:>8.2}|{:>8.2} {:>8.2}|{:>7.3} {:>7.3}|{:>7.3} {:>7.3}| {:<11}| \
+             blocked {} handler {}",
             r.place.name(),
             us(s[RSIG].median),
             us(s[RSIG].p99),
+            us(s[KBLK].median),
+            us(s[KBLK].p99),
             us(s[KSIG].median),
             us(s[KSIG].p99),
-            ratio,
+            rb,
+            r.paired[3],
+            rh,
             r.paired[2],
-            format!("{:.0}/{:.0}", s[RSIG].same_cpu * 100.0, s[KSIG].same_cpu * 100.0),
-            ok(ratio),
+            format!(
+                "{:.0}/{:.0}/{:.0}",
+                s[RSIG].same_cpu * 100.0,
+                s[KBLK].same_cpu * 100.0,
+                s[KSIG].same_cpu * 100.0
+            ),
+            ok(rb),
+            ok(rh),
         );
     }
     println!(
         "efd: eventfd_raw, ftx: futex_raw, evt: ipckit_event (AutoReset, notify_one + wait); raw: kill + \
-         sigwaitinfo, kit: ipckit signal::send + Signals::recv. Ratios: of the medians; pair: median over \
-         rounds of the per-round ratio of batch medians (robust to preemption by other load). same-cpu %: batches after which both ends sat on one CPU \
-         (what decides the unpinned numbers)."
+         sigwaitinfo (signals blocked), blk: ipckit signal::send + Signals::recv with the signals blocked \
+         (signal::block: the kernel keeps them for sigtimedwait), hnd: the same with the signals not \
+         blocked (the kernel may give one to a thread that is not waiting: the handler path). Ratios: of the medians; pair: median over rounds of the per-round ratio of batch \
+         medians (robust to preemption by other load). same-cpu %: batches after which both ends sat on \
+         one CPU (what decides the unpinned numbers)."
     );
 }
 
@@ -858,7 +908,7 @@ fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
     let mut parts = spec.split(':');
     let tag = parts.next().unwrap_or_default();
     let case = *CASES.iter().find(|c| c.tag() == tag).unwrap_or_else(|| {
-        panic!("{PROBE_VAR}: unknown case {tag:?} (eventfd, futex, event, rawsig, kitsig)")
+        panic!("{PROBE_VAR}: unknown case {tag:?} (eventfd, futex, event, rawsig, kitsig, kitblk)")
     });
     let n: u64 = parts.next().map_or(20_000, |s| s.parse().expect("round trip count"));
     let place_name = parts.next().unwrap_or("pinned");
@@ -937,7 +987,33 @@ fn child_main(role: &str) -> Result<(), Box<dyn Error>> {
                 raw_kill(from, SIGUSR2)?;
             }
         }
-        "rawsig-drive" => raw_driver(),
+        "rawsig-drive" => {
+            let echo: i32 = std::env::var(PEER_VAR)?.parse()?;
+            let usr2 = sigset(&[SIGUSR2]);
+            signal_driver(|| {
+                raw_kill(echo, SIGUSR1).expect("kill");
+                black_box(raw_sigwait(&usr2).expect("sigwaitinfo"));
+            })
+        }
+        "kitblk-echo" => {
+            let mut signals = Signals::new(&[SIGUSR1])?;
+            if !signal::blocked_in_every_thread(&[SIGUSR1, SIGUSR2])? {
+                return Err("signals not blocked in every thread".into());
+            }
+            ready()?;
+            loop {
+                let info = signals.recv()?;
+                signal::send(info.pid, SIGUSR2)?;
+            }
+        }
+        "kitblk-drive" => {
+            let echo: u32 = std::env::var(PEER_VAR)?.parse()?;
+            let mut signals = Signals::new(&[SIGUSR2])?;
+            signal_driver(|| {
+                signal::send(echo, SIGUSR1).expect("signal::send");
+                black_box(signals.recv().expect("Signals::recv"));
+            })
+        }
         other => Err(format!("unknown role {other:?}").into()),
     }
 }
@@ -960,12 +1036,10 @@ fn ready() -> io::Result<()> {
     common::say_ready()
 }
 
-/// The raw-signal driver: for each 16-byte command on stdin, `n` round trips
-/// of `kill(echo, SIGUSR1)` + `sigwaitinfo(SIGUSR2)`; answers the total in
+/// A signal driver child: for each 16-byte command on stdin, `n` round trips
+/// of `rt` (SIGUSR1 to the echo, SIGUSR2 back); answers the total in
 /// nanoseconds and, if asked, every round trip's time. Ends at end-of-file.
-fn raw_driver() -> Result<(), Box<dyn Error>> {
-    let echo: i32 = std::env::var(PEER_VAR)?.parse()?;
-    let usr2 = sigset(&[SIGUSR2]);
+fn signal_driver(mut rt: impl FnMut()) -> Result<(), Box<dyn Error>> {
     let mut stdin = io::stdin().lock();
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "ready")?;
@@ -981,10 +1055,7 @@ fn raw_driver() -> Result<(), Box<dyn Error>> {
         let n = u64::from_le_bytes(cmd[..8].try_into()?);
         let want = u64::from_le_bytes(cmd[8..].try_into()?) != 0;
         samples.clear();
-        let took = drive(n, want.then_some(&mut samples), || {
-            raw_kill(echo, SIGUSR1).expect("kill");
-            black_box(raw_sigwait(&usr2).expect("sigwaitinfo"));
-        });
+        let took = drive(n, want.then_some(&mut samples), &mut rt);
         let mut out = Vec::with_capacity(8 + 8 * samples.len());
         out.extend_from_slice(&(took.as_nanos() as u64).to_le_bytes());
         samples.iter().for_each(|s| out.extend_from_slice(&s.to_le_bytes()));

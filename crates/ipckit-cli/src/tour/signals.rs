@@ -51,8 +51,9 @@ pub fn run(number: usize, scratch: &Scratch) -> Result<()> {
     })
     .context("registering handlers for SIGIO and SIGUSR1")?;
     me.say(format!(
-        "registered handlers for SIGIO and SIGUSR1 (thread {}); the real signal handler only writes \
-         a record to a pipe (async-signal-safe), a normal thread runs the closures",
+        "registered handlers for SIGIO and SIGUSR1 (thread {}); a normal thread runs the closures: it \
+         waits in sigtimedwait, and when the kernel gives a signal to another thread the real signal \
+         handler there only writes a record to a pipe and wakes it (async-signal-safe)",
         signal::thread_id()
     ));
 
