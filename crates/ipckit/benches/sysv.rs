@@ -282,12 +282,10 @@ impl Mq for MessageQueue {
     }
 
     fn recv(&self, mtype: i64, out: &mut [u8; MSG]) -> R<()> {
-        match MessageQueue::recv(self, Select::of(mtype), MSG) {
-            Ok((_, v)) if v.len() == MSG => {
-                out.copy_from_slice(&v);
-                Ok(())
-            }
-            Ok((_, v)) => Err(Fail::Other(format!("recv: {} bytes, not {MSG}", v.len()))),
+        // Into the caller's buffer, as msgrcv does (no allocation).
+        match MessageQueue::recv_into(self, Select::of(mtype), out) {
+            Ok((_, n)) if n == MSG => Ok(()),
+            Ok((_, n)) => Err(Fail::Other(format!("recv: {n} bytes, not {MSG}"))),
             Err(RecvError::Disconnected) => Err(Fail::Removed),
             Err(e) => Err(Fail::Other(format!("recv: {e}"))),
         }

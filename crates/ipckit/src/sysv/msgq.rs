@@ -1,45 +1,61 @@
 //! System V-style typed message queues, in shared memory.
+//!
+//! Two parts share one segment: a lock-free ring that senders append to
+//! (`msgq/ring.rs`, where the protocol and its crash cases are described)
+//! and a list of 64-byte chunks under a robust lock (here), where messages
+//! go when a receive selects past the ring's head. Receivers hold the lock;
+//! senders never do, except for texts longer than a ring slot holds.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+mod ring;
+
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::lock::{now_secs, RobustLock, Taken};
+use self::ring::{pack, unpack, Head, Ring, INLINE, SLOT};
+use super::lock::{now_secs, spin_pays, RobustLock, Spin, Taken};
 use crate::error::{Error, Fault, FrameError, RecvError, RecvTimeoutError, Result, SendError};
 use crate::error::{SendTimeoutError, TryRecvError, TrySendError};
 use crate::perm::{self, Access, Caller, Owner};
 use crate::shm::{Segment, SegmentKind, HEADER_LEN};
 use crate::sys::{self, Deadline, Mapping};
 
-// Queue header (offsets from the start of the mapping).
+// Queue header (offsets from the start of the mapping), one cache line per
+// writer: the lock holder's, read-mostly settings, the receivers', the
+// senders', the sleepers'.
 const Q: usize = HEADER_LEN;
 const LOCK: usize = Q;
 const LOCK_WAITERS: usize = Q + 4;
-const CHANGE: usize = Q + 8;
-const CHANGE_WAITERS: usize = Q + 12;
-const REMOVED: usize = Q + 16;
-const NCHUNKS: usize = Q + 20;
-const QNUM: usize = Q + 24;
-const CBYTES: usize = Q + 28;
-const QBYTES: usize = Q + 32;
-const MAXMSG: usize = Q + 36;
-const HEAD: usize = Q + 40;
-const TAIL: usize = Q + 44;
-const FREE: usize = Q + 48;
-const BUMP: usize = Q + 52;
-const LSPID: usize = Q + 56;
-const LRPID: usize = Q + 60;
-const STIME: usize = Q + 64;
-const RTIME: usize = Q + 72;
-const CTIME: usize = Q + 80;
-const UID: usize = Q + 88;
-const GID: usize = Q + 92;
-const MODE: usize = Q + 96;
-const CUID: usize = Q + 100;
-const CGID: usize = Q + 104;
-const USED: usize = Q + 108;
-const MAXCAP: usize = Q + 112;
+const NCHUNKS: usize = Q + 8;
+const NSLOTS: usize = Q + 12;
+/// Messages (low 32 bits) and bytes (high 32) in the locked list.
+const LISTW: usize = Q + 16;
+const HEAD: usize = Q + 24;
+const TAIL: usize = Q + 28;
+const FREE: usize = Q + 32;
+const BUMP: usize = Q + 36;
+const USED: usize = Q + 40;
+const REMOVED: usize = Q + 64;
+const QBYTES: usize = Q + 68;
+const MAXMSG: usize = Q + 72;
+const UID: usize = Q + 76;
+const GID: usize = Q + 80;
+const MODE: usize = Q + 84;
+const CUID: usize = Q + 88;
+const CGID: usize = Q + 92;
+const MAXCAP: usize = Q + 96;
+const CTIME: usize = Q + 104;
 const BOOT: usize = Q + 120;
-const CHUNKS: usize = Q + 128;
+/// Ring head position and bytes taken out of the ring.
+const HEADW: usize = Q + 128;
+const RTIME: usize = Q + 136;
+const LRPID: usize = Q + 144;
+/// Ring tail position and bytes ever sent.
+const TAILW: usize = Q + 192;
+const STIME: usize = Q + 200;
+const LSPID: usize = Q + 208;
+const CHANGE: usize = Q + 256;
+const CHANGE_WAITERS: usize = Q + 260;
+const SLOTS: usize = Q + 320;
 
 // Chunks: 64 bytes. A message is a header chunk plus a chain of data chunks.
 const CHUNK: usize = 64;
@@ -48,6 +64,13 @@ const C_NEXT: usize = 0;
 const C_DATA: usize = 4;
 const C_TYPE: usize = 8;
 const C_LEN: usize = 16;
+/// The ring position a drained message came from, and whether it did (1).
+const C_ORIG: usize = 20;
+const C_FROM: usize = 24;
+
+/// How long a party waits on a sender that is filling a slot before it
+/// asks whether that sender is still alive.
+const NAP: Duration = Duration::from_millis(10);
 
 /// Which message [`MessageQueue::recv`] takes, as `msgrcv(2)`'s `msgtyp` and flags say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,10 +190,37 @@ pub struct QueueSet {
 /// - messages persist until received or the queue is removed, also when no
 ///   process has the queue open (it lives in `/dev/shm` until removed);
 /// - a process killed in the middle of a send or a receive leaves the queue
-///   consistent: every operation commits with one store while holding a
-///   lock, and the next process to take the lock from a dead holder rebuilds
-///   the bookkeeping from what was committed (the message is fully there or
-///   not at all), so nobody waits on the dead.
+///   consistent: the message is fully there or not at all, and nobody waits
+///   on the dead (see below).
+///
+/// # How it is fast
+///
+/// Senders append texts of up to 104 bytes to a lock-free ring in the
+/// queue's segment (one CAS on the senders' counter, one on the slot); a
+/// receiver holds the queue's robust lock, which in the one-receiver case
+/// never leaves its CPU, and takes the ring's head directly when its
+/// selection matches it and nothing older waits in the locked list.
+/// Otherwise it moves the ring's messages, in order, to the list and
+/// selects there, as `msgrcv` does. Longer texts are built in the list's
+/// chunks under the lock and queued through the ring by reference, so the
+/// order of all messages is the order of the ring. The counts (`msg_qnum`,
+/// `msg_cbytes`) are exact: senders and receivers keep their counters on
+/// separate cache lines and read each other's only when their cached view
+/// says the queue is full. A party about to sleep first spins a little
+/// (adaptively, and only with more than one CPU online); a wake-up costs a
+/// `futex` call only when somebody sleeps.
+///
+/// # Crashes
+///
+/// Receivers work under a robust lock: whoever takes it from a dead holder
+/// finishes or undoes what the holder left (a slot released but not
+/// counted, a drained message linked but not counted) and rebuilds the
+/// list's bookkeeping from what was committed. A sender killed after
+/// reserving a ring position but before publishing it leaves a slot that
+/// the receiver reaching it skips once the sender's pid is gone (its bytes
+/// are given back); one killed while claiming a slot is taken over by the
+/// next sender. Either way the message is not there, and `send` had not
+/// returned.
 ///
 /// Permission checks use the queue's owner, group and mode (which the owner
 /// may change) against the caller's kernel identity: read to receive, write
@@ -193,9 +243,17 @@ pub struct QueueSet {
 pub struct MessageQueue {
     seg: Segment,
     chunks: usize,
+    /// Ring slots (a power of two).
+    slots: u32,
+    /// Offset of the first chunk.
+    chunks_at: usize,
     caller: Caller,
     /// For a durable queue: its file, and when to write it out.
     durable: Option<(std::path::PathBuf, Flush)>,
+    /// A sender's last view of `HEADW` and `LISTW` (see `msgq/ring.rs`).
+    view: [AtomicU64; 2],
+    /// The adaptive spin before sleeping.
+    spin: Spin,
 }
 
 /// When a durable queue's changes are written to its file.
@@ -224,6 +282,25 @@ fn file_mode(mode: u32) -> u32 {
     (0..3).map(|k| if (mode >> (3 * k)) & 7 != 0 { 6 << (3 * k) } else { 0 }).sum()
 }
 
+/// What one attempt to put a message in the ring did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pushed {
+    Sent,
+    /// Not within `msg_qbytes` (bytes or messages).
+    Full,
+    /// Within `msg_qbytes`, but every ring slot is taken: drain the ring.
+    NoSlot,
+    /// Position `pos` is being worked on by pid `pid` (0: by a receiver).
+    Busy {
+        pos: u32,
+        pid: u32,
+    },
+}
+
+/// What changes when a sleeper may proceed: the ring's counters, the
+/// list's, the capacity and the removed flag.
+type Snap = [u64; 4];
+
 impl MessageQueue {
     /// Creates queue `name`.
     ///
@@ -232,9 +309,9 @@ impl MessageQueue {
     /// [`Error::AlreadyExists`], [`Error::InvalidName`] (also for a bad
     /// configuration), [`Error::PermissionDenied`], [`Error::Io`].
     pub fn create(name: &str, config: QueueConfig) -> Result<MessageQueue> {
-        let (chunks, size) = geometry(name, &config)?;
-        let seg = Segment::create_kind(name, size, file_mode(config.mode & 0o777), SegmentKind::MsgQueue)?;
-        Ok(MessageQueue::init(seg, chunks, &config, None))
+        let g = geometry(name, &config)?;
+        let seg = Segment::create_kind(name, g.size, file_mode(config.mode & 0o777), SegmentKind::MsgQueue)?;
+        Ok(MessageQueue::init(seg, g, &config, None))
     }
 
     /// Creates a durable queue in a regular file at `path`: it survives a
@@ -250,16 +327,17 @@ impl MessageQueue {
         flush: Flush,
     ) -> Result<MessageQueue> {
         let path = path.as_ref();
-        let (chunks, size) = geometry(&path.display().to_string(), &config)?;
-        let seg = Segment::create_file(path, size, file_mode(config.mode & 0o777), SegmentKind::MsgQueue)?;
-        let q = MessageQueue::init(seg, chunks, &config, Some((path.to_owned(), flush)));
+        let g = geometry(&path.display().to_string(), &config)?;
+        let seg = Segment::create_file(path, g.size, file_mode(config.mode & 0o777), SegmentKind::MsgQueue)?;
+        let q = MessageQueue::init(seg, g, &config, Some((path.to_owned(), flush)));
         q.seg.flush()?;
         Ok(q)
     }
 
     /// Opens a durable queue. After a reboot, the pids recorded in it mean
-    /// nothing: its lock is reset and its bookkeeping rebuilt from the
-    /// committed messages.
+    /// nothing: its lock is reset, every ring slot a sender was still
+    /// filling is given up, and its bookkeeping rebuilt from the committed
+    /// messages.
     ///
     /// # Errors
     ///
@@ -278,7 +356,7 @@ impl MessageQueue {
                 u32_at(q.map(), off).store(0, Ordering::SeqCst);
             }
             let g = q.lock(Deadline::Never).map_err(fault_error)?;
-            g.repair();
+            g.repair(true);
             boot.store(sys::boot_id(), Ordering::Release);
             drop(g);
             q.seg.flush()?;
@@ -299,15 +377,29 @@ impl MessageQueue {
         Ok(())
     }
 
+    fn new(seg: Segment, chunks: usize, slots: u32, durable: Option<(std::path::PathBuf, Flush)>) -> Self {
+        MessageQueue {
+            seg,
+            chunks,
+            slots,
+            chunks_at: SLOTS + slots as usize * SLOT,
+            caller: Caller::current(),
+            durable,
+            view: [AtomicU64::new(0), AtomicU64::new(0)],
+            spin: Spin::new(),
+        }
+    }
+
     fn init(
         seg: Segment,
-        chunks: usize,
+        g: Geometry,
         config: &QueueConfig,
         durable: Option<(std::path::PathBuf, Flush)>,
-    ) -> MessageQueue {
+    ) -> Self {
         let m = seg.mapping();
         let w = |off, v: u32| u32_at(m, off).store(v, Ordering::Relaxed);
-        w(NCHUNKS, chunks as u32);
+        w(NCHUNKS, g.chunks as u32);
+        w(NSLOTS, g.slots);
         w(QBYTES, config.capacity as u32);
         w(MAXMSG, config.max_message as u32);
         w(MAXCAP, config.max_capacity.max(config.capacity) as u32);
@@ -318,8 +410,10 @@ impl MessageQueue {
         w(MODE, config.mode & 0o777);
         u64_at(m, CTIME).store(now_secs(), Ordering::Relaxed);
         u64_at(m, BOOT).store(sys::boot_id(), Ordering::Relaxed);
-        std::sync::atomic::fence(Ordering::Release);
-        MessageQueue { seg, chunks, caller: Caller::current(), durable }
+        let q = MessageQueue::new(seg, g.chunks, g.slots, durable);
+        q.ring().init();
+        fence(Ordering::Release);
+        q
     }
 
     /// Checks an opened segment's geometry and the caller's `access`.
@@ -329,13 +423,19 @@ impl MessageQueue {
         access: Access,
     ) -> Result<MessageQueue> {
         let chunks = u32_at(seg.mapping(), NCHUNKS).load(Ordering::Acquire) as usize;
-        if chunks == 0 || CHUNKS + chunks * CHUNK > seg.mapping().len() {
+        let slots = u32_at(seg.mapping(), NSLOTS).load(Ordering::Acquire);
+        let need = (SLOTS + slots as usize * SLOT).checked_add(chunks.saturating_mul(CHUNK));
+        if chunks == 0
+            || !slots.is_power_of_two()
+            || !(MIN_SLOTS..=MAX_SLOTS).contains(&slots)
+            || need.is_none_or(|n| n > seg.mapping().len())
+        {
             return Err(Error::Corrupted(format!(
-                "queue {:?}: its chunk count does not fit its segment",
+                "queue {:?}: its chunk and slot counts do not fit its segment",
                 seg.name()
             )));
         }
-        let q = MessageQueue { seg, chunks, caller: Caller::current(), durable };
+        let q = MessageQueue::new(seg, chunks, slots, durable);
         if !perm::allowed(&q.owner(), &q.caller, access) {
             return Err(Error::PermissionDenied(q.name().to_owned()));
         }
@@ -373,6 +473,10 @@ impl MessageQueue {
         self.seg.mapping()
     }
 
+    fn ring(&self) -> Ring<'_> {
+        Ring { m: self.map(), base: SLOTS, n: self.slots }
+    }
+
     fn owner(&self) -> Owner {
         let m = self.map();
         Owner {
@@ -382,36 +486,171 @@ impl MessageQueue {
         }
     }
 
+    /// Not removed, and `want` allowed to the caller (without the lock).
+    fn check(&self, want: Access) -> Result<(), Fault> {
+        if u32_at(self.map(), REMOVED).load(Ordering::Acquire) != 0 {
+            return Err(Fault::Disconnected);
+        }
+        if perm::allowed(&self.owner(), &self.caller, want) {
+            Ok(())
+        } else {
+            Err(Fault::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "queue permission denied",
+            )))
+        }
+    }
+
     fn lock(&self, deadline: Deadline) -> Result<Guard<'_>, Fault> {
         let m = self.map();
         let lock = RobustLock { word: u32_at(m, LOCK), waiters: u32_at(m, LOCK_WAITERS) };
         let taken = lock.lock(deadline)?;
         let g = Guard { q: self, lock, wake: std::cell::Cell::new(false) };
         if taken == Taken::FromTheDead {
-            g.repair();
+            g.repair(false);
         }
         Ok(g)
     }
 
-    /// Sleeps until something changes (or 10 ms, or the deadline).
-    fn wait_change(&self, seen: u32, deadline: Deadline) -> Result<(), Fault> {
+    fn snap(&self) -> Snap {
+        let m = self.map();
+        let settings = u64::from(u32_at(m, QBYTES).load(Ordering::Acquire)) << 1
+            | u64::from(u32_at(m, REMOVED).load(Ordering::Acquire) != 0);
+        [
+            u64_at(m, TAILW).load(Ordering::Acquire),
+            u64_at(m, HEADW).load(Ordering::Acquire),
+            u64_at(m, LISTW).load(Ordering::Acquire),
+            settings,
+        ]
+    }
+
+    /// Wakes the sleepers, if there are any (the Dekker pattern with
+    /// [`MessageQueue::wait_change`]): called right after a `SeqCst`
+    /// read-modify-write or store that made the change visible (the slot's
+    /// publishing swap, the unlocking store), which orders the change
+    /// before the load of the sleeper count as a fence would.
+    fn notify_after_barrier(&self) {
+        let m = self.map();
+        if u32_at(m, CHANGE_WAITERS).load(Ordering::SeqCst) > 0 {
+            u32_at(m, CHANGE).fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(u32_at(m, CHANGE), u32::MAX);
+        }
+    }
+
+    /// Waits until the queue changes from `seen` (or 10 ms, or the
+    /// deadline): a short adaptive spin until `moved()` says something
+    /// changed (it reads only what the waiting side needs, so that the
+    /// spin pulls no cache line the other side is writing), then a futex
+    /// sleep.
+    fn wait_change(&self, seen: Snap, deadline: Deadline, moved: impl FnMut() -> bool) -> Result<(), Fault> {
         if deadline.expired() {
             return Err(Fault::Timeout);
+        }
+        if self.spin.spin(moved) {
+            return Ok(());
         }
         let m = self.map();
         let (word, waiters) = (u32_at(m, CHANGE), u32_at(m, CHANGE_WAITERS));
         waiters.fetch_add(1, Ordering::SeqCst);
-        if word.load(Ordering::SeqCst) == seen {
-            let mut nap = Duration::from_millis(10);
+        fence(Ordering::SeqCst);
+        let c = word.load(Ordering::SeqCst);
+        if self.snap() == seen {
+            let mut nap = NAP;
             if let Deadline::At(at) = deadline {
                 nap = nap.min(at.saturating_duration_since(Instant::now()));
             }
             if !nap.is_zero() {
-                sys::futex_wait(word, seen, Some(nap));
+                sys::futex_wait(word, c, Some(nap));
             }
         }
         waiters.fetch_sub(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Reads `HEADW`, then `LISTW` (in that order: see `msgq/ring.rs`) and
+    /// remembers them as this process's view.
+    fn refresh_view(&self) -> (u64, u64) {
+        let m = self.map();
+        let h = u64_at(m, HEADW).load(Ordering::Acquire);
+        let l = u64_at(m, LISTW).load(Ordering::Acquire);
+        self.view[0].store(h, Ordering::Relaxed);
+        self.view[1].store(l, Ordering::Relaxed);
+        (h, l)
+    }
+
+    /// One lock-free attempt to append a message of `len` bytes to the ring:
+    /// the text itself (`data`, inline) or a chain of chunks built under
+    /// the lock (`chain != 0`).
+    fn push(&self, mtype: i64, len: usize, data: &[u8], chain: u32) -> Pushed {
+        let m = self.map();
+        let ring = self.ring();
+        let me = sys::pid();
+        let tailw = u64_at(m, TAILW);
+        let qbytes = u64::from(u32_at(m, QBYTES).load(Ordering::Relaxed));
+        let mut fresh = false;
+        for _ in 0..1000 {
+            // The view first, then the tail: the head never passes the tail.
+            let (h, l) = if fresh {
+                self.refresh_view()
+            } else {
+                (self.view[0].load(Ordering::Relaxed), self.view[1].load(Ordering::Relaxed))
+            };
+            let t = tailw.load(Ordering::Acquire);
+            let ((tpos, tbytes), (hpos, hbytes), (ln, lb)) = (unpack(t), unpack(h), unpack(l));
+            let in_ring = tpos.wrapping_sub(hpos);
+            let qnum = u64::from(in_ring) + u64::from(ln);
+            let cbytes = u64::from(tbytes.wrapping_sub(hbytes)) + u64::from(lb);
+            let fits = cbytes + len as u64 <= qbytes && qnum < qbytes;
+            if !fits || in_ring >= self.slots {
+                if !fresh {
+                    fresh = true;
+                    continue;
+                }
+                if !fits {
+                    return Pushed::Full;
+                }
+                if in_ring > self.slots {
+                    // The head moved between the two reads: look again.
+                    continue;
+                }
+                return Pushed::NoSlot;
+            }
+            let (seq, claim) = unpack(ring.word(tpos).load(Ordering::Acquire));
+            if seq != tpos || claim != 0 {
+                if tailw.load(Ordering::Acquire) != t {
+                    continue;
+                }
+                // A receiver between moving the head and releasing the
+                // slot (pid 0), or a sender claiming it.
+                return Pushed::Busy { pos: tpos, pid: if seq == tpos { claim } else { 0 } };
+            }
+            if !ring.claim(tpos, me, 0) {
+                continue;
+            }
+            // Under the claim, nobody else moves the tail from `tpos`.
+            if tailw.load(Ordering::Acquire) != t {
+                ring.unclaim(tpos);
+                continue;
+            }
+            ring.describe(tpos, mtype, len, chain);
+            let next = pack(tpos.wrapping_add(1), tbytes.wrapping_add(len as u32));
+            if tailw.compare_exchange(t, next, Ordering::SeqCst, Ordering::Acquire).is_err() {
+                ring.unclaim(tpos);
+                continue;
+            }
+            ring.publish(tpos, if chain == 0 { data } else { &[] });
+            let lspid = u32_at(m, LSPID);
+            if lspid.load(Ordering::Relaxed) != me {
+                lspid.store(me, Ordering::Relaxed);
+            }
+            let now = sys::coarse_now_secs();
+            let stime = u64_at(m, STIME);
+            if stime.load(Ordering::Relaxed) != now {
+                stime.store(now, Ordering::Relaxed);
+            }
+            return Pushed::Sent;
+        }
+        Pushed::Busy { pos: unpack(tailw.load(Ordering::Relaxed)).0, pid: 0 }
     }
 
     /// `msgsnd(2)`: sends `data` with type `mtype` (> 0), blocking while the queue is full.
@@ -470,22 +709,74 @@ impl MessageQueue {
                 "message type must be > 0",
             )));
         }
+        let mut busy = Busy::default();
         loop {
-            let g = self.lock(deadline)?;
-            g.check(Access::Write)?;
-            let max = g.get(MAXMSG) as usize;
+            self.check(Access::Write)?;
+            let max = u32_at(self.map(), MAXMSG).load(Ordering::Relaxed) as usize;
             if data.len() > max {
                 return Err(Fault::TooLarge { len: data.len(), max });
             }
-            if g.try_append(mtype, data) {
-                return Ok(());
+            let seen = self.snap();
+            let pushed = if data.len() <= INLINE {
+                match self.push(mtype, data.len(), data, 0) {
+                    Pushed::NoSlot => self.lock(deadline)?.push_chained(mtype, data, true)?,
+                    other => other,
+                }
+            } else {
+                self.lock(deadline)?.push_chained(mtype, data, false)?
+            };
+            match pushed {
+                Pushed::Sent => {
+                    self.durable_commit();
+                    self.notify_after_barrier();
+                    return Ok(());
+                }
+                Pushed::Full => {
+                    if deadline == Deadline::Now {
+                        return Err(Fault::Timeout);
+                    }
+                    let m = self.map();
+                    let room = || {
+                        u64_at(m, HEADW).load(Ordering::Relaxed) != seen[1]
+                            || u64_at(m, LISTW).load(Ordering::Relaxed) != seen[2]
+                            || u32_at(m, QBYTES).load(Ordering::Relaxed) as u64 != seen[3] >> 1
+                            || u32_at(m, REMOVED).load(Ordering::Relaxed) != 0
+                    };
+                    self.wait_change(seen, deadline, room)?;
+                }
+                Pushed::NoSlot => {}
+                Pushed::Busy { pos, pid } => {
+                    if busy.wait(deadline)? {
+                        self.unstick(pos, pid, deadline)?;
+                    }
+                }
             }
-            let seen = g.get(CHANGE);
-            drop(g);
-            if deadline == Deadline::Now {
-                return Err(Fault::Timeout);
+        }
+    }
+
+    /// Position `pos` has been busy for a while: take a dead sender's
+    /// claim back, or take the lock (which repairs after a dead receiver).
+    fn unstick(&self, pos: u32, pid: u32, deadline: Deadline) -> Result<(), Fault> {
+        if pid != 0 {
+            if !sys::process_alive(pid) {
+                self.ring()
+                    .word(pos)
+                    .compare_exchange(pack(pos, pid), pack(pos, 0), Ordering::AcqRel, Ordering::Relaxed)
+                    .ok();
             }
-            self.wait_change(seen, deadline)?;
+            return Ok(());
+        }
+        drop(self.lock(deadline)?);
+        Ok(())
+    }
+
+    /// With [`Flush::EveryOperation`], writes the committed change to disk
+    /// before the operation returns.
+    fn durable_commit(&self) {
+        if let Some((path, Flush::EveryOperation)) = &self.durable {
+            if let Err(e) = self.seg.flush() {
+                tracing::error!(path = %path.display(), error = %e, "msync failed: the change may not survive a reboot");
+            }
         }
     }
 
@@ -499,7 +790,7 @@ impl MessageQueue {
     /// `max_len` and `select.truncate` is off (the message stays queued);
     /// [`RecvError::Io`] (`PermissionDenied`).
     pub fn recv(&self, select: Select, max_len: usize) -> Result<(i64, Vec<u8>), RecvError> {
-        self.recv_inner(select, max_len, Deadline::Never).map_err(RecvError::from_fault)
+        self.recv_vec(select, max_len, Deadline::Never).map_err(RecvError::from_fault)
     }
 
     /// `msgrcv(2)` with `IPC_NOWAIT`.
@@ -508,7 +799,7 @@ impl MessageQueue {
     ///
     /// [`TryRecvError::Empty`] when nothing matches, otherwise as [`MessageQueue::recv`].
     pub fn try_recv(&self, select: Select, max_len: usize) -> Result<(i64, Vec<u8>), TryRecvError> {
-        self.recv_inner(select, max_len, Deadline::Now).map_err(TryRecvError::from_fault)
+        self.recv_vec(select, max_len, Deadline::Now).map_err(TryRecvError::from_fault)
     }
 
     /// `msgrcv(2)`, waiting at most `timeout`.
@@ -536,7 +827,64 @@ impl MessageQueue {
         max_len: usize,
         deadline: Instant,
     ) -> Result<(i64, Vec<u8>), RecvTimeoutError> {
-        self.recv_inner(select, max_len, Deadline::At(deadline)).map_err(RecvTimeoutError::from_fault)
+        self.recv_vec(select, max_len, Deadline::At(deadline)).map_err(RecvTimeoutError::from_fault)
+    }
+
+    /// `msgrcv(2)` into the caller's buffer, as `msgrcv` itself does (no
+    /// allocation): takes the message `select` picks, blocking until there
+    /// is one, and returns its type and how many bytes of `buf` it filled.
+    /// `buf.len()` is the receiver's limit (`msgsz`).
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::recv`].
+    pub fn recv_into(&self, select: Select, buf: &mut [u8]) -> Result<(i64, usize), RecvError> {
+        self.recv_inner(select, buf.len(), Deadline::Never, &mut Out::Buf(buf)).map_err(RecvError::from_fault)
+    }
+
+    /// [`MessageQueue::recv_into`] with `IPC_NOWAIT`.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::try_recv`].
+    pub fn try_recv_into(&self, select: Select, buf: &mut [u8]) -> Result<(i64, usize), TryRecvError> {
+        self.recv_inner(select, buf.len(), Deadline::Now, &mut Out::Buf(buf))
+            .map_err(TryRecvError::from_fault)
+    }
+
+    /// [`MessageQueue::recv_into`], waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::recv_timeout`].
+    pub fn recv_into_timeout(
+        &self,
+        select: Select,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> Result<(i64, usize), RecvTimeoutError> {
+        self.recv_into_deadline(select, buf, Instant::now() + timeout)
+    }
+
+    /// [`MessageQueue::recv_into`], waiting until `deadline` at the latest.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::recv_timeout`].
+    pub fn recv_into_deadline(
+        &self,
+        select: Select,
+        buf: &mut [u8],
+        deadline: Instant,
+    ) -> Result<(i64, usize), RecvTimeoutError> {
+        self.recv_inner(select, buf.len(), Deadline::At(deadline), &mut Out::Buf(buf))
+            .map_err(RecvTimeoutError::from_fault)
+    }
+
+    fn recv_vec(&self, select: Select, max_len: usize, deadline: Deadline) -> Result<(i64, Vec<u8>), Fault> {
+        let mut text = Vec::new();
+        let (mtype, _) = self.recv_inner(select, max_len, deadline, &mut Out::Vec(&mut text))?;
+        Ok((mtype, text))
     }
 
     fn recv_inner(
@@ -544,19 +892,29 @@ impl MessageQueue {
         select: Select,
         max_len: usize,
         deadline: Deadline,
-    ) -> Result<(i64, Vec<u8>), Fault> {
+        out: &mut Out<'_>,
+    ) -> Result<(i64, usize), Fault> {
         loop {
             let g = self.lock(deadline)?;
             g.check(Access::Read)?;
-            if let Some(found) = g.take(select, max_len)? {
+            if let Some(found) = g.take(select, max_len, deadline, out)? {
                 return Ok(found);
             }
-            let seen = g.get(CHANGE);
+            let seen = self.snap();
+            let m = self.map();
+            let hpos = unpack(seen[1]).0;
+            let head = self.ring().word(hpos).load(Ordering::Relaxed);
             drop(g);
             if deadline == Deadline::Now {
                 return Err(Fault::Timeout);
             }
-            self.wait_change(seen, deadline)?;
+            // Spin on the head slot (the line the sender writes anyway), not the tail.
+            let arrived = || {
+                self.ring().word(hpos).load(Ordering::Relaxed) != head
+                    || u64_at(m, LISTW).load(Ordering::Relaxed) != seen[2]
+                    || u32_at(m, REMOVED).load(Ordering::Relaxed) != 0
+            };
+            self.wait_change(seen, deadline, arrived)?;
         }
     }
 
@@ -571,9 +929,14 @@ impl MessageQueue {
         let m = self.map();
         let r = |off| g.get(off);
         let t = |off| u64_at(m, off).load(Ordering::Relaxed);
+        // Under the lock no receiver moves the head or the list: together
+        // with one read of the tail, the counts are a snapshot.
+        let (hpos, hbytes) = unpack(t(HEADW));
+        let (ln, lb) = unpack(t(LISTW));
+        let (tpos, tbytes) = unpack(u64_at(m, TAILW).load(Ordering::Acquire));
         Ok(QueueStat {
-            messages: r(QNUM) as usize,
-            bytes: r(CBYTES) as usize,
+            messages: tpos.wrapping_sub(hpos) as usize + ln as usize,
+            bytes: tbytes.wrapping_sub(hbytes) as usize + lb as usize,
             capacity: r(QBYTES) as usize,
             max_message: r(MAXMSG) as usize,
             last_sender: r(LSPID),
@@ -636,6 +999,10 @@ impl MessageQueue {
         g.put(REMOVED, 1);
         g.changed();
         drop(g);
+        // Wake every sleeper unconditionally: each sees the flag.
+        let m = self.map();
+        u32_at(m, CHANGE).fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(u32_at(m, CHANGE), u32::MAX);
         if let Some((path, _)) = &self.durable {
             return std::fs::remove_file(path).map_err(|e| Error::io(path.display(), e));
         }
@@ -653,8 +1020,70 @@ impl MessageQueue {
     }
 }
 
-/// Checks a configuration; returns the chunk count and the segment size.
-fn geometry(name: &str, config: &QueueConfig) -> Result<(usize, usize)> {
+/// Where a receive puts the text.
+enum Out<'b> {
+    /// A vector, sized to the text.
+    Vec(&'b mut Vec<u8>),
+    /// The caller's buffer.
+    Buf(&'b mut [u8]),
+}
+
+impl Out<'_> {
+    /// Room for `keep` bytes (`keep` is at most the buffer's length).
+    fn room(&mut self, keep: usize) -> &mut [u8] {
+        match self {
+            Out::Vec(v) => {
+                v.clear();
+                v.resize(keep, 0);
+                v
+            }
+            Out::Buf(b) => &mut b[..keep],
+        }
+    }
+}
+
+/// Waiting out a position another party is working on: spin, then yield;
+/// `wait` says `true` every [`NAP`], when it is time to ask whether that
+/// party is still alive.
+#[derive(Default)]
+struct Busy {
+    spins: u32,
+    since: Option<Instant>,
+}
+
+impl Busy {
+    fn wait(&mut self, deadline: Deadline) -> Result<bool, Fault> {
+        self.spins += 1;
+        if self.spins < 200 && spin_pays() {
+            std::hint::spin_loop();
+            return Ok(false);
+        }
+        std::thread::yield_now();
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= NAP {
+            self.since = Some(Instant::now());
+            if deadline.expired() {
+                return Err(Fault::Timeout);
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+const MIN_SLOTS: u32 = 16;
+const MAX_SLOTS: u32 = 1024;
+
+/// Where everything of a queue is.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    chunks: usize,
+    slots: u32,
+    size: usize,
+}
+
+/// Checks a configuration; returns the chunk and slot counts and the segment size.
+fn geometry(name: &str, config: &QueueConfig) -> Result<Geometry> {
     let max_capacity = config.max_capacity.max(config.capacity);
     if config.max_message == 0
         || config.max_message > 1 << 24
@@ -669,7 +1098,9 @@ fn geometry(name: &str, config: &QueueConfig) -> Result<(usize, usize)> {
     // Worst case: max_capacity one-byte messages (a header chunk and a data
     // chunk each), or text spread over data chunks.
     let chunks = (2 * max_capacity).max(max_capacity.div_ceil(DATA) + 1 + config.max_message.div_ceil(DATA));
-    Ok((chunks, CHUNKS - HEADER_LEN + chunks * CHUNK))
+    // A ring slot per 64 bytes of capacity (as many as 64-byte messages fit).
+    let slots = (max_capacity / 64).next_power_of_two().clamp(MIN_SLOTS as usize, MAX_SLOTS as usize) as u32;
+    Ok(Geometry { chunks, slots, size: SLOTS - HEADER_LEN + slots as usize * SLOT + chunks * CHUNK })
 }
 
 fn fault_error(f: Fault) -> Error {
@@ -685,7 +1116,8 @@ fn fault_error(f: Fault) -> Error {
     }
 }
 
-/// The queue, locked. Everything that reads or changes the list goes through here.
+/// The queue, locked: the one consumer of the ring, and the keeper of the
+/// list. Everything that reads or changes the list goes through here.
 struct Guard<'a> {
     q: &'a MessageQueue,
     lock: RobustLock<'a>,
@@ -696,10 +1128,11 @@ struct Guard<'a> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
+        // The unlocking store is SeqCst: it orders every change made under
+        // the lock before the sleeper count's load.
         self.lock.unlock();
-        let m = self.q.map();
-        if self.wake.get() && u32_at(m, CHANGE_WAITERS).load(Ordering::SeqCst) > 0 {
-            sys::futex_wake(u32_at(m, CHANGE), u32::MAX);
+        if self.wake.get() {
+            self.q.notify_after_barrier();
         }
     }
 }
@@ -713,34 +1146,21 @@ impl Guard<'_> {
         u32_at(self.q.map(), off).store(v, Ordering::Relaxed);
     }
 
-    /// With [`Flush::EveryOperation`], writes the committed change to disk
-    /// before the operation returns.
-    fn durable_commit(&self) {
-        if let Some((path, Flush::EveryOperation)) = &self.q.durable {
-            if let Err(e) = self.q.seg.flush() {
-                tracing::error!(path = %path.display(), error = %e, "msync failed: the change may not survive a reboot");
-            }
-        }
+    fn get64(&self, off: usize) -> (u32, u32) {
+        unpack(u64_at(self.q.map(), off).load(Ordering::Relaxed))
     }
 
-    /// Wakes every sleeper: each re-checks its own condition.
+    fn put64(&self, off: usize, lo: u32, hi: u32) {
+        u64_at(self.q.map(), off).store(pack(lo, hi), Ordering::Release);
+    }
+
+    /// Wakes every sleeper when the lock is released: each re-checks its own condition.
     fn changed(&self) {
-        u32_at(self.q.map(), CHANGE).fetch_add(1, Ordering::SeqCst);
         self.wake.set(true);
     }
 
     fn check(&self, want: Access) -> Result<(), Fault> {
-        if self.get(REMOVED) != 0 {
-            return Err(Fault::Disconnected);
-        }
-        if perm::allowed(&self.q.owner(), &self.q.caller, want) {
-            Ok(())
-        } else {
-            Err(Fault::Io(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "queue permission denied",
-            )))
-        }
+        self.q.check(want)
     }
 
     fn check_owner(&self) -> Result<(), Fault> {
@@ -755,21 +1175,37 @@ impl Guard<'_> {
         }
     }
 
+    fn base(&self, i: u32) -> usize {
+        self.q.chunks_at + (i as usize - 1) * CHUNK
+    }
+
     /// Chunk `i` (1-based) field at `off`, or `None` if `i` is out of range.
     fn chunk(&self, i: u32, off: usize) -> Option<&AtomicU32> {
         if i == 0 || i as usize > self.q.chunks {
             return None;
         }
-        self.q.map().u32_at(CHUNKS + (i as usize - 1) * CHUNK + off)
+        self.q.map().u32_at(self.base(i) + off)
     }
 
     fn link(&self, i: u32, off: usize) -> Result<u32, Fault> {
         self.chunk(i, off).map(|w| w.load(Ordering::Relaxed)).ok_or_else(corrupt)
     }
 
+    fn set_link(&self, i: u32, off: usize, v: u32) {
+        if let Some(w) = self.chunk(i, off) {
+            w.store(v, Ordering::Relaxed);
+        }
+    }
+
     fn mtype(&self, i: u32) -> Result<i64, Fault> {
-        let at = CHUNKS + (i as usize - 1) * CHUNK + C_TYPE;
-        self.q.map().u64_at(at).map(|w| w.load(Ordering::Relaxed) as i64).ok_or_else(corrupt)
+        if i == 0 || i as usize > self.q.chunks {
+            return Err(corrupt());
+        }
+        self.q
+            .map()
+            .u64_at(self.base(i) + C_TYPE)
+            .map(|w| w.load(Ordering::Relaxed) as i64)
+            .ok_or_else(corrupt)
     }
 
     fn alloc(&self) -> Option<u32> {
@@ -794,52 +1230,260 @@ impl Guard<'_> {
         }
     }
 
-    /// Appends a message if it fits; the store linking it in is the commit.
-    fn try_append(&self, mtype: i64, data: &[u8]) -> bool {
-        let (qnum, cbytes, qbytes) = (self.get(QNUM), self.get(CBYTES) as usize, self.get(QBYTES) as usize);
+    /// Builds a message in chunks, not linked anywhere; returns its header chunk.
+    fn build(&self, mtype: i64, data: &[u8]) -> Option<u32> {
         let need = 1 + data.len().div_ceil(DATA);
         let used = self.get(USED) as usize;
-        if cbytes + data.len() > qbytes || qnum as usize + 1 > qbytes || used + need > self.q.chunks {
-            return false;
+        if used + need > self.q.chunks {
+            return None;
         }
-        let Some(head) = self.alloc() else { return false };
+        let head = self.alloc()?;
         let m = self.q.map();
-        let base = |i: u32| CHUNKS + (i as usize - 1) * CHUNK;
-        let mut prev = head;
-        let mut first = 0;
+        let (mut prev, mut first) = (head, 0);
         for part in data.chunks(DATA) {
-            let Some(c) = self.alloc() else { return false };
-            m.write(base(c) + C_DATA, part);
-            self.chunk(c, C_NEXT).expect("allocated").store(0, Ordering::Relaxed);
+            let c = self.alloc()?;
+            m.write(self.base(c) + C_DATA, part);
+            self.set_link(c, C_NEXT, 0);
             if first == 0 {
                 first = c;
             } else {
-                self.chunk(prev, C_NEXT).expect("allocated").store(c, Ordering::Relaxed);
+                self.set_link(prev, C_NEXT, c);
             }
             prev = c;
         }
-        self.chunk(head, C_NEXT).expect("allocated").store(0, Ordering::Relaxed);
-        self.chunk(head, C_DATA).expect("allocated").store(first, Ordering::Relaxed);
-        m.u64_at(base(head) + C_TYPE).expect("allocated").store(mtype as u64, Ordering::Relaxed);
-        self.chunk(head, C_LEN).expect("allocated").store(data.len() as u32, Ordering::Relaxed);
-        // Commit: link the message in.
-        let tail = self.get(TAIL);
-        match self.chunk(tail, C_NEXT) {
-            Some(t) => t.store(head, Ordering::Relaxed),
-            None => self.put(HEAD, head),
-        }
-        self.put(TAIL, head);
-        self.put(QNUM, qnum + 1);
-        self.put(CBYTES, (cbytes + data.len()) as u32);
+        self.set_link(head, C_NEXT, 0);
+        self.set_link(head, C_DATA, first);
+        m.u64_at(self.base(head) + C_TYPE)?.store(mtype as u64, Ordering::Relaxed);
+        self.set_link(head, C_LEN, data.len() as u32);
+        self.set_link(head, C_FROM, 0);
         self.put(USED, (used + need) as u32);
-        self.put(LSPID, sys::pid());
-        u64_at(m, STIME).store(now_secs(), Ordering::Relaxed);
-        self.durable_commit();
-        self.changed();
-        true
+        Some(head)
     }
 
-    /// Finds the message `select` picks: (previous, message).
+    /// Reads message `msg` (`len` bytes, as many as fit kept in `out`);
+    /// returns every chunk it occupies.
+    fn read_message(&self, msg: u32, len: usize, out: &mut [u8]) -> Result<Vec<u32>, Fault> {
+        let mut chunks = vec![msg];
+        let mut c = self.link(msg, C_DATA)?;
+        let (mut left, mut at) = (len, 0);
+        while left > 0 {
+            if c == 0 || chunks.len() > self.q.chunks {
+                return Err(corrupt());
+            }
+            let n = left.min(DATA);
+            if at < out.len() {
+                let k = n.min(out.len() - at);
+                self.q.map().read(self.base(c) + C_DATA, &mut out[at..at + k]);
+                at += k;
+            }
+            chunks.push(c);
+            left -= n;
+            c = self.link(c, C_NEXT)?;
+        }
+        Ok(chunks)
+    }
+
+    fn free_chunks(&self, chunks: &[u32]) {
+        self.put(USED, (self.get(USED) as usize).saturating_sub(chunks.len()) as u32);
+        for &c in chunks {
+            self.release(c);
+        }
+    }
+
+    /// A send under the lock: a text too long for a slot, built in chunks
+    /// and queued by reference (`inline == false`), or a short one after
+    /// every slot was taken (`inline == true`); either way the ring is
+    /// drained into the list first if it has no free slot.
+    fn push_chained(&self, mtype: i64, data: &[u8], inline: bool) -> Result<Pushed, Fault> {
+        self.check(Access::Write)?;
+        let chain = if inline {
+            0
+        } else {
+            match self.build(mtype, data) {
+                Some(c) => c,
+                None => return Ok(Pushed::Full),
+            }
+        };
+        let mut pushed = self.q.push(mtype, data.len(), data, chain);
+        if pushed == Pushed::NoSlot {
+            self.drain_all(Deadline::Never)?;
+            pushed = self.q.push(mtype, data.len(), data, chain);
+        }
+        if pushed != Pushed::Sent && chain != 0 {
+            let chunks = self.read_message(chain, data.len(), &mut [])?;
+            self.free_chunks(&chunks);
+        }
+        Ok(pushed)
+    }
+
+    fn headw(&self) -> (u32, u32) {
+        self.get64(HEADW)
+    }
+
+    /// The ring's head, once no sender is filling it: waits out a live
+    /// sender (it is between two stores), skips the slot of a dead one.
+    fn settle_head(&self, deadline: Deadline) -> Result<Head, Fault> {
+        let ring = self.q.ring();
+        let max = self.get(MAXMSG) as usize;
+        let mut busy = Busy::default();
+        loop {
+            let (hpos, _) = self.headw();
+            let tail = || unpack(u64_at(self.q.map(), TAILW).load(Ordering::Acquire)).0;
+            match ring.head(hpos, tail, max) {
+                Err(why) => return Err(Fault::Frame(FrameError::BadHandles(why))),
+                Ok(Head::Filling(pid)) => {
+                    if busy.wait(deadline)? && !sys::process_alive(pid) {
+                        self.skip(hpos, pid);
+                    }
+                }
+                Ok(head) => return Ok(head),
+            }
+        }
+    }
+
+    /// Skips the head slot, whose sender (`pid`) died before publishing it:
+    /// the message was never sent; its bytes are given back.
+    fn skip(&self, hpos: u32, pid: u32) {
+        let ring = self.q.ring();
+        if ring.word(hpos).load(Ordering::Acquire) != pack(hpos, pid) {
+            return;
+        }
+        tracing::warn!(dead = pid, "skipping a queue slot whose sender died filling it");
+        let (_, hbytes) = self.headw();
+        let (len, chain) = (ring.len(hpos), ring.chain(hpos));
+        // The head first: a death between the two leaves a slot that the
+        // repair releases (`seq == pos` just behind the head).
+        self.put64(HEADW, hpos.wrapping_add(1), hbytes.wrapping_add(len));
+        ring.release(hpos);
+        if chain != 0 {
+            // Its chunks are referenced by nothing now.
+            self.repair(false);
+        }
+        self.changed();
+    }
+
+    /// Takes the ring's head message as the received one.
+    fn pop(
+        &self,
+        select: Select,
+        max_len: usize,
+        head: Head,
+        out: &mut Out<'_>,
+    ) -> Result<(i64, usize), Fault> {
+        let Head::Ready { mtype, len, chain } = head else { return Err(corrupt()) };
+        if len > max_len && !select.truncate {
+            return Err(Fault::TooLarge { len, max: max_len });
+        }
+        let keep = len.min(max_len);
+        let ring = self.q.ring();
+        let (hpos, hbytes) = self.headw();
+        let dst = out.room(keep);
+        let chunks = if chain == 0 {
+            ring.read(hpos, dst);
+            Vec::new()
+        } else {
+            self.read_message(chain, len, dst)?
+        };
+        // Release, then commit by moving the head (a death between the two
+        // is undone by the repair: the message stays queued).
+        ring.release(hpos);
+        self.put64(HEADW, hpos.wrapping_add(1), hbytes.wrapping_add(len as u32));
+        self.free_chunks(&chunks);
+        self.received();
+        Ok((mtype, keep))
+    }
+
+    /// Records a receive: `msg_lrpid`, `msg_rtime`.
+    fn received(&self) {
+        let m = self.q.map();
+        let me = sys::pid();
+        if self.get(LRPID) != me {
+            self.put(LRPID, me);
+        }
+        let now = sys::coarse_now_secs();
+        let rtime = u64_at(m, RTIME);
+        if rtime.load(Ordering::Relaxed) != now {
+            rtime.store(now, Ordering::Relaxed);
+        }
+        self.q.durable_commit();
+        self.changed();
+    }
+
+    /// Moves the ring's head message to the list's tail.
+    fn drain_one(&self, head: Head) -> Result<(), Fault> {
+        let Head::Ready { mtype, len, chain } = head else { return Err(corrupt()) };
+        let ring = self.q.ring();
+        let (hpos, hbytes) = self.headw();
+        let c = if chain != 0 {
+            chain
+        } else {
+            let mut text = vec![0; len];
+            ring.read(hpos, &mut text);
+            self.build(mtype, &text).ok_or_else(corrupt)?
+        };
+        self.set_link(c, C_NEXT, 0);
+        self.set_link(c, C_ORIG, hpos);
+        self.set_link(c, C_FROM, 1);
+        // Commit: link it in, count it, then move the head and release the
+        // slot (a death in between is finished by the repair).
+        let tail = self.get(TAIL);
+        match self.chunk(tail, C_NEXT) {
+            Some(t) => t.store(c, Ordering::Relaxed),
+            None => self.put(HEAD, c),
+        }
+        self.put(TAIL, c);
+        let (ln, lb) = self.get64(LISTW);
+        self.put64(LISTW, ln + 1, lb + len as u32);
+        self.put64(HEADW, hpos.wrapping_add(1), hbytes.wrapping_add(len as u32));
+        ring.release(hpos);
+        Ok(())
+    }
+
+    /// Moves every message the ring holds now to the list, in order.
+    fn drain_all(&self, deadline: Deadline) -> Result<(), Fault> {
+        let until = unpack(u64_at(self.q.map(), TAILW).load(Ordering::Acquire)).0;
+        while self.headw().0 != until {
+            match self.settle_head(deadline)? {
+                Head::Empty => break,
+                head => self.drain_one(head)?,
+            }
+            self.changed();
+        }
+        Ok(())
+    }
+
+    /// Takes the message `select` picks, if any: from the list (the oldest
+    /// messages), else from the ring's head if it matches, else from the
+    /// list after draining the ring into it.
+    fn take(
+        &self,
+        select: Select,
+        max_len: usize,
+        deadline: Deadline,
+        out: &mut Out<'_>,
+    ) -> Result<Option<(i64, usize)>, Fault> {
+        if select.mtype < 0 {
+            self.drain_all(deadline)?;
+            return self.take_list(select, max_len, out);
+        }
+        if self.get64(LISTW).0 > 0 {
+            if let Some(found) = self.take_list(select, max_len, out)? {
+                return Ok(Some(found));
+            }
+        }
+        match self.settle_head(deadline)? {
+            Head::Empty => Ok(None),
+            head @ Head::Ready { mtype, .. } if select.matches_first(mtype) => {
+                self.pop(select, max_len, head, out).map(Some)
+            }
+            _ => {
+                self.drain_all(deadline)?;
+                self.take_list(select, max_len, out)
+            }
+        }
+    }
+
+    /// Finds the message `select` picks in the list: (previous, message).
     fn find(&self, select: Select) -> Result<Option<(u32, u32)>, Fault> {
         let mut best: Option<(u32, u32, i64)> = None;
         let (mut prev, mut cur) = (0u32, self.get(HEAD));
@@ -861,41 +1505,34 @@ impl Guard<'_> {
         Err(corrupt())
     }
 
-    /// Takes the selected message out, if any; the unlinking store is the commit.
-    fn take(&self, select: Select, max_len: usize) -> Result<Option<(i64, Vec<u8>)>, Fault> {
+    /// Takes the selected message out of the list, if any; the unlinking store is the commit.
+    fn take_list(
+        &self,
+        select: Select,
+        max_len: usize,
+        out: &mut Out<'_>,
+    ) -> Result<Option<(i64, usize)>, Fault> {
         let found = match self.find(select) {
             Ok(f) => f,
             Err(_) => {
-                self.repair();
+                self.repair(false);
                 self.find(select)?
             }
         };
         let Some((prev, msg)) = found else { return Ok(None) };
         let len = self.link(msg, C_LEN)? as usize;
         if len > max_len && !select.truncate {
-            return Err(Fault::Frame(FrameError::TooLarge { len, max: max_len }));
+            return Err(Fault::TooLarge { len, max: max_len });
         }
         let mtype = self.mtype(msg)?;
         let keep = len.min(max_len);
-        let mut out = Vec::with_capacity(keep);
-        let mut chunks = vec![msg];
-        let mut c = self.link(msg, C_DATA)?;
-        let mut left = len;
-        while left > 0 {
-            if c == 0 || chunks.len() > self.q.chunks {
-                self.repair();
-                return Err(corrupt());
+        let chunks = match self.read_message(msg, len, out.room(keep)) {
+            Ok(r) => r,
+            Err(e) => {
+                self.repair(false);
+                return Err(e);
             }
-            let n = left.min(DATA);
-            if out.len() < keep {
-                let mut part = vec![0u8; n.min(keep - out.len())];
-                self.q.map().read(CHUNKS + (c as usize - 1) * CHUNK + C_DATA, &mut part);
-                out.extend_from_slice(&part);
-            }
-            chunks.push(c);
-            left -= n;
-            c = self.link(c, C_NEXT)?;
-        }
+        };
         // Commit: unlink the message.
         let next = self.link(msg, C_NEXT)?;
         match self.chunk(prev, C_NEXT) {
@@ -905,70 +1542,128 @@ impl Guard<'_> {
         if self.get(TAIL) == msg {
             self.put(TAIL, prev);
         }
-        self.put(QNUM, self.get(QNUM).saturating_sub(1));
-        self.put(CBYTES, (self.get(CBYTES) as usize).saturating_sub(len) as u32);
-        self.put(USED, (self.get(USED) as usize).saturating_sub(chunks.len()) as u32);
-        for c in chunks {
-            self.release(c);
-        }
-        self.put(LRPID, sys::pid());
-        u64_at(self.q.map(), RTIME).store(now_secs(), Ordering::Relaxed);
-        self.durable_commit();
-        self.changed();
-        Ok(Some((mtype, out)))
+        let (ln, lb) = self.get64(LISTW);
+        self.put64(LISTW, ln.saturating_sub(1), lb.saturating_sub(len as u32));
+        self.free_chunks(&chunks);
+        self.received();
+        Ok(Some((mtype, keep)))
     }
 
-    /// Rebuilds the bookkeeping from the committed list: what a dead lock
-    /// holder (or a stray write) left half done is dropped, every message
-    /// that was linked in survives whole, and lost chunks are freed.
-    fn repair(&self) {
+    /// Marks the chunks of a message chain in `seen`, if the chain is
+    /// valid and overlaps nothing marked; returns how many it marked.
+    fn mark_chain(&self, msg: u32, max: usize, seen: &mut [bool]) -> Option<usize> {
+        let n = self.q.chunks;
+        if msg == 0 || msg as usize > n || seen[msg as usize] {
+            return None;
+        }
+        let len = self.link(msg, C_LEN).ok()? as usize;
+        if len > max {
+            return None;
+        }
+        let mut chain = Vec::new();
+        let mut c = self.link(msg, C_DATA).ok()?;
+        for _ in 0..len.div_ceil(DATA) {
+            if c == 0 || c as usize > n || seen[c as usize] || chain.contains(&c) || c == msg {
+                return None;
+            }
+            chain.push(c);
+            c = self.link(c, C_NEXT).ok()?;
+        }
+        seen[msg as usize] = true;
+        for &c in &chain {
+            seen[c as usize] = true;
+        }
+        Some(1 + chain.len())
+    }
+
+    /// Finishes or undoes what a dead receiver left half done in the ring,
+    /// then rebuilds the list's bookkeeping from the committed list: what a
+    /// dead lock holder (or a stray write) left half done is dropped, every
+    /// message that was linked in survives whole, chunks referenced by
+    /// neither the list nor a queued ring slot are freed. After a reboot
+    /// (`reboot`), every slot a sender was filling is given up.
+    fn repair(&self, reboot: bool) {
+        let ring = self.q.ring();
         let n = self.q.chunks;
         let max = self.get(MAXMSG) as usize;
+        let (mut hpos, mut hbytes) = self.headw();
+        let (tpos, _) = unpack(u64_at(self.q.map(), TAILW).load(Ordering::Acquire));
+        let seq = |pos: u32| unpack(ring.word(pos).load(Ordering::Acquire)).0;
+        // A drain that linked the head into the list but did not move the head.
+        let ltail = self.get(TAIL);
+        let drained = hpos != tpos
+            && self.link(ltail, C_FROM).is_ok_and(|f| f == 1)
+            && self.link(ltail, C_ORIG).is_ok_and(|o| o == hpos)
+            && seq(hpos) == hpos.wrapping_add(1)
+            && (ring.chain(hpos) == 0 || ring.chain(hpos) == ltail);
+        if drained {
+            hbytes = hbytes.wrapping_add(ring.len(hpos));
+            hpos = hpos.wrapping_add(1);
+            self.put64(HEADW, hpos, hbytes);
+            ring.release(hpos.wrapping_sub(1));
+        } else if hpos != tpos && seq(hpos) == hpos.wrapping_add(self.q.slots) {
+            // A receive that released the head but did not move the head:
+            // the message is still queued.
+            ring.word(hpos).store(pack(hpos.wrapping_add(1), 0), Ordering::Release);
+        }
+        // A drain or skip that moved the head but did not release the slot behind it.
+        let behind = hpos.wrapping_sub(1);
+        if seq(behind) == behind || seq(behind) == hpos {
+            ring.release(behind);
+        }
+        // The list.
         let mut seen = vec![false; n + 1];
         let (mut count, mut bytes, mut used, mut last) = (0u32, 0usize, 0usize, 0u32);
         let mut cur = self.get(HEAD);
-        let cut = |at: u32| match self.chunk(at, C_NEXT) {
-            Some(w) => w.store(0, Ordering::Relaxed),
-            None => self.put(HEAD, 0),
-        };
         loop {
             if cur == 0 {
                 break;
             }
-            let ok = (cur as usize) <= n && !seen[cur as usize] && {
-                let len = self.link(cur, C_LEN).unwrap_or(u32::MAX) as usize;
-                let mut c = self.link(cur, C_DATA).unwrap_or(0);
-                let mut chain = Vec::new();
-                let mut good = len <= max;
-                for _ in 0..len.div_ceil(DATA) {
-                    if !good || c == 0 || c as usize > n || seen[c as usize] || chain.contains(&c) {
-                        good = false;
-                        break;
-                    }
-                    chain.push(c);
-                    c = self.link(c, C_NEXT).unwrap_or(0);
-                }
-                if good {
-                    seen[cur as usize] = true;
-                    for &c in &chain {
-                        seen[c as usize] = true;
-                    }
+            let len = self.link(cur, C_LEN).unwrap_or(u32::MAX) as usize;
+            match self.mark_chain(cur, max, &mut seen) {
+                Some(k) => {
                     count += 1;
                     bytes += len;
-                    used += 1 + chain.len();
+                    used += k;
                 }
-                good
-            };
-            if !ok {
-                cut(last);
-                break;
+                None => {
+                    match self.chunk(last, C_NEXT) {
+                        Some(w) => w.store(0, Ordering::Relaxed),
+                        None => self.put(HEAD, 0),
+                    }
+                    break;
+                }
             }
             last = cur;
             cur = self.link(cur, C_NEXT).unwrap_or(0);
         }
         self.put(TAIL, last);
-        self.put(QNUM, count);
-        self.put(CBYTES, bytes as u32);
+        self.put64(LISTW, count, bytes as u32);
+        // The ring: chunks of queued chained messages stay; slots being
+        // filled by the dead are given up.
+        if tpos.wrapping_sub(hpos) <= self.q.slots {
+            let mut pos = hpos;
+            while pos != tpos {
+                let (s, claim) = unpack(ring.word(pos).load(Ordering::Acquire));
+                if reboot && s == pos && claim != 0 {
+                    // Nobody is filling it any more: u32::MAX is never alive.
+                    let _ = ring.word(pos).compare_exchange(
+                        pack(pos, claim),
+                        pack(pos, u32::MAX),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    );
+                }
+                if (s == pos || s == pos.wrapping_add(1)) && ring.chain(pos) != 0 {
+                    used += self.mark_chain(ring.chain(pos), max, &mut seen).unwrap_or(0);
+                }
+                pos = pos.wrapping_add(1);
+            }
+            let (s, claim) = unpack(ring.word(tpos).load(Ordering::Acquire));
+            if s == tpos && claim != 0 && (reboot || !sys::process_alive(claim)) {
+                ring.claim(tpos, 0, claim);
+            }
+        }
         self.put(USED, used as u32);
         let bump = (self.get(BUMP) as usize).min(n);
         self.put(BUMP, bump as u32);
