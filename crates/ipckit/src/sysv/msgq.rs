@@ -1680,3 +1680,6 @@ impl Guard<'_> {
 fn corrupt() -> Fault {
     Fault::Frame(FrameError::BadHandles("the queue's message list is corrupted"))
 }
+
+#[cfg(test)]
+mod tests;
