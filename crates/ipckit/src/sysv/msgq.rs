@@ -53,8 +53,12 @@ const LRPID: usize = Q + 144;
 const TAILW: usize = Q + 192;
 const STIME: usize = Q + 200;
 const LSPID: usize = Q + 208;
-const CHANGE: usize = Q + 256;
-const CHANGE_WAITERS: usize = Q + 260;
+/// Bumped when a message arrives (receivers sleep on it), and its sleepers.
+const MSG_EVT: usize = Q + 256;
+const MSG_WAITERS: usize = Q + 260;
+/// Bumped when room is freed (senders sleep on it), and its sleepers.
+const ROOM_EVT: usize = Q + 264;
+const ROOM_WAITERS: usize = Q + 268;
 const SLOTS: usize = Q + 320;
 
 // Chunks: 64 bytes. A message is a header chunk plus a chain of data chunks.
@@ -352,7 +356,7 @@ impl MessageQueue {
         let q = MessageQueue::adopt(seg, Some((path.to_owned(), flush)), access)?;
         let boot = u64_at(q.map(), BOOT);
         if boot.load(Ordering::Acquire) != sys::boot_id() {
-            for off in [LOCK, LOCK_WAITERS, CHANGE_WAITERS] {
+            for off in [LOCK, LOCK_WAITERS, MSG_WAITERS, ROOM_WAITERS] {
                 u32_at(q.map(), off).store(0, Ordering::SeqCst);
             }
             let g = q.lock(Deadline::Never).map_err(fault_error)?;
@@ -505,7 +509,7 @@ impl MessageQueue {
         let m = self.map();
         let lock = RobustLock { word: u32_at(m, LOCK), waiters: u32_at(m, LOCK_WAITERS) };
         let taken = lock.lock(deadline)?;
-        let g = Guard { q: self, lock, wake: std::cell::Cell::new(false) };
+        let g = Guard { q: self, lock, wake: std::cell::Cell::new(0) };
         if taken == Taken::FromTheDead {
             g.repair(false);
         }
@@ -529,11 +533,12 @@ impl MessageQueue {
     /// read-modify-write or store that made the change visible (the slot's
     /// publishing swap, the unlocking store), which orders the change
     /// before the load of the sleeper count as a fence would.
-    fn notify_after_barrier(&self) {
+    fn notify_after_barrier(&self, ev: Ev) {
         let m = self.map();
-        if u32_at(m, CHANGE_WAITERS).load(Ordering::SeqCst) > 0 {
-            u32_at(m, CHANGE).fetch_add(1, Ordering::SeqCst);
-            sys::futex_wake(u32_at(m, CHANGE), u32::MAX);
+        let (word, waiters) = ev.words(m);
+        if waiters.load(Ordering::SeqCst) > 0 {
+            word.fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(word, u32::MAX);
         }
     }
 
@@ -542,7 +547,13 @@ impl MessageQueue {
     /// changed (it reads only what the waiting side needs, so that the
     /// spin pulls no cache line the other side is writing), then a futex
     /// sleep.
-    fn wait_change(&self, seen: Snap, deadline: Deadline, moved: impl FnMut() -> bool) -> Result<(), Fault> {
+    fn wait_change(
+        &self,
+        ev: Ev,
+        seen: Snap,
+        deadline: Deadline,
+        moved: impl FnMut() -> bool,
+    ) -> Result<(), Fault> {
         if deadline.expired() {
             return Err(Fault::Timeout);
         }
@@ -550,17 +561,26 @@ impl MessageQueue {
             return Ok(());
         }
         let m = self.map();
-        let (word, waiters) = (u32_at(m, CHANGE), u32_at(m, CHANGE_WAITERS));
+        let (word, waiters) = ev.words(m);
         waiters.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let c = word.load(Ordering::SeqCst);
         if self.snap() == seen {
-            let mut nap = NAP;
-            if let Deadline::At(at) = deadline {
-                nap = nap.min(at.saturating_duration_since(Instant::now()));
-            }
-            if !nap.is_zero() {
-                sys::futex_wait(word, c, Some(nap));
+            // No periodic wake-up without a deadline: nothing a sleeper
+            // waits for depends on another process staying alive (a dead
+            // sender's half-filled slot is waited out by a receiver that is
+            // awake, never asleep), every change that can help wakes it, and
+            // removal wakes everybody. A kernel timer per sleep would cost
+            // a good part of a one-CPU round trip.
+            match deadline {
+                Deadline::Never => sys::futex_wait(word, c, None),
+                Deadline::At(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if !left.is_zero() {
+                        sys::futex_wait(word, c, Some(left));
+                    }
+                }
+                Deadline::Now => {}
             }
         }
         waiters.fetch_sub(1, Ordering::SeqCst);
@@ -728,7 +748,7 @@ impl MessageQueue {
             match pushed {
                 Pushed::Sent => {
                     self.durable_commit();
-                    self.notify_after_barrier();
+                    self.notify_after_barrier(Ev::Msg);
                     return Ok(());
                 }
                 Pushed::Full => {
@@ -742,7 +762,7 @@ impl MessageQueue {
                             || u32_at(m, QBYTES).load(Ordering::Relaxed) as u64 != seen[3] >> 1
                             || u32_at(m, REMOVED).load(Ordering::Relaxed) != 0
                     };
-                    self.wait_change(seen, deadline, room)?;
+                    self.wait_change(Ev::Room, seen, deadline, room)?;
                 }
                 Pushed::NoSlot => {}
                 Pushed::Busy { pos, pid } => {
@@ -897,10 +917,14 @@ impl MessageQueue {
         loop {
             let g = self.lock(deadline)?;
             g.check(Access::Read)?;
+            // The tail as it was before looking: a message whose sender
+            // moved the tail while we looked must not be slept through.
+            let tail = u64_at(self.map(), TAILW).load(Ordering::SeqCst);
             if let Some(found) = g.take(select, max_len, deadline, out)? {
                 return Ok(found);
             }
-            let seen = self.snap();
+            let mut seen = self.snap();
+            seen[0] = tail;
             let m = self.map();
             let hpos = unpack(seen[1]).0;
             let head = self.ring().word(hpos).load(Ordering::Relaxed);
@@ -914,7 +938,7 @@ impl MessageQueue {
                     || u64_at(m, LISTW).load(Ordering::Relaxed) != seen[2]
                     || u32_at(m, REMOVED).load(Ordering::Relaxed) != 0
             };
-            self.wait_change(seen, deadline, arrived)?;
+            self.wait_change(Ev::Msg, seen, deadline, arrived)?;
         }
     }
 
@@ -1000,9 +1024,11 @@ impl MessageQueue {
         g.changed();
         drop(g);
         // Wake every sleeper unconditionally: each sees the flag.
-        let m = self.map();
-        u32_at(m, CHANGE).fetch_add(1, Ordering::SeqCst);
-        sys::futex_wake(u32_at(m, CHANGE), u32::MAX);
+        for ev in [Ev::Msg, Ev::Room] {
+            let (word, _) = ev.words(self.map());
+            word.fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(word, u32::MAX);
+        }
         if let Some((path, _)) = &self.durable {
             return std::fs::remove_file(path).map_err(|e| Error::io(path.display(), e));
         }
@@ -1017,6 +1043,25 @@ impl MessageQueue {
     /// As [`MessageQueue::open`] and [`MessageQueue::remove`].
     pub fn remove_name(name: &str) -> Result<()> {
         MessageQueue::open(name, Access::Read).or_else(|_| MessageQueue::open(name, Access::Write))?.remove()
+    }
+}
+
+/// What a sleeper waits for.
+#[derive(Clone, Copy, Debug)]
+enum Ev {
+    /// A message (receivers).
+    Msg,
+    /// Room (senders).
+    Room,
+}
+
+impl Ev {
+    /// The futex word and the sleeper count.
+    fn words(self, m: &Mapping) -> (&AtomicU32, &AtomicU32) {
+        match self {
+            Ev::Msg => (u32_at(m, MSG_EVT), u32_at(m, MSG_WAITERS)),
+            Ev::Room => (u32_at(m, ROOM_EVT), u32_at(m, ROOM_WAITERS)),
+        }
     }
 }
 
@@ -1123,7 +1168,8 @@ struct Guard<'a> {
     lock: RobustLock<'a>,
     /// Something changed: wake the sleepers, after unlocking (a sleeper
     /// woken while we still hold the lock would only go back to sleep on it).
-    wake: std::cell::Cell<bool>,
+    /// (Bits: 1 messages arrived, 2 room was freed.)
+    wake: std::cell::Cell<u8>,
 }
 
 impl Drop for Guard<'_> {
@@ -1131,8 +1177,12 @@ impl Drop for Guard<'_> {
         // The unlocking store is SeqCst: it orders every change made under
         // the lock before the sleeper count's load.
         self.lock.unlock();
-        if self.wake.get() {
-            self.q.notify_after_barrier();
+        let wake = self.wake.get();
+        if wake & 1 != 0 {
+            self.q.notify_after_barrier(Ev::Msg);
+        }
+        if wake & 2 != 0 {
+            self.q.notify_after_barrier(Ev::Room);
         }
     }
 }
@@ -1156,7 +1206,12 @@ impl Guard<'_> {
 
     /// Wakes every sleeper when the lock is released: each re-checks its own condition.
     fn changed(&self) {
-        self.wake.set(true);
+        self.wake.set(3);
+    }
+
+    /// Wakes the senders when the lock is released: room was freed.
+    fn room_freed(&self) {
+        self.wake.set(self.wake.get() | 2);
     }
 
     fn check(&self, want: Access) -> Result<(), Fault> {
@@ -1359,7 +1414,7 @@ impl Guard<'_> {
             // Its chunks are referenced by nothing now.
             self.repair(false);
         }
-        self.changed();
+        self.room_freed();
     }
 
     /// Takes the ring's head message as the received one.
@@ -1406,7 +1461,7 @@ impl Guard<'_> {
             rtime.store(now, Ordering::Relaxed);
         }
         self.q.durable_commit();
-        self.changed();
+        self.room_freed();
     }
 
     /// Moves the ring's head message to the list's tail.
@@ -1447,7 +1502,6 @@ impl Guard<'_> {
                 Head::Empty => break,
                 head => self.drain_one(head)?,
             }
-            self.changed();
         }
         Ok(())
     }
