@@ -254,8 +254,9 @@ pub struct MessageQueue {
     caller: Caller,
     /// For a durable queue: its file, and when to write it out.
     durable: Option<(std::path::PathBuf, Flush)>,
-    /// A sender's last view of `HEADW` and `LISTW` (see `msgq/ring.rs`).
-    view: [AtomicU64; 2],
+    /// A sender's last view of `HEADW` and `LISTW` (see `msgq/ring.rs`),
+    /// and the `TAILW` it saw right after reading them.
+    view: [AtomicU64; 3],
     /// The adaptive spin before sleeping.
     spin: Spin,
 }
@@ -389,7 +390,7 @@ impl MessageQueue {
             chunks_at: SLOTS + slots as usize * SLOT,
             caller: Caller::current(),
             durable,
-            view: [AtomicU64::new(0), AtomicU64::new(0)],
+            view: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             spin: Spin::new(),
         }
     }
@@ -588,14 +589,27 @@ impl MessageQueue {
     }
 
     /// Reads `HEADW`, then `LISTW` (in that order: see `msgq/ring.rs`) and
-    /// remembers them as this process's view.
+    /// remembers them as this process's view, with the tail as it was then.
     fn refresh_view(&self) -> (u64, u64) {
         let m = self.map();
         let h = u64_at(m, HEADW).load(Ordering::Acquire);
         let l = u64_at(m, LISTW).load(Ordering::Acquire);
         self.view[0].store(h, Ordering::Relaxed);
         self.view[1].store(l, Ordering::Relaxed);
+        self.view[2].store(u64_at(m, TAILW).load(Ordering::Acquire), Ordering::Relaxed);
         (h, l)
+    }
+
+    /// The cached view, if it is recent enough to be compared with tail
+    /// `t` without the 32-bit counters wrapping: less than a lap of the
+    /// ring and 1 GiB of text old.
+    fn cached_view(&self, t: u64) -> Option<(u64, u64)> {
+        let (vt, vb) = unpack(self.view[2].load(Ordering::Relaxed));
+        let (tpos, tbytes) = unpack(t);
+        if tpos.wrapping_sub(vt) > self.slots || tbytes.wrapping_sub(vb) > 1 << 30 {
+            return None;
+        }
+        Some((self.view[0].load(Ordering::Relaxed), self.view[1].load(Ordering::Relaxed)))
     }
 
     /// One lock-free attempt to append a message of `len` bytes to the ring:
@@ -610,12 +624,17 @@ impl MessageQueue {
         let mut fresh = false;
         for _ in 0..1000 {
             // The view first, then the tail: the head never passes the tail.
-            let (h, l) = if fresh {
-                self.refresh_view()
+            let (h, l, t) = if fresh {
+                let (h, l) = self.refresh_view();
+                (h, l, tailw.load(Ordering::Acquire))
             } else {
-                (self.view[0].load(Ordering::Relaxed), self.view[1].load(Ordering::Relaxed))
+                let t = tailw.load(Ordering::Acquire);
+                let Some((h, l)) = self.cached_view(t) else {
+                    fresh = true;
+                    continue;
+                };
+                (h, l, t)
             };
-            let t = tailw.load(Ordering::Acquire);
             let ((tpos, tbytes), (hpos, hbytes), (ln, lb)) = (unpack(t), unpack(h), unpack(l));
             let in_ring = tpos.wrapping_sub(hpos);
             let qnum = u64::from(in_ring) + u64::from(ln);
@@ -766,6 +785,7 @@ impl MessageQueue {
                 }
                 Pushed::NoSlot => {}
                 Pushed::Busy { pos, pid } => {
+                    self.refresh_view();
                     if busy.wait(deadline)? {
                         self.unstick(pos, pid, deadline)?;
                     }
