@@ -775,8 +775,15 @@ impl MessageQueue {
                         return Err(Fault::Timeout);
                     }
                     let m = self.map();
+                    // While spinning, wait for a batch of receives (an
+                    // eighth of the ring), not one: retrying after every
+                    // single receive would pull the receivers' line over
+                    // once per message. (Asleep, any change wakes us.)
+                    let batch = (self.slots / 8).max(1);
                     let room = || {
-                        u64_at(m, HEADW).load(Ordering::Relaxed) != seen[1]
+                        let h = u64_at(m, HEADW).load(Ordering::Relaxed);
+                        unpack(h).0.wrapping_sub(unpack(seen[1]).0) >= batch
+                            || (h != seen[1] && data.len() > INLINE)
                             || u64_at(m, LISTW).load(Ordering::Relaxed) != seen[2]
                             || u32_at(m, QBYTES).load(Ordering::Relaxed) as u64 != seen[3] >> 1
                             || u32_at(m, REMOVED).load(Ordering::Relaxed) != 0
