@@ -10,7 +10,8 @@
 //! scenario that hangs, which wakes everyone blocked on it.
 //!
 //! Measured, all with 64-byte messages and the same `msg_qbytes` (16384, the
-//! kernel's default) on both sides, blocking calls only:
+//! kernel's default) on both sides, blocking calls only; both receive into
+//! the caller's buffer (`msgrcv`, [`MessageQueue::recv_into`]):
 //!
 //! * `1->1 type 0`: throughput, one sender process (type 1) and one receiver
 //!   (the parent, `msgtyp` 0);
