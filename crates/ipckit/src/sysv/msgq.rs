@@ -291,8 +291,9 @@ fn file_mode(mode: u32) -> u32 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pushed {
     Sent,
-    /// Not within `msg_qbytes` (bytes or messages).
-    Full,
+    /// Not within `msg_qbytes` (bytes or messages), as the queue was in
+    /// this snapshot (what a sleeping sender waits to see change).
+    Full(Snap),
     /// Within `msg_qbytes`, but every ring slot is taken: drain the ring.
     NoSlot,
     /// Position `pos` is being worked on by pid `pid` (0: by a receiver).
@@ -510,7 +511,8 @@ impl MessageQueue {
         let m = self.map();
         let lock = RobustLock { word: u32_at(m, LOCK), waiters: u32_at(m, LOCK_WAITERS) };
         let taken = lock.lock(deadline)?;
-        let g = Guard { q: self, lock, wake: std::cell::Cell::new(0) };
+        // Every receive that finds nothing reads the tail (`Guard::tail`).
+        let g = Guard { q: self, lock, wake: std::cell::Cell::new(0), tail_seen: std::cell::Cell::new(0) };
         if taken == Taken::FromTheDead {
             g.repair(false);
         }
@@ -537,7 +539,11 @@ impl MessageQueue {
     fn notify_after_barrier(&self, ev: Ev) {
         let m = self.map();
         let (word, waiters) = ev.words(m);
-        if waiters.load(Ordering::SeqCst) > 0 {
+        // The waker, not the sleeper, resets the count: until a woken
+        // sleeper gets to run (on one CPU: not before the waker sleeps),
+        // further changes make no futex call. A sleeper that left without
+        // being woken leaves the count up, which costs one spare wake-up.
+        if waiters.load(Ordering::SeqCst) > 0 && waiters.swap(0, Ordering::SeqCst) > 0 {
             word.fetch_add(1, Ordering::SeqCst);
             sys::futex_wake(word, u32::MAX);
         }
@@ -563,9 +569,12 @@ impl MessageQueue {
         }
         let m = self.map();
         let (word, waiters) = ev.words(m);
+        // The word before announcing ourselves: a waker that resets the
+        // count we add to bumps the word after that, so the sleep below
+        // cannot outlast a wake-up meant for us.
+        let c = word.load(Ordering::SeqCst);
         waiters.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let c = word.load(Ordering::SeqCst);
         if self.snap() == seen {
             // No periodic wake-up without a deadline: nothing a sleeper
             // waits for depends on another process staying alive (a dead
@@ -584,7 +593,6 @@ impl MessageQueue {
                 Deadline::Now => {}
             }
         }
-        waiters.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -620,7 +628,7 @@ impl MessageQueue {
         let ring = self.ring();
         let me = sys::pid();
         let tailw = u64_at(m, TAILW);
-        let qbytes = u64::from(u32_at(m, QBYTES).load(Ordering::Relaxed));
+        let qbytes = u64::from(u32_at(m, QBYTES).load(Ordering::Acquire));
         let mut fresh = false;
         for _ in 0..1000 {
             // The view first, then the tail: the head never passes the tail.
@@ -646,7 +654,7 @@ impl MessageQueue {
                     continue;
                 }
                 if !fits {
-                    return Pushed::Full;
+                    return Pushed::Full([t, h, l, qbytes << 1]);
                 }
                 if in_ring > self.slots {
                     // The head moved between the two reads: look again.
@@ -755,7 +763,6 @@ impl MessageQueue {
             if data.len() > max {
                 return Err(Fault::TooLarge { len: data.len(), max });
             }
-            let seen = self.snap();
             let pushed = if data.len() <= INLINE {
                 match self.push(mtype, data.len(), data, 0) {
                     Pushed::NoSlot => self.lock(deadline)?.push_chained(mtype, data, true)?,
@@ -770,7 +777,7 @@ impl MessageQueue {
                     self.notify_after_barrier(Ev::Msg);
                     return Ok(());
                 }
-                Pushed::Full => {
+                Pushed::Full(seen) => {
                     if deadline == Deadline::Now {
                         return Err(Fault::Timeout);
                     }
@@ -944,14 +951,14 @@ impl MessageQueue {
         loop {
             let g = self.lock(deadline)?;
             g.check(Access::Read)?;
-            // The tail as it was before looking: a message whose sender
-            // moved the tail while we looked must not be slept through.
-            let tail = u64_at(self.map(), TAILW).load(Ordering::SeqCst);
             if let Some(found) = g.take(select, max_len, deadline, out)? {
                 return Ok(found);
             }
+            // The tail as it was when the ring was found empty (or
+            // drained): a message whose sender moved the tail since must
+            // not be slept through.
             let mut seen = self.snap();
-            seen[0] = tail;
+            seen[0] = g.tail_seen.get();
             let m = self.map();
             let hpos = unpack(seen[1]).0;
             let head = self.ring().word(hpos).load(Ordering::Relaxed);
@@ -1197,6 +1204,8 @@ struct Guard<'a> {
     /// woken while we still hold the lock would only go back to sleep on it).
     /// (Bits: 1 messages arrived, 2 room was freed.)
     wake: std::cell::Cell<u8>,
+    /// The senders' counter as last read under this lock.
+    tail_seen: std::cell::Cell<u64>,
 }
 
 impl Drop for Guard<'_> {
@@ -1383,7 +1392,7 @@ impl Guard<'_> {
         } else {
             match self.build(mtype, data) {
                 Some(c) => c,
-                None => return Ok(Pushed::Full),
+                None => return Ok(Pushed::Full(self.q.snap())),
             }
         };
         let mut pushed = self.q.push(mtype, data.len(), data, chain);
@@ -1398,6 +1407,14 @@ impl Guard<'_> {
         Ok(pushed)
     }
 
+    /// Reads the senders' counter (only when the ring looks empty, or to
+    /// drain it), and remembers what it read.
+    fn tail(&self) -> u64 {
+        let t = u64_at(self.q.map(), TAILW).load(Ordering::SeqCst);
+        self.tail_seen.set(t);
+        t
+    }
+
     fn headw(&self) -> (u32, u32) {
         self.get64(HEADW)
     }
@@ -1410,7 +1427,7 @@ impl Guard<'_> {
         let mut busy = Busy::default();
         loop {
             let (hpos, _) = self.headw();
-            let tail = || unpack(u64_at(self.q.map(), TAILW).load(Ordering::Acquire)).0;
+            let tail = || unpack(self.tail()).0;
             match ring.head(hpos, tail, max) {
                 Err(why) => return Err(Fault::Frame(FrameError::BadHandles(why))),
                 Ok(Head::Filling(pid)) => {
@@ -1523,7 +1540,7 @@ impl Guard<'_> {
 
     /// Moves every message the ring holds now to the list, in order.
     fn drain_all(&self, deadline: Deadline) -> Result<(), Fault> {
-        let until = unpack(u64_at(self.q.map(), TAILW).load(Ordering::Acquire)).0;
+        let until = unpack(self.tail()).0;
         while self.headw().0 != until {
             match self.settle_head(deadline)? {
                 Head::Empty => break,
