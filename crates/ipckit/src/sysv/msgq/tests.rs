@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::ring::Head;
 use super::*;
 
 fn queue(tag: &str) -> MessageQueue {
