@@ -309,8 +309,13 @@ pub struct WaitCounts {
 /// lock needs no `getpid(2)`): after `fork(2)` the child must open the set
 /// again rather than use an inherited handle.
 ///
-/// Wakeups are not FIFO: every change that can let a blocked caller proceed
-/// wakes all of them, and each re-checks its own operations.
+/// Wakeups are not FIFO: a change that can let a blocked caller proceed (a
+/// semaphore some caller waits to decrease is now positive, or one some
+/// caller waits on for zero is now zero) wakes all of them, and each
+/// re-checks its own operations; other changes wake nobody. Before it
+/// sleeps, a blocked caller watches its semaphore's value for a short,
+/// adaptive while (at most 20 us, only with more than one CPU online), so a
+/// partner on another CPU hands over without a futex call.
 ///
 /// # Examples
 ///
