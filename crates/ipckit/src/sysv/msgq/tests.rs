@@ -103,8 +103,8 @@ fn a_drain_interrupted_at_each_step_delivers_the_message_once() {
         q.send(1, b"head").unwrap();
         q.send(2, b"next").unwrap();
         {
-            let g = q.lock(Deadline::Never).unwrap();
-            let head = g.settle_head(Deadline::Never).unwrap();
+            let g = q.lock(Deadline::after(Duration::from_secs(20))).unwrap();
+            let head = g.settle_head(Deadline::after(Duration::from_secs(20))).unwrap();
             let Head::Ready { mtype, len, .. } = head else { panic!("{head:?}") };
             let ring = q.ring();
             let (hpos, hbytes) = g.headw();
