@@ -10,7 +10,8 @@
 //! scenario that hangs, which wakes everyone blocked on it.
 //!
 //! Measured, all with 64-byte messages and the same `msg_qbytes` (16384, the
-//! kernel's default) on both sides, blocking calls only:
+//! kernel's default) on both sides, blocking calls only; both receive into
+//! the caller's buffer (`msgrcv`, [`MessageQueue::recv_into`]):
 //!
 //! * `1->1 type 0`: throughput, one sender process (type 1) and one receiver
 //!   (the parent, `msgtyp` 0);
@@ -282,12 +283,10 @@ impl Mq for MessageQueue {
     }
 
     fn recv(&self, mtype: i64, out: &mut [u8; MSG]) -> R<()> {
-        match MessageQueue::recv(self, Select::of(mtype), MSG) {
-            Ok((_, v)) if v.len() == MSG => {
-                out.copy_from_slice(&v);
-                Ok(())
-            }
-            Ok((_, v)) => Err(Fail::Other(format!("recv: {} bytes, not {MSG}", v.len()))),
+        // Into the caller's buffer, as msgrcv does (no allocation).
+        match MessageQueue::recv_into(self, Select::of(mtype), out) {
+            Ok((_, n)) if n == MSG => Ok(()),
+            Ok((_, n)) => Err(Fail::Other(format!("recv: {n} bytes, not {MSG}"))),
             Err(RecvError::Disconnected) => Err(Fail::Removed),
             Err(e) => Err(Fail::Other(format!("recv: {e}"))),
         }

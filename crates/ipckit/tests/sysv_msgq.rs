@@ -169,6 +169,138 @@ fn the_same_operations_give_the_same_results_as_the_kernel() {
     assert!(counts.iter().all(|&c| c > 100), "outcomes: {counts:?}");
 }
 
+/// The same comparison with tiny messages, so that the ring's slots run
+/// out long before `msg_qbytes` does (the path where a sender drains the
+/// ring into the locked list) and the message-count limit is reached.
+#[test]
+fn tiny_messages_give_the_same_results_as_the_kernel() {
+    let n = name("difftiny");
+    let _c = Cleanup(n.clone());
+    let config = QueueConfig { capacity: 300, max_message: 64, max_capacity: 1024, mode: 0o600 };
+    let ours = MessageQueue::create(&n, config).unwrap();
+    let theirs = Kernel::new(300);
+    let mut rng = Rng(0x7e57_0f5a_11ed_5eed);
+    let mut counts = [0usize; 4];
+    for step in 0..10_000u64 {
+        if rng.below(100) < 55 {
+            let mtype = 1 + rng.below(3) as i64;
+            let data = vec![step as u8; rng.below(3) as usize];
+            match (theirs.send(mtype, &data), ours.try_send(mtype, &data)) {
+                (Ok(()), Ok(())) => counts[0] += 1,
+                (Err(libc::EAGAIN), Err(TrySendError::Full(_))) => counts[1] += 1,
+                (k, o) => panic!("step {step}: send kernel {k:?} ipckit {o:?}"),
+            }
+        } else {
+            let t = rng.below(7) as i64 - 3;
+            let sel = Select { mtype: t, except: t > 0 && rng.below(4) == 0, truncate: true };
+            match (theirs.recv(sel, 8), ours.try_recv(sel, 8)) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b, "step {step}: recv({sel:?})");
+                    counts[2] += 1;
+                }
+                (Err(libc::ENOMSG), Err(TryRecvError::Empty)) => counts[3] += 1,
+                (k, o) => panic!("step {step}: recv({sel:?}) kernel {k:?} ipckit {o:?}"),
+            }
+        }
+        let (k, o) = (theirs.stat(), ours.stat().unwrap());
+        assert_eq!(
+            (k.msg_qnum as usize, k.__msg_cbytes as usize),
+            (o.messages, o.bytes),
+            "step {step}: statistics differ"
+        );
+    }
+    assert!(counts.iter().all(|&c| c > 100), "outcomes: {counts:?}");
+}
+
+/// Many senders and receivers at once (threads of one process and other
+/// processes alike go through the same shared memory): every message
+/// arrives exactly once, each receiver sees each sender's messages of a
+/// type in the order they were sent, and the counts end at zero.
+#[test]
+fn concurrent_senders_and_receivers_lose_and_duplicate_nothing() {
+    const SENDERS: u64 = 4;
+    const EACH: u64 = 20_000;
+    let n = name("stress");
+    let _c = Cleanup(n.clone());
+    // Small: the queue is full, the ring wraps and drains all the time.
+    let config = QueueConfig { capacity: 2048, max_message: 256, max_capacity: 2048, mode: 0o600 };
+    let q = Arc::new(MessageQueue::create(&n, config).unwrap());
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let q = q.clone();
+            thread::spawn(move || {
+                for i in 0..EACH {
+                    let mtype = 1 + ((i + s) % 3) as i64;
+                    // Mostly inline texts; every 50th too long for a ring slot.
+                    let len = if i % 50 == 0 { 200 } else { 16 + (i % 40) as usize };
+                    let mut text = vec![0u8; len];
+                    text[..8].copy_from_slice(&(s << 32 | i).to_le_bytes());
+                    if i % 7 == 0 {
+                        while let Err(e) = q.try_send(mtype, &text) {
+                            assert!(matches!(e, TrySendError::Full(_)), "{e}");
+                            thread::yield_now();
+                        }
+                    } else {
+                        q.send_timeout(mtype, &text, LONG).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    // Receivers: one takes anything, one type 2, one the lowest type <= 3,
+    // one anything but type 1.
+    let selects = [Select::ANY, Select::of(2), Select::of(-3), Select::except(1)];
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let receivers: Vec<_> = selects
+        .into_iter()
+        .map(|sel| {
+            let (q, done) = (q.clone(), done.clone());
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 256];
+                loop {
+                    match q.recv_into_timeout(sel, &mut buf, Duration::from_millis(20)) {
+                        Ok((t, len)) => {
+                            let id = u64::from_le_bytes(buf[..8].try_into().unwrap());
+                            let (s, i) = (id >> 32, id & 0xffff_ffff);
+                            assert_eq!(t, 1 + ((i + s) % 3) as i64, "type of {s}/{i}");
+                            let want = if i % 50 == 0 { 200 } else { 16 + (i % 40) as usize };
+                            assert_eq!(len, want, "length of {s}/{i}");
+                            got.push((s, i, t));
+                        }
+                        Err(RecvTimeoutError::Timeout) if done.load(std::sync::atomic::Ordering::SeqCst) => {
+                            return got
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut seen = vec![false; (SENDERS * EACH) as usize];
+    for r in receivers {
+        let got = r.join().unwrap();
+        let mut last = std::collections::HashMap::new();
+        for (s, i, t) in got {
+            let k = (s * EACH + i) as usize;
+            assert!(!seen[k], "{s}/{i} received twice");
+            seen[k] = true;
+            if let Some(prev) = last.insert((s, t), i) {
+                assert!(prev < i, "sender {s} type {t}: {i} after {prev}");
+            }
+        }
+    }
+    let missing = seen.iter().filter(|&&x| !x).count();
+    assert_eq!(missing, 0, "messages lost");
+    let st = q.stat().unwrap();
+    assert_eq!((st.messages, st.bytes), (0, 0));
+}
+
 #[test]
 fn selection_follows_msgrcv() {
     let n = name("select");
@@ -306,6 +438,28 @@ fn child_main() {
                 i = i.wrapping_add(1);
             }
         }
+        "tiny" => {
+            // Texts a ring slot holds (the lock-free path), as fast as
+            // possible until killed; with an argument suffix ":recv" it
+            // also receives with every kind of selection.
+            let (name, recv) = match arg.split_once(':') {
+                Some((n, _)) => (n, true),
+                None => (arg, false),
+            };
+            let q = MessageQueue::open(name, Access::ReadWrite).unwrap();
+            let mut buf = [0u8; 128];
+            let mut i = 0u32;
+            loop {
+                let text = i.to_le_bytes().repeat(1 + (i % 25) as usize);
+                let _ = q.send_timeout(1 + i64::from(i % 4), &text, LONG);
+                if recv && i % 2 == 0 {
+                    let sel =
+                        [Select::ANY, Select::of(2), Select::of(-3), Select::except(1)][(i / 2 % 4) as usize];
+                    let _ = q.try_recv_into(sel, &mut buf);
+                }
+                i = i.wrapping_add(1);
+            }
+        }
         "intruder" => {
             // Drop to nobody, then try both directions.
             let gid = rustix::process::Gid::from_raw(65534);
@@ -371,6 +525,54 @@ fn a_process_killed_mid_operation_leaves_the_queue_consistent() {
             (st.messages, st.bytes),
             "round {round}: statistics disagree with contents"
         );
+        q.send_timeout(1, b"still works", LONG).unwrap();
+        assert_eq!(q.recv_timeout(Select::ANY, 100, LONG).unwrap().1, b"still works");
+    }
+}
+
+/// SIGKILL lands in the lock-free path: senders between claiming a slot,
+/// moving the tail and publishing; a receiver between taking the head and
+/// moving it. Survivors skip or repair what they left, the counts stay
+/// exact and no message is torn or seen twice.
+#[test]
+fn a_process_killed_on_the_fast_path_leaves_the_queue_consistent() {
+    let n = name("killfast");
+    let _c = Cleanup(n.clone());
+    let q = MessageQueue::create(
+        &n,
+        QueueConfig { capacity: 4096, max_message: 128, max_capacity: 4096, mode: 0o600 },
+    )
+    .unwrap();
+    for round in 0..20u64 {
+        let mut kids = [spawn_child("tiny", &n), spawn_child("tiny", &format!("{n}:recv"))];
+        thread::sleep(Duration::from_millis(15 + (round * 11) % 40));
+        for kid in &mut kids {
+            let _ = kid.kill();
+        }
+        for kid in &mut kids {
+            let _ = kid.wait();
+        }
+        let st = q.stat().unwrap();
+        let mut bytes = 0;
+        let mut count = 0;
+        let mut buf = [0u8; 128];
+        while let Ok((t, len)) = q.recv_into_timeout(Select::ANY, &mut buf, Duration::from_millis(100)) {
+            let data = &buf[..len];
+            assert!((1..=4).contains(&t));
+            assert!(!data.is_empty() && data.len() % 4 == 0, "round {round}: a torn message");
+            let first = &data[..4];
+            assert!(data.chunks(4).all(|c| c == first), "round {round}: a torn message");
+            let i = u32::from_le_bytes(first.try_into().unwrap());
+            assert_eq!((t, len), (1 + i64::from(i % 4), 4 * (1 + (i % 25) as usize)), "round {round}");
+            bytes += data.len();
+            count += 1;
+        }
+        assert_eq!(
+            (count, bytes),
+            (st.messages, st.bytes),
+            "round {round}: statistics disagree with contents"
+        );
+        assert_eq!((q.stat().unwrap().messages, q.stat().unwrap().bytes), (0, 0));
         q.send_timeout(1, b"still works", LONG).unwrap();
         assert_eq!(q.recv_timeout(Select::ANY, 100, LONG).unwrap().1, b"still works");
     }

@@ -635,7 +635,12 @@ pub(crate) fn futex_wait(
 }
 
 /// `futex(FUTEX_WAKE)` on a word in shared memory: wakes up to `n` waiters.
+///
+/// The kernel reads the count as a signed `int`: `u32::MAX` would arrive as
+/// -1 and wake only one waiter, so counts are capped at `i32::MAX` (what
+/// "wake all" means to the kernel, and what glibc passes).
 pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32, n: u32) {
+    let n = n.min(i32::MAX as u32);
     let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), n);
 }
 

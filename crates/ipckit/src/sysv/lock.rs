@@ -98,3 +98,88 @@ impl RobustLock<'_> {
 pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
+
+/// Whether spinning while waiting for another process can pay at all:
+/// only when more than one CPU is online (on one CPU the other process
+/// cannot run while we spin). Read once per process.
+pub(crate) fn spin_pays() -> bool {
+    static MANY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MANY.get_or_init(|| match std::fs::read_to_string("/sys/devices/system/cpu/online") {
+        Ok(s) => online_cpus(s.trim()) > 1,
+        Err(_) => std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
+    })
+}
+
+/// Counts the CPUs of a kernel CPU list such as `0-3,6`.
+fn online_cpus(list: &str) -> usize {
+    list.split(',')
+        .filter_map(|part| match part.split_once('-') {
+            Some((a, b)) => Some(b.parse::<usize>().ok()?.saturating_sub(a.parse().ok()?) + 1),
+            None => part.parse::<usize>().ok().map(|_| 1),
+        })
+        .sum()
+}
+
+/// A short, bounded, adaptive spin before sleeping, kept per process and
+/// object: it spins for at most [`Spin::MAX_NS`], halves its limit each
+/// time spinning did not help and grows it back when it did; at a limit of
+/// zero it only probes (2 us) on every 16th wait. So two processes on
+/// different CPUs hand over without a futex call, and a process that shares
+/// its CPU with the one it waits for (where spinning only delays it) soon
+/// stops spinning. Never spins when only one CPU is online.
+#[derive(Debug)]
+pub(crate) struct Spin {
+    limit_ns: AtomicU32,
+    waits: AtomicU32,
+}
+
+impl Spin {
+    /// The longest spin: less than a cross-CPU futex wake-up costs (25-50 us).
+    pub(crate) const MAX_NS: u32 = 20_000;
+
+    pub(crate) fn new() -> Spin {
+        Spin { limit_ns: AtomicU32::new(Self::MAX_NS), waits: AtomicU32::new(0) }
+    }
+
+    /// Spins until `done()` says so (returns `true`) or the limit passes.
+    pub(crate) fn spin(&self, mut done: impl FnMut() -> bool) -> bool {
+        if !spin_pays() {
+            return false;
+        }
+        let mut limit = self.limit_ns.load(Ordering::Relaxed);
+        if limit == 0 {
+            if self.waits.fetch_add(1, Ordering::Relaxed) % 16 != 0 {
+                return false;
+            }
+            limit = 2_000;
+        }
+        let t0 = Instant::now();
+        loop {
+            for _ in 0..32 {
+                if done() {
+                    let grown = limit.saturating_mul(2).clamp(4_000, Self::MAX_NS);
+                    self.limit_ns.store(grown, Ordering::Relaxed);
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if t0.elapsed() >= Duration::from_nanos(u64::from(limit)) {
+                break;
+            }
+        }
+        let shrunk = if limit < 1_000 { 0 } else { limit / 2 };
+        self.limit_ns.store(shrunk, Ordering::Relaxed);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(super::online_cpus("0"), 1);
+        assert_eq!(super::online_cpus("0-1"), 2);
+        assert_eq!(super::online_cpus("0-3,6,8-9"), 7);
+        assert_eq!(super::online_cpus(""), 0);
+    }
+}

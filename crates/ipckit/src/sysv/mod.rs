@@ -6,7 +6,12 @@
 //!   `semget`/`semop`/`semctl`, undo of a dead process's adjustments included.
 //!
 //! Both share a robust lock (`lock.rs`) whose holder's death is detected, so
-//! a process killed in the middle of an operation never wedges the others.
+//! a process killed in the middle of an operation never wedges the others,
+//! and a short adaptive spin before sleeping (`lock.rs`, only with more than
+//! one CPU online). A queue's senders do not take the lock for texts of up
+//! to 104 bytes: they append to a lock-free ring in the queue's segment
+//! (`msgq/ring.rs`), which receivers take from or drain into the locked
+//! list (`msgq.rs`).
 //!
 //! Unlike the kernel's objects these live in `/dev/shm` (`ipckit.<name>`),
 //! so an uncontended operation is a few atomic instructions, not a system

@@ -1,45 +1,69 @@
 //! System V-style typed message queues, in shared memory.
+//!
+//! Two parts share one segment: a lock-free ring that senders append to
+//! (`msgq/ring.rs`, where the protocol and its crash cases are described)
+//! and a list of 64-byte chunks under a robust lock (`msgq/guard.rs`),
+//! where messages go when a receive selects past the ring's head. Receivers
+//! hold the lock; senders never do, except for texts longer than a ring
+//! slot holds. Here: the layout, the public type, the senders' lock-free
+//! path and the waiting. `msgq/tests.rs` makes each crash state by hand.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+mod guard;
+mod ring;
+
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::lock::{now_secs, RobustLock, Taken};
+use self::guard::Guard;
+use self::ring::{pack, unpack, Ring, INLINE, SLOT};
+use super::lock::{now_secs, spin_pays, RobustLock, Spin, Taken};
 use crate::error::{Error, Fault, FrameError, RecvError, RecvTimeoutError, Result, SendError};
 use crate::error::{SendTimeoutError, TryRecvError, TrySendError};
 use crate::perm::{self, Access, Caller, Owner};
 use crate::shm::{Segment, SegmentKind, HEADER_LEN};
 use crate::sys::{self, Deadline, Mapping};
 
-// Queue header (offsets from the start of the mapping).
+// Queue header (offsets from the start of the mapping), one cache line per
+// writer: the lock holder's, read-mostly settings, the receivers', the
+// senders', the sleepers'.
 const Q: usize = HEADER_LEN;
 const LOCK: usize = Q;
 const LOCK_WAITERS: usize = Q + 4;
-const CHANGE: usize = Q + 8;
-const CHANGE_WAITERS: usize = Q + 12;
-const REMOVED: usize = Q + 16;
-const NCHUNKS: usize = Q + 20;
-const QNUM: usize = Q + 24;
-const CBYTES: usize = Q + 28;
-const QBYTES: usize = Q + 32;
-const MAXMSG: usize = Q + 36;
-const HEAD: usize = Q + 40;
-const TAIL: usize = Q + 44;
-const FREE: usize = Q + 48;
-const BUMP: usize = Q + 52;
-const LSPID: usize = Q + 56;
-const LRPID: usize = Q + 60;
-const STIME: usize = Q + 64;
-const RTIME: usize = Q + 72;
-const CTIME: usize = Q + 80;
-const UID: usize = Q + 88;
-const GID: usize = Q + 92;
-const MODE: usize = Q + 96;
-const CUID: usize = Q + 100;
-const CGID: usize = Q + 104;
-const USED: usize = Q + 108;
-const MAXCAP: usize = Q + 112;
+const NCHUNKS: usize = Q + 8;
+const NSLOTS: usize = Q + 12;
+/// Messages (low 32 bits) and bytes (high 32) in the locked list.
+const LISTW: usize = Q + 16;
+const HEAD: usize = Q + 24;
+const TAIL: usize = Q + 28;
+const FREE: usize = Q + 32;
+const BUMP: usize = Q + 36;
+const USED: usize = Q + 40;
+const REMOVED: usize = Q + 64;
+const QBYTES: usize = Q + 68;
+const MAXMSG: usize = Q + 72;
+const UID: usize = Q + 76;
+const GID: usize = Q + 80;
+const MODE: usize = Q + 84;
+const CUID: usize = Q + 88;
+const CGID: usize = Q + 92;
+const MAXCAP: usize = Q + 96;
+const CTIME: usize = Q + 104;
 const BOOT: usize = Q + 120;
-const CHUNKS: usize = Q + 128;
+/// Ring head position and bytes taken out of the ring.
+const HEADW: usize = Q + 128;
+const RTIME: usize = Q + 136;
+const LRPID: usize = Q + 144;
+/// Ring tail position and bytes ever sent.
+const TAILW: usize = Q + 192;
+const STIME: usize = Q + 200;
+const LSPID: usize = Q + 208;
+/// Bumped when a message arrives (receivers sleep on it), and its sleepers.
+const MSG_EVT: usize = Q + 256;
+const MSG_WAITERS: usize = Q + 260;
+/// Bumped when room is freed (senders sleep on it), and its sleepers.
+const ROOM_EVT: usize = Q + 264;
+const ROOM_WAITERS: usize = Q + 268;
+const SLOTS: usize = Q + 320;
 
 // Chunks: 64 bytes. A message is a header chunk plus a chain of data chunks.
 const CHUNK: usize = 64;
@@ -48,6 +72,13 @@ const C_NEXT: usize = 0;
 const C_DATA: usize = 4;
 const C_TYPE: usize = 8;
 const C_LEN: usize = 16;
+/// The ring position a drained message came from, and whether it did (1).
+const C_ORIG: usize = 20;
+const C_FROM: usize = 24;
+
+/// How long a party waits on a sender that is filling a slot before it
+/// asks whether that sender is still alive.
+const NAP: Duration = Duration::from_millis(10);
 
 /// Which message [`MessageQueue::recv`] takes, as `msgrcv(2)`'s `msgtyp` and flags say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,10 +198,37 @@ pub struct QueueSet {
 /// - messages persist until received or the queue is removed, also when no
 ///   process has the queue open (it lives in `/dev/shm` until removed);
 /// - a process killed in the middle of a send or a receive leaves the queue
-///   consistent: every operation commits with one store while holding a
-///   lock, and the next process to take the lock from a dead holder rebuilds
-///   the bookkeeping from what was committed (the message is fully there or
-///   not at all), so nobody waits on the dead.
+///   consistent: the message is fully there or not at all, and nobody waits
+///   on the dead (see below).
+///
+/// # How it is fast
+///
+/// Senders append texts of up to 104 bytes to a lock-free ring in the
+/// queue's segment (one CAS on the senders' counter, one on the slot); a
+/// receiver holds the queue's robust lock, which in the one-receiver case
+/// never leaves its CPU, and takes the ring's head directly when its
+/// selection matches it and nothing older waits in the locked list.
+/// Otherwise it moves the ring's messages, in order, to the list and
+/// selects there, as `msgrcv` does. Longer texts are built in the list's
+/// chunks under the lock and queued through the ring by reference, so the
+/// order of all messages is the order of the ring. The counts (`msg_qnum`,
+/// `msg_cbytes`) are exact: senders and receivers keep their counters on
+/// separate cache lines and read each other's only when their cached view
+/// says the queue is full. A party about to sleep first spins a little
+/// (adaptively, and only with more than one CPU online); a wake-up costs a
+/// `futex` call only when somebody sleeps.
+///
+/// # Crashes
+///
+/// Receivers work under a robust lock: whoever takes it from a dead holder
+/// finishes or undoes what the holder left (a slot released but not
+/// counted, a drained message linked but not counted) and rebuilds the
+/// list's bookkeeping from what was committed. A sender killed after
+/// reserving a ring position but before publishing it leaves a slot that
+/// the receiver reaching it skips once the sender's pid is gone (its bytes
+/// are given back); one killed while claiming a slot is taken over by the
+/// next sender. Either way the message is not there, and `send` had not
+/// returned.
 ///
 /// Permission checks use the queue's owner, group and mode (which the owner
 /// may change) against the caller's kernel identity: read to receive, write
@@ -193,9 +251,18 @@ pub struct QueueSet {
 pub struct MessageQueue {
     seg: Segment,
     chunks: usize,
+    /// Ring slots (a power of two).
+    slots: u32,
+    /// Offset of the first chunk.
+    chunks_at: usize,
     caller: Caller,
     /// For a durable queue: its file, and when to write it out.
     durable: Option<(std::path::PathBuf, Flush)>,
+    /// A sender's last view of `HEADW` and `LISTW` (see `msgq/ring.rs`),
+    /// and the `TAILW` it saw right after reading them.
+    view: [AtomicU64; 3],
+    /// The adaptive spin before sleeping.
+    spin: Spin,
 }
 
 /// When a durable queue's changes are written to its file.
@@ -224,6 +291,26 @@ fn file_mode(mode: u32) -> u32 {
     (0..3).map(|k| if (mode >> (3 * k)) & 7 != 0 { 6 << (3 * k) } else { 0 }).sum()
 }
 
+/// What one attempt to put a message in the ring did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pushed {
+    Sent,
+    /// Not within `msg_qbytes` (bytes or messages), as the queue was in
+    /// this snapshot (what a sleeping sender waits to see change).
+    Full(Snap),
+    /// Within `msg_qbytes`, but every ring slot is taken: drain the ring.
+    NoSlot,
+    /// Position `pos` is being worked on by pid `pid` (0: by a receiver).
+    Busy {
+        pos: u32,
+        pid: u32,
+    },
+}
+
+/// What changes when a sleeper may proceed: the ring's counters, the
+/// list's, the capacity and the removed flag.
+type Snap = [u64; 4];
+
 impl MessageQueue {
     /// Creates queue `name`.
     ///
@@ -232,9 +319,9 @@ impl MessageQueue {
     /// [`Error::AlreadyExists`], [`Error::InvalidName`] (also for a bad
     /// configuration), [`Error::PermissionDenied`], [`Error::Io`].
     pub fn create(name: &str, config: QueueConfig) -> Result<MessageQueue> {
-        let (chunks, size) = geometry(name, &config)?;
-        let seg = Segment::create_kind(name, size, file_mode(config.mode & 0o777), SegmentKind::MsgQueue)?;
-        Ok(MessageQueue::init(seg, chunks, &config, None))
+        let g = geometry(name, &config)?;
+        let seg = Segment::create_kind(name, g.size, file_mode(config.mode & 0o777), SegmentKind::MsgQueue)?;
+        Ok(MessageQueue::init(seg, g, &config, None))
     }
 
     /// Creates a durable queue in a regular file at `path`: it survives a
@@ -250,16 +337,17 @@ impl MessageQueue {
         flush: Flush,
     ) -> Result<MessageQueue> {
         let path = path.as_ref();
-        let (chunks, size) = geometry(&path.display().to_string(), &config)?;
-        let seg = Segment::create_file(path, size, file_mode(config.mode & 0o777), SegmentKind::MsgQueue)?;
-        let q = MessageQueue::init(seg, chunks, &config, Some((path.to_owned(), flush)));
+        let g = geometry(&path.display().to_string(), &config)?;
+        let seg = Segment::create_file(path, g.size, file_mode(config.mode & 0o777), SegmentKind::MsgQueue)?;
+        let q = MessageQueue::init(seg, g, &config, Some((path.to_owned(), flush)));
         q.seg.flush()?;
         Ok(q)
     }
 
     /// Opens a durable queue. After a reboot, the pids recorded in it mean
-    /// nothing: its lock is reset and its bookkeeping rebuilt from the
-    /// committed messages.
+    /// nothing: its lock is reset, every ring slot a sender was still
+    /// filling is given up, and its bookkeeping rebuilt from the committed
+    /// messages.
     ///
     /// # Errors
     ///
@@ -274,11 +362,11 @@ impl MessageQueue {
         let q = MessageQueue::adopt(seg, Some((path.to_owned(), flush)), access)?;
         let boot = u64_at(q.map(), BOOT);
         if boot.load(Ordering::Acquire) != sys::boot_id() {
-            for off in [LOCK, LOCK_WAITERS, CHANGE_WAITERS] {
+            for off in [LOCK, LOCK_WAITERS, MSG_WAITERS, ROOM_WAITERS] {
                 u32_at(q.map(), off).store(0, Ordering::SeqCst);
             }
             let g = q.lock(Deadline::Never).map_err(fault_error)?;
-            g.repair();
+            g.repair(true);
             boot.store(sys::boot_id(), Ordering::Release);
             drop(g);
             q.seg.flush()?;
@@ -299,15 +387,29 @@ impl MessageQueue {
         Ok(())
     }
 
+    fn new(seg: Segment, chunks: usize, slots: u32, durable: Option<(std::path::PathBuf, Flush)>) -> Self {
+        MessageQueue {
+            seg,
+            chunks,
+            slots,
+            chunks_at: SLOTS + slots as usize * SLOT,
+            caller: Caller::current(),
+            durable,
+            view: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+            spin: Spin::new(),
+        }
+    }
+
     fn init(
         seg: Segment,
-        chunks: usize,
+        g: Geometry,
         config: &QueueConfig,
         durable: Option<(std::path::PathBuf, Flush)>,
-    ) -> MessageQueue {
+    ) -> Self {
         let m = seg.mapping();
         let w = |off, v: u32| u32_at(m, off).store(v, Ordering::Relaxed);
-        w(NCHUNKS, chunks as u32);
+        w(NCHUNKS, g.chunks as u32);
+        w(NSLOTS, g.slots);
         w(QBYTES, config.capacity as u32);
         w(MAXMSG, config.max_message as u32);
         w(MAXCAP, config.max_capacity.max(config.capacity) as u32);
@@ -318,8 +420,10 @@ impl MessageQueue {
         w(MODE, config.mode & 0o777);
         u64_at(m, CTIME).store(now_secs(), Ordering::Relaxed);
         u64_at(m, BOOT).store(sys::boot_id(), Ordering::Relaxed);
-        std::sync::atomic::fence(Ordering::Release);
-        MessageQueue { seg, chunks, caller: Caller::current(), durable }
+        let q = MessageQueue::new(seg, g.chunks, g.slots, durable);
+        q.ring().init();
+        fence(Ordering::Release);
+        q
     }
 
     /// Checks an opened segment's geometry and the caller's `access`.
@@ -329,13 +433,19 @@ impl MessageQueue {
         access: Access,
     ) -> Result<MessageQueue> {
         let chunks = u32_at(seg.mapping(), NCHUNKS).load(Ordering::Acquire) as usize;
-        if chunks == 0 || CHUNKS + chunks * CHUNK > seg.mapping().len() {
+        let slots = u32_at(seg.mapping(), NSLOTS).load(Ordering::Acquire);
+        let need = (SLOTS + slots as usize * SLOT).checked_add(chunks.saturating_mul(CHUNK));
+        if chunks == 0
+            || !slots.is_power_of_two()
+            || !(MIN_SLOTS..=MAX_SLOTS).contains(&slots)
+            || need.is_none_or(|n| n > seg.mapping().len())
+        {
             return Err(Error::Corrupted(format!(
-                "queue {:?}: its chunk count does not fit its segment",
+                "queue {:?}: its chunk and slot counts do not fit its segment",
                 seg.name()
             )));
         }
-        let q = MessageQueue { seg, chunks, caller: Caller::current(), durable };
+        let q = MessageQueue::new(seg, chunks, slots, durable);
         if !perm::allowed(&q.owner(), &q.caller, access) {
             return Err(Error::PermissionDenied(q.name().to_owned()));
         }
@@ -373,6 +483,10 @@ impl MessageQueue {
         self.seg.mapping()
     }
 
+    fn ring(&self) -> Ring<'_> {
+        Ring { m: self.map(), base: SLOTS, n: self.slots }
+    }
+
     fn owner(&self) -> Owner {
         let m = self.map();
         Owner {
@@ -382,36 +496,212 @@ impl MessageQueue {
         }
     }
 
+    /// Not removed, and `want` allowed to the caller (without the lock).
+    fn check(&self, want: Access) -> Result<(), Fault> {
+        if u32_at(self.map(), REMOVED).load(Ordering::Acquire) != 0 {
+            return Err(Fault::Disconnected);
+        }
+        if perm::allowed(&self.owner(), &self.caller, want) {
+            Ok(())
+        } else {
+            Err(Fault::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "queue permission denied",
+            )))
+        }
+    }
+
     fn lock(&self, deadline: Deadline) -> Result<Guard<'_>, Fault> {
         let m = self.map();
         let lock = RobustLock { word: u32_at(m, LOCK), waiters: u32_at(m, LOCK_WAITERS) };
         let taken = lock.lock(deadline)?;
-        let g = Guard { q: self, lock, wake: std::cell::Cell::new(false) };
+        // Every receive that finds nothing reads the tail (`Guard::tail`).
+        let g = Guard { q: self, lock, wake: std::cell::Cell::new(0), tail_seen: std::cell::Cell::new(0) };
         if taken == Taken::FromTheDead {
-            g.repair();
+            g.repair(false);
         }
         Ok(g)
     }
 
-    /// Sleeps until something changes (or 10 ms, or the deadline).
-    fn wait_change(&self, seen: u32, deadline: Deadline) -> Result<(), Fault> {
+    fn snap(&self) -> Snap {
+        let m = self.map();
+        let settings = u64::from(u32_at(m, QBYTES).load(Ordering::Acquire)) << 1
+            | u64::from(u32_at(m, REMOVED).load(Ordering::Acquire) != 0);
+        [
+            u64_at(m, TAILW).load(Ordering::Acquire),
+            u64_at(m, HEADW).load(Ordering::Acquire),
+            u64_at(m, LISTW).load(Ordering::Acquire),
+            settings,
+        ]
+    }
+
+    /// Wakes the sleepers, if there are any (the Dekker pattern with
+    /// [`MessageQueue::wait_change`]): called right after a `SeqCst`
+    /// read-modify-write or store that made the change visible (the slot's
+    /// publishing swap, the unlocking store), which orders the change
+    /// before the load of the sleeper count as a fence would.
+    fn notify_after_barrier(&self, ev: Ev) {
+        let m = self.map();
+        let (word, waiters) = ev.words(m);
+        // The waker, not the sleeper, resets the count: until a woken
+        // sleeper gets to run (on one CPU: not before the waker sleeps),
+        // further changes make no futex call. A sleeper that left without
+        // being woken leaves the count up, which costs one spare wake-up.
+        if waiters.load(Ordering::SeqCst) > 0 && waiters.swap(0, Ordering::SeqCst) > 0 {
+            word.fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(word, u32::MAX);
+        }
+    }
+
+    /// Waits until the queue changes from `seen` (or 10 ms, or the
+    /// deadline): a short adaptive spin until `moved()` says something
+    /// changed (it reads only what the waiting side needs, so that the
+    /// spin pulls no cache line the other side is writing), then a futex
+    /// sleep.
+    fn wait_change(
+        &self,
+        ev: Ev,
+        seen: Snap,
+        deadline: Deadline,
+        moved: impl FnMut() -> bool,
+    ) -> Result<(), Fault> {
         if deadline.expired() {
             return Err(Fault::Timeout);
         }
+        if self.spin.spin(moved) {
+            return Ok(());
+        }
         let m = self.map();
-        let (word, waiters) = (u32_at(m, CHANGE), u32_at(m, CHANGE_WAITERS));
+        let (word, waiters) = ev.words(m);
+        // The word before announcing ourselves: a waker that resets the
+        // count we add to bumps the word after that, so the sleep below
+        // cannot outlast a wake-up meant for us.
+        let c = word.load(Ordering::SeqCst);
         waiters.fetch_add(1, Ordering::SeqCst);
-        if word.load(Ordering::SeqCst) == seen {
-            let mut nap = Duration::from_millis(10);
-            if let Deadline::At(at) = deadline {
-                nap = nap.min(at.saturating_duration_since(Instant::now()));
-            }
-            if !nap.is_zero() {
-                sys::futex_wait(word, seen, Some(nap));
+        fence(Ordering::SeqCst);
+        if self.snap() == seen {
+            // No periodic wake-up without a deadline: nothing a sleeper
+            // waits for depends on another process staying alive (a dead
+            // sender's half-filled slot is waited out by a receiver that is
+            // awake, never asleep), every change that can help wakes it, and
+            // removal wakes everybody. A kernel timer per sleep would cost
+            // a good part of a one-CPU round trip.
+            match deadline {
+                Deadline::Never => sys::futex_wait(word, c, None),
+                Deadline::At(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if !left.is_zero() {
+                        sys::futex_wait(word, c, Some(left));
+                    }
+                }
+                Deadline::Now => {}
             }
         }
-        waiters.fetch_sub(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Reads `HEADW`, then `LISTW` (in that order: see `msgq/ring.rs`) and
+    /// remembers them as this process's view, with the tail as it was then.
+    fn refresh_view(&self) -> (u64, u64) {
+        let m = self.map();
+        let h = u64_at(m, HEADW).load(Ordering::Acquire);
+        let l = u64_at(m, LISTW).load(Ordering::Acquire);
+        self.view[0].store(h, Ordering::Relaxed);
+        self.view[1].store(l, Ordering::Relaxed);
+        self.view[2].store(u64_at(m, TAILW).load(Ordering::Acquire), Ordering::Relaxed);
+        (h, l)
+    }
+
+    /// The cached view, if it is recent enough to be compared with tail
+    /// `t` without the 32-bit counters wrapping: less than a lap of the
+    /// ring and 1 GiB of text old.
+    fn cached_view(&self, t: u64) -> Option<(u64, u64)> {
+        let (vt, vb) = unpack(self.view[2].load(Ordering::Relaxed));
+        let (tpos, tbytes) = unpack(t);
+        if tpos.wrapping_sub(vt) > self.slots || tbytes.wrapping_sub(vb) > 1 << 30 {
+            return None;
+        }
+        Some((self.view[0].load(Ordering::Relaxed), self.view[1].load(Ordering::Relaxed)))
+    }
+
+    /// One lock-free attempt to append a message of `len` bytes to the ring:
+    /// the text itself (`data`, inline) or a chain of chunks built under
+    /// the lock (`chain != 0`).
+    fn push(&self, mtype: i64, len: usize, data: &[u8], chain: u32) -> Pushed {
+        let m = self.map();
+        let ring = self.ring();
+        let me = sys::pid();
+        let tailw = u64_at(m, TAILW);
+        let qbytes = u64::from(u32_at(m, QBYTES).load(Ordering::Acquire));
+        let mut fresh = false;
+        for _ in 0..1000 {
+            // The view first, then the tail: the head never passes the tail.
+            let (h, l, t) = if fresh {
+                let (h, l) = self.refresh_view();
+                (h, l, tailw.load(Ordering::Acquire))
+            } else {
+                let t = tailw.load(Ordering::Acquire);
+                let Some((h, l)) = self.cached_view(t) else {
+                    fresh = true;
+                    continue;
+                };
+                (h, l, t)
+            };
+            let ((tpos, tbytes), (hpos, hbytes), (ln, lb)) = (unpack(t), unpack(h), unpack(l));
+            let in_ring = tpos.wrapping_sub(hpos);
+            let qnum = u64::from(in_ring) + u64::from(ln);
+            let cbytes = u64::from(tbytes.wrapping_sub(hbytes)) + u64::from(lb);
+            let fits = cbytes + len as u64 <= qbytes && qnum < qbytes;
+            if !fits || in_ring >= self.slots {
+                if !fresh {
+                    fresh = true;
+                    continue;
+                }
+                if !fits {
+                    return Pushed::Full([t, h, l, qbytes << 1]);
+                }
+                if in_ring > self.slots {
+                    // The head moved between the two reads: look again.
+                    continue;
+                }
+                return Pushed::NoSlot;
+            }
+            let (seq, claim) = unpack(ring.word(tpos).load(Ordering::Acquire));
+            if seq != tpos || claim != 0 {
+                if tailw.load(Ordering::Acquire) != t {
+                    continue;
+                }
+                // A receiver between moving the head and releasing the
+                // slot (pid 0), or a sender claiming it.
+                return Pushed::Busy { pos: tpos, pid: if seq == tpos { claim } else { 0 } };
+            }
+            if !ring.claim(tpos, me, 0) {
+                continue;
+            }
+            // Under the claim, nobody else moves the tail from `tpos`.
+            if tailw.load(Ordering::Acquire) != t {
+                ring.unclaim(tpos);
+                continue;
+            }
+            ring.describe(tpos, mtype, len, chain);
+            let next = pack(tpos.wrapping_add(1), tbytes.wrapping_add(len as u32));
+            if tailw.compare_exchange(t, next, Ordering::SeqCst, Ordering::Acquire).is_err() {
+                ring.unclaim(tpos);
+                continue;
+            }
+            ring.publish(tpos, if chain == 0 { data } else { &[] });
+            let lspid = u32_at(m, LSPID);
+            if lspid.load(Ordering::Relaxed) != me {
+                lspid.store(me, Ordering::Relaxed);
+            }
+            let now = sys::coarse_now_secs();
+            let stime = u64_at(m, STIME);
+            if stime.load(Ordering::Relaxed) != now {
+                stime.store(now, Ordering::Relaxed);
+            }
+            return Pushed::Sent;
+        }
+        Pushed::Busy { pos: unpack(tailw.load(Ordering::Relaxed)).0, pid: 0 }
     }
 
     /// `msgsnd(2)`: sends `data` with type `mtype` (> 0), blocking while the queue is full.
@@ -470,22 +760,81 @@ impl MessageQueue {
                 "message type must be > 0",
             )));
         }
+        let mut busy = Busy::default();
         loop {
-            let g = self.lock(deadline)?;
-            g.check(Access::Write)?;
-            let max = g.get(MAXMSG) as usize;
+            self.check(Access::Write)?;
+            let max = u32_at(self.map(), MAXMSG).load(Ordering::Relaxed) as usize;
             if data.len() > max {
                 return Err(Fault::TooLarge { len: data.len(), max });
             }
-            if g.try_append(mtype, data) {
-                return Ok(());
+            let pushed = if data.len() <= INLINE {
+                match self.push(mtype, data.len(), data, 0) {
+                    Pushed::NoSlot => self.lock(deadline)?.push_chained(mtype, data, true)?,
+                    other => other,
+                }
+            } else {
+                self.lock(deadline)?.push_chained(mtype, data, false)?
+            };
+            match pushed {
+                Pushed::Sent => {
+                    self.durable_commit();
+                    self.notify_after_barrier(Ev::Msg);
+                    return Ok(());
+                }
+                Pushed::Full(seen) => {
+                    if deadline == Deadline::Now {
+                        return Err(Fault::Timeout);
+                    }
+                    let m = self.map();
+                    // While spinning, wait for a batch of receives (an
+                    // eighth of the ring), not one: retrying after every
+                    // single receive would pull the receivers' line over
+                    // once per message. (Asleep, any change wakes us.)
+                    let batch = (self.slots / 8).max(1);
+                    let room = || {
+                        let h = u64_at(m, HEADW).load(Ordering::Relaxed);
+                        unpack(h).0.wrapping_sub(unpack(seen[1]).0) >= batch
+                            || (h != seen[1] && data.len() > INLINE)
+                            || u64_at(m, LISTW).load(Ordering::Relaxed) != seen[2]
+                            || u32_at(m, QBYTES).load(Ordering::Relaxed) as u64 != seen[3] >> 1
+                            || u32_at(m, REMOVED).load(Ordering::Relaxed) != 0
+                    };
+                    self.wait_change(Ev::Room, seen, deadline, room)?;
+                }
+                Pushed::NoSlot => {}
+                Pushed::Busy { pos, pid } => {
+                    self.refresh_view();
+                    if busy.wait(deadline)? {
+                        self.unstick(pos, pid, deadline)?;
+                    }
+                }
             }
-            let seen = g.get(CHANGE);
-            drop(g);
-            if deadline == Deadline::Now {
-                return Err(Fault::Timeout);
+        }
+    }
+
+    /// Position `pos` has been busy for a while: take a dead sender's
+    /// claim back, or take the lock (which repairs after a dead receiver).
+    fn unstick(&self, pos: u32, pid: u32, deadline: Deadline) -> Result<(), Fault> {
+        if pid != 0 {
+            if !sys::process_alive(pid) {
+                self.ring()
+                    .word(pos)
+                    .compare_exchange(pack(pos, pid), pack(pos, 0), Ordering::AcqRel, Ordering::Relaxed)
+                    .ok();
             }
-            self.wait_change(seen, deadline)?;
+            return Ok(());
+        }
+        drop(self.lock(deadline)?);
+        Ok(())
+    }
+
+    /// With [`Flush::EveryOperation`], writes the committed change to disk
+    /// before the operation returns.
+    fn durable_commit(&self) {
+        if let Some((path, Flush::EveryOperation)) = &self.durable {
+            if let Err(e) = self.seg.flush() {
+                tracing::error!(path = %path.display(), error = %e, "msync failed: the change may not survive a reboot");
+            }
         }
     }
 
@@ -499,7 +848,7 @@ impl MessageQueue {
     /// `max_len` and `select.truncate` is off (the message stays queued);
     /// [`RecvError::Io`] (`PermissionDenied`).
     pub fn recv(&self, select: Select, max_len: usize) -> Result<(i64, Vec<u8>), RecvError> {
-        self.recv_inner(select, max_len, Deadline::Never).map_err(RecvError::from_fault)
+        self.recv_vec(select, max_len, Deadline::Never).map_err(RecvError::from_fault)
     }
 
     /// `msgrcv(2)` with `IPC_NOWAIT`.
@@ -508,7 +857,7 @@ impl MessageQueue {
     ///
     /// [`TryRecvError::Empty`] when nothing matches, otherwise as [`MessageQueue::recv`].
     pub fn try_recv(&self, select: Select, max_len: usize) -> Result<(i64, Vec<u8>), TryRecvError> {
-        self.recv_inner(select, max_len, Deadline::Now).map_err(TryRecvError::from_fault)
+        self.recv_vec(select, max_len, Deadline::Now).map_err(TryRecvError::from_fault)
     }
 
     /// `msgrcv(2)`, waiting at most `timeout`.
@@ -536,7 +885,64 @@ impl MessageQueue {
         max_len: usize,
         deadline: Instant,
     ) -> Result<(i64, Vec<u8>), RecvTimeoutError> {
-        self.recv_inner(select, max_len, Deadline::At(deadline)).map_err(RecvTimeoutError::from_fault)
+        self.recv_vec(select, max_len, Deadline::At(deadline)).map_err(RecvTimeoutError::from_fault)
+    }
+
+    /// `msgrcv(2)` into the caller's buffer, as `msgrcv` itself does (no
+    /// allocation): takes the message `select` picks, blocking until there
+    /// is one, and returns its type and how many bytes of `buf` it filled.
+    /// `buf.len()` is the receiver's limit (`msgsz`).
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::recv`].
+    pub fn recv_into(&self, select: Select, buf: &mut [u8]) -> Result<(i64, usize), RecvError> {
+        self.recv_inner(select, buf.len(), Deadline::Never, &mut Out::Buf(buf)).map_err(RecvError::from_fault)
+    }
+
+    /// [`MessageQueue::recv_into`] with `IPC_NOWAIT`.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::try_recv`].
+    pub fn try_recv_into(&self, select: Select, buf: &mut [u8]) -> Result<(i64, usize), TryRecvError> {
+        self.recv_inner(select, buf.len(), Deadline::Now, &mut Out::Buf(buf))
+            .map_err(TryRecvError::from_fault)
+    }
+
+    /// [`MessageQueue::recv_into`], waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::recv_timeout`].
+    pub fn recv_into_timeout(
+        &self,
+        select: Select,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> Result<(i64, usize), RecvTimeoutError> {
+        self.recv_into_deadline(select, buf, Instant::now() + timeout)
+    }
+
+    /// [`MessageQueue::recv_into`], waiting until `deadline` at the latest.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::recv_timeout`].
+    pub fn recv_into_deadline(
+        &self,
+        select: Select,
+        buf: &mut [u8],
+        deadline: Instant,
+    ) -> Result<(i64, usize), RecvTimeoutError> {
+        self.recv_inner(select, buf.len(), Deadline::At(deadline), &mut Out::Buf(buf))
+            .map_err(RecvTimeoutError::from_fault)
+    }
+
+    fn recv_vec(&self, select: Select, max_len: usize, deadline: Deadline) -> Result<(i64, Vec<u8>), Fault> {
+        let mut text = Vec::new();
+        let (mtype, _) = self.recv_inner(select, max_len, deadline, &mut Out::Vec(&mut text))?;
+        Ok((mtype, text))
     }
 
     fn recv_inner(
@@ -544,19 +950,33 @@ impl MessageQueue {
         select: Select,
         max_len: usize,
         deadline: Deadline,
-    ) -> Result<(i64, Vec<u8>), Fault> {
+        out: &mut Out<'_>,
+    ) -> Result<(i64, usize), Fault> {
         loop {
             let g = self.lock(deadline)?;
             g.check(Access::Read)?;
-            if let Some(found) = g.take(select, max_len)? {
+            if let Some(found) = g.take(select, max_len, deadline, out)? {
                 return Ok(found);
             }
-            let seen = g.get(CHANGE);
+            // The tail as it was when the ring was found empty (or
+            // drained): a message whose sender moved the tail since must
+            // not be slept through.
+            let mut seen = self.snap();
+            seen[0] = g.tail_seen.get();
+            let m = self.map();
+            let hpos = unpack(seen[1]).0;
+            let head = self.ring().word(hpos).load(Ordering::Relaxed);
             drop(g);
             if deadline == Deadline::Now {
                 return Err(Fault::Timeout);
             }
-            self.wait_change(seen, deadline)?;
+            // Spin on the head slot (the line the sender writes anyway), not the tail.
+            let arrived = || {
+                self.ring().word(hpos).load(Ordering::Relaxed) != head
+                    || u64_at(m, LISTW).load(Ordering::Relaxed) != seen[2]
+                    || u32_at(m, REMOVED).load(Ordering::Relaxed) != 0
+            };
+            self.wait_change(Ev::Msg, seen, deadline, arrived)?;
         }
     }
 
@@ -571,9 +991,14 @@ impl MessageQueue {
         let m = self.map();
         let r = |off| g.get(off);
         let t = |off| u64_at(m, off).load(Ordering::Relaxed);
+        // Under the lock no receiver moves the head or the list: together
+        // with one read of the tail, the counts are a snapshot.
+        let (hpos, hbytes) = unpack(t(HEADW));
+        let (ln, lb) = unpack(t(LISTW));
+        let (tpos, tbytes) = unpack(u64_at(m, TAILW).load(Ordering::Acquire));
         Ok(QueueStat {
-            messages: r(QNUM) as usize,
-            bytes: r(CBYTES) as usize,
+            messages: tpos.wrapping_sub(hpos) as usize + ln as usize,
+            bytes: tbytes.wrapping_sub(hbytes) as usize + lb as usize,
             capacity: r(QBYTES) as usize,
             max_message: r(MAXMSG) as usize,
             last_sender: r(LSPID),
@@ -636,6 +1061,12 @@ impl MessageQueue {
         g.put(REMOVED, 1);
         g.changed();
         drop(g);
+        // Wake every sleeper unconditionally: each sees the flag.
+        for ev in [Ev::Msg, Ev::Room] {
+            let (word, _) = ev.words(self.map());
+            word.fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(word, u32::MAX);
+        }
         if let Some((path, _)) = &self.durable {
             return std::fs::remove_file(path).map_err(|e| Error::io(path.display(), e));
         }
@@ -653,8 +1084,89 @@ impl MessageQueue {
     }
 }
 
-/// Checks a configuration; returns the chunk count and the segment size.
-fn geometry(name: &str, config: &QueueConfig) -> Result<(usize, usize)> {
+/// What a sleeper waits for.
+#[derive(Clone, Copy, Debug)]
+enum Ev {
+    /// A message (receivers).
+    Msg,
+    /// Room (senders).
+    Room,
+}
+
+impl Ev {
+    /// The futex word and the sleeper count.
+    fn words(self, m: &Mapping) -> (&AtomicU32, &AtomicU32) {
+        match self {
+            Ev::Msg => (u32_at(m, MSG_EVT), u32_at(m, MSG_WAITERS)),
+            Ev::Room => (u32_at(m, ROOM_EVT), u32_at(m, ROOM_WAITERS)),
+        }
+    }
+}
+
+/// Where a receive puts the text.
+enum Out<'b> {
+    /// A vector, sized to the text.
+    Vec(&'b mut Vec<u8>),
+    /// The caller's buffer.
+    Buf(&'b mut [u8]),
+}
+
+impl Out<'_> {
+    /// Room for `keep` bytes (`keep` is at most the buffer's length).
+    fn room(&mut self, keep: usize) -> &mut [u8] {
+        match self {
+            Out::Vec(v) => {
+                v.clear();
+                v.resize(keep, 0);
+                v
+            }
+            Out::Buf(b) => &mut b[..keep],
+        }
+    }
+}
+
+/// Waiting out a position another party is working on: spin, then yield;
+/// `wait` says `true` every [`NAP`], when it is time to ask whether that
+/// party is still alive.
+#[derive(Default)]
+struct Busy {
+    spins: u32,
+    since: Option<Instant>,
+}
+
+impl Busy {
+    fn wait(&mut self, deadline: Deadline) -> Result<bool, Fault> {
+        self.spins += 1;
+        if self.spins < 200 && spin_pays() {
+            std::hint::spin_loop();
+            return Ok(false);
+        }
+        std::thread::yield_now();
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= NAP {
+            self.since = Some(Instant::now());
+            if deadline.expired() {
+                return Err(Fault::Timeout);
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+const MIN_SLOTS: u32 = 16;
+const MAX_SLOTS: u32 = 1024;
+
+/// Where everything of a queue is.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    chunks: usize,
+    slots: u32,
+    size: usize,
+}
+
+/// Checks a configuration; returns the chunk and slot counts and the segment size.
+fn geometry(name: &str, config: &QueueConfig) -> Result<Geometry> {
     let max_capacity = config.max_capacity.max(config.capacity);
     if config.max_message == 0
         || config.max_message > 1 << 24
@@ -669,7 +1181,9 @@ fn geometry(name: &str, config: &QueueConfig) -> Result<(usize, usize)> {
     // Worst case: max_capacity one-byte messages (a header chunk and a data
     // chunk each), or text spread over data chunks.
     let chunks = (2 * max_capacity).max(max_capacity.div_ceil(DATA) + 1 + config.max_message.div_ceil(DATA));
-    Ok((chunks, CHUNKS - HEADER_LEN + chunks * CHUNK))
+    // A ring slot per 64 bytes of capacity (as many as 64-byte messages fit).
+    let slots = (max_capacity / 64).next_power_of_two().clamp(MIN_SLOTS as usize, MAX_SLOTS as usize) as u32;
+    Ok(Geometry { chunks, slots, size: SLOTS - HEADER_LEN + slots as usize * SLOT + chunks * CHUNK })
 }
 
 fn fault_error(f: Fault) -> Error {
@@ -685,303 +1199,5 @@ fn fault_error(f: Fault) -> Error {
     }
 }
 
-/// The queue, locked. Everything that reads or changes the list goes through here.
-struct Guard<'a> {
-    q: &'a MessageQueue,
-    lock: RobustLock<'a>,
-    /// Something changed: wake the sleepers, after unlocking (a sleeper
-    /// woken while we still hold the lock would only go back to sleep on it).
-    wake: std::cell::Cell<bool>,
-}
-
-impl Drop for Guard<'_> {
-    fn drop(&mut self) {
-        self.lock.unlock();
-        let m = self.q.map();
-        if self.wake.get() && u32_at(m, CHANGE_WAITERS).load(Ordering::SeqCst) > 0 {
-            sys::futex_wake(u32_at(m, CHANGE), u32::MAX);
-        }
-    }
-}
-
-impl Guard<'_> {
-    fn get(&self, off: usize) -> u32 {
-        u32_at(self.q.map(), off).load(Ordering::Relaxed)
-    }
-
-    fn put(&self, off: usize, v: u32) {
-        u32_at(self.q.map(), off).store(v, Ordering::Relaxed);
-    }
-
-    /// With [`Flush::EveryOperation`], writes the committed change to disk
-    /// before the operation returns.
-    fn durable_commit(&self) {
-        if let Some((path, Flush::EveryOperation)) = &self.q.durable {
-            if let Err(e) = self.q.seg.flush() {
-                tracing::error!(path = %path.display(), error = %e, "msync failed: the change may not survive a reboot");
-            }
-        }
-    }
-
-    /// Wakes every sleeper: each re-checks its own condition.
-    fn changed(&self) {
-        u32_at(self.q.map(), CHANGE).fetch_add(1, Ordering::SeqCst);
-        self.wake.set(true);
-    }
-
-    fn check(&self, want: Access) -> Result<(), Fault> {
-        if self.get(REMOVED) != 0 {
-            return Err(Fault::Disconnected);
-        }
-        if perm::allowed(&self.q.owner(), &self.q.caller, want) {
-            Ok(())
-        } else {
-            Err(Fault::Io(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "queue permission denied",
-            )))
-        }
-    }
-
-    fn check_owner(&self) -> Result<(), Fault> {
-        if self.get(REMOVED) != 0 {
-            return Err(Fault::Disconnected);
-        }
-        let me = self.q.caller.uid;
-        if me == 0 || me == self.get(UID) || me == self.get(CUID) {
-            Ok(())
-        } else {
-            Err(Fault::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "not the queue's owner")))
-        }
-    }
-
-    /// Chunk `i` (1-based) field at `off`, or `None` if `i` is out of range.
-    fn chunk(&self, i: u32, off: usize) -> Option<&AtomicU32> {
-        if i == 0 || i as usize > self.q.chunks {
-            return None;
-        }
-        self.q.map().u32_at(CHUNKS + (i as usize - 1) * CHUNK + off)
-    }
-
-    fn link(&self, i: u32, off: usize) -> Result<u32, Fault> {
-        self.chunk(i, off).map(|w| w.load(Ordering::Relaxed)).ok_or_else(corrupt)
-    }
-
-    fn mtype(&self, i: u32) -> Result<i64, Fault> {
-        let at = CHUNKS + (i as usize - 1) * CHUNK + C_TYPE;
-        self.q.map().u64_at(at).map(|w| w.load(Ordering::Relaxed) as i64).ok_or_else(corrupt)
-    }
-
-    fn alloc(&self) -> Option<u32> {
-        let free = self.get(FREE);
-        if free != 0 {
-            let next = self.chunk(free, C_NEXT)?.load(Ordering::Relaxed);
-            self.put(FREE, next);
-            return Some(free);
-        }
-        let bump = self.get(BUMP);
-        if (bump as usize) < self.q.chunks {
-            self.put(BUMP, bump + 1);
-            return Some(bump + 1);
-        }
-        None
-    }
-
-    fn release(&self, i: u32) {
-        if let Some(w) = self.chunk(i, C_NEXT) {
-            w.store(self.get(FREE), Ordering::Relaxed);
-            self.put(FREE, i);
-        }
-    }
-
-    /// Appends a message if it fits; the store linking it in is the commit.
-    fn try_append(&self, mtype: i64, data: &[u8]) -> bool {
-        let (qnum, cbytes, qbytes) = (self.get(QNUM), self.get(CBYTES) as usize, self.get(QBYTES) as usize);
-        let need = 1 + data.len().div_ceil(DATA);
-        let used = self.get(USED) as usize;
-        if cbytes + data.len() > qbytes || qnum as usize + 1 > qbytes || used + need > self.q.chunks {
-            return false;
-        }
-        let Some(head) = self.alloc() else { return false };
-        let m = self.q.map();
-        let base = |i: u32| CHUNKS + (i as usize - 1) * CHUNK;
-        let mut prev = head;
-        let mut first = 0;
-        for part in data.chunks(DATA) {
-            let Some(c) = self.alloc() else { return false };
-            m.write(base(c) + C_DATA, part);
-            self.chunk(c, C_NEXT).expect("allocated").store(0, Ordering::Relaxed);
-            if first == 0 {
-                first = c;
-            } else {
-                self.chunk(prev, C_NEXT).expect("allocated").store(c, Ordering::Relaxed);
-            }
-            prev = c;
-        }
-        self.chunk(head, C_NEXT).expect("allocated").store(0, Ordering::Relaxed);
-        self.chunk(head, C_DATA).expect("allocated").store(first, Ordering::Relaxed);
-        m.u64_at(base(head) + C_TYPE).expect("allocated").store(mtype as u64, Ordering::Relaxed);
-        self.chunk(head, C_LEN).expect("allocated").store(data.len() as u32, Ordering::Relaxed);
-        // Commit: link the message in.
-        let tail = self.get(TAIL);
-        match self.chunk(tail, C_NEXT) {
-            Some(t) => t.store(head, Ordering::Relaxed),
-            None => self.put(HEAD, head),
-        }
-        self.put(TAIL, head);
-        self.put(QNUM, qnum + 1);
-        self.put(CBYTES, (cbytes + data.len()) as u32);
-        self.put(USED, (used + need) as u32);
-        self.put(LSPID, sys::pid());
-        u64_at(m, STIME).store(now_secs(), Ordering::Relaxed);
-        self.durable_commit();
-        self.changed();
-        true
-    }
-
-    /// Finds the message `select` picks: (previous, message).
-    fn find(&self, select: Select) -> Result<Option<(u32, u32)>, Fault> {
-        let mut best: Option<(u32, u32, i64)> = None;
-        let (mut prev, mut cur) = (0u32, self.get(HEAD));
-        for _ in 0..=self.q.chunks {
-            if cur == 0 {
-                return Ok(best.map(|(p, c, _)| (p, c)));
-            }
-            let t = self.mtype(cur)?;
-            if select.mtype < 0 {
-                if t <= -select.mtype && best.is_none_or(|(_, _, bt)| t < bt) {
-                    best = Some((prev, cur, t));
-                }
-            } else if select.matches_first(t) {
-                return Ok(Some((prev, cur)));
-            }
-            prev = cur;
-            cur = self.link(cur, C_NEXT)?;
-        }
-        Err(corrupt())
-    }
-
-    /// Takes the selected message out, if any; the unlinking store is the commit.
-    fn take(&self, select: Select, max_len: usize) -> Result<Option<(i64, Vec<u8>)>, Fault> {
-        let found = match self.find(select) {
-            Ok(f) => f,
-            Err(_) => {
-                self.repair();
-                self.find(select)?
-            }
-        };
-        let Some((prev, msg)) = found else { return Ok(None) };
-        let len = self.link(msg, C_LEN)? as usize;
-        if len > max_len && !select.truncate {
-            return Err(Fault::Frame(FrameError::TooLarge { len, max: max_len }));
-        }
-        let mtype = self.mtype(msg)?;
-        let keep = len.min(max_len);
-        let mut out = Vec::with_capacity(keep);
-        let mut chunks = vec![msg];
-        let mut c = self.link(msg, C_DATA)?;
-        let mut left = len;
-        while left > 0 {
-            if c == 0 || chunks.len() > self.q.chunks {
-                self.repair();
-                return Err(corrupt());
-            }
-            let n = left.min(DATA);
-            if out.len() < keep {
-                let mut part = vec![0u8; n.min(keep - out.len())];
-                self.q.map().read(CHUNKS + (c as usize - 1) * CHUNK + C_DATA, &mut part);
-                out.extend_from_slice(&part);
-            }
-            chunks.push(c);
-            left -= n;
-            c = self.link(c, C_NEXT)?;
-        }
-        // Commit: unlink the message.
-        let next = self.link(msg, C_NEXT)?;
-        match self.chunk(prev, C_NEXT) {
-            Some(p) => p.store(next, Ordering::Relaxed),
-            None => self.put(HEAD, next),
-        }
-        if self.get(TAIL) == msg {
-            self.put(TAIL, prev);
-        }
-        self.put(QNUM, self.get(QNUM).saturating_sub(1));
-        self.put(CBYTES, (self.get(CBYTES) as usize).saturating_sub(len) as u32);
-        self.put(USED, (self.get(USED) as usize).saturating_sub(chunks.len()) as u32);
-        for c in chunks {
-            self.release(c);
-        }
-        self.put(LRPID, sys::pid());
-        u64_at(self.q.map(), RTIME).store(now_secs(), Ordering::Relaxed);
-        self.durable_commit();
-        self.changed();
-        Ok(Some((mtype, out)))
-    }
-
-    /// Rebuilds the bookkeeping from the committed list: what a dead lock
-    /// holder (or a stray write) left half done is dropped, every message
-    /// that was linked in survives whole, and lost chunks are freed.
-    fn repair(&self) {
-        let n = self.q.chunks;
-        let max = self.get(MAXMSG) as usize;
-        let mut seen = vec![false; n + 1];
-        let (mut count, mut bytes, mut used, mut last) = (0u32, 0usize, 0usize, 0u32);
-        let mut cur = self.get(HEAD);
-        let cut = |at: u32| match self.chunk(at, C_NEXT) {
-            Some(w) => w.store(0, Ordering::Relaxed),
-            None => self.put(HEAD, 0),
-        };
-        loop {
-            if cur == 0 {
-                break;
-            }
-            let ok = (cur as usize) <= n && !seen[cur as usize] && {
-                let len = self.link(cur, C_LEN).unwrap_or(u32::MAX) as usize;
-                let mut c = self.link(cur, C_DATA).unwrap_or(0);
-                let mut chain = Vec::new();
-                let mut good = len <= max;
-                for _ in 0..len.div_ceil(DATA) {
-                    if !good || c == 0 || c as usize > n || seen[c as usize] || chain.contains(&c) {
-                        good = false;
-                        break;
-                    }
-                    chain.push(c);
-                    c = self.link(c, C_NEXT).unwrap_or(0);
-                }
-                if good {
-                    seen[cur as usize] = true;
-                    for &c in &chain {
-                        seen[c as usize] = true;
-                    }
-                    count += 1;
-                    bytes += len;
-                    used += 1 + chain.len();
-                }
-                good
-            };
-            if !ok {
-                cut(last);
-                break;
-            }
-            last = cur;
-            cur = self.link(cur, C_NEXT).unwrap_or(0);
-        }
-        self.put(TAIL, last);
-        self.put(QNUM, count);
-        self.put(CBYTES, bytes as u32);
-        self.put(USED, used as u32);
-        let bump = (self.get(BUMP) as usize).min(n);
-        self.put(BUMP, bump as u32);
-        self.put(FREE, 0);
-        for i in (1..=bump).rev() {
-            if !seen[i] {
-                self.release(i as u32);
-            }
-        }
-        self.changed();
-    }
-}
-
-fn corrupt() -> Fault {
-    Fault::Frame(FrameError::BadHandles("the queue's message list is corrupted"))
-}
+#[cfg(test)]
+mod tests;

@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::lock::{now_secs, RobustLock, Taken};
+use super::lock::{now_secs, RobustLock, Spin, Taken};
 use crate::error::{Error, Fault, Result};
 use crate::perm::{self, Access, Caller, Owner};
 use crate::shm::{Segment, SegmentKind, HEADER_LEN};
@@ -309,8 +309,13 @@ pub struct WaitCounts {
 /// lock needs no `getpid(2)`): after `fork(2)` the child must open the set
 /// again rather than use an inherited handle.
 ///
-/// Wakeups are not FIFO: every change that can let a blocked caller proceed
-/// wakes all of them, and each re-checks its own operations.
+/// Wakeups are not FIFO: a change that can let a blocked caller proceed (a
+/// semaphore some caller waits to decrease is now positive, or one some
+/// caller waits on for zero is now zero) wakes all of them, and each
+/// re-checks its own operations; other changes wake nobody. Before it
+/// sleeps, a blocked caller watches its semaphore's value for a short,
+/// adaptive while (at most 20 us, only with more than one CPU online), so a
+/// partner on another CPU hands over without a futex call.
 ///
 /// # Examples
 ///
@@ -333,6 +338,8 @@ pub struct SemaphoreSet {
     at: Layout,
     caller: Caller,
     me: u32,
+    /// The adaptive spin of a blocked caller before it sleeps.
+    spin: Spin,
 }
 
 /// The file mode that lets everyone who has any access map the set read-write.
@@ -384,7 +391,7 @@ impl SemaphoreSet {
         }
         word64(m, CTIME).store(now_secs(), Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
-        Ok(SemaphoreSet { seg, at, caller: Caller::current(), me: sys::pid() })
+        Ok(SemaphoreSet { seg, at, caller: Caller::current(), me: sys::pid(), spin: Spin::new() })
     }
 
     /// `semget`: opens set `name` for `access` (checked against its owner
@@ -410,7 +417,7 @@ impl SemaphoreSet {
         if at.end > m.len() {
             return bad("its semaphore count does not fit its segment");
         }
-        let set = SemaphoreSet { seg, at, caller: Caller::current(), me: sys::pid() };
+        let set = SemaphoreSet { seg, at, caller: Caller::current(), me: sys::pid(), spin: Spin::new() };
         if !perm::allowed(&set.owner(), &set.caller, access) {
             return Err(Error::PermissionDenied(name.to_owned()));
         }
@@ -556,6 +563,8 @@ impl SemaphoreSet {
         let mut first = true;
         let mut dead = Vec::new();
         let mut reaped_for_room = false;
+        // Whether to spin (once per sleep) before registering to sleep.
+        let mut spin = true;
         loop {
             // A `try_` call still waits for the lock: holders never sleep holding it.
             let locked = if deadline == Deadline::Now { self.lock_patiently() } else { self.lock(deadline) };
@@ -610,6 +619,21 @@ impl SemaphoreSet {
             if slot.is_none() && sys::pid() != self.me {
                 return Err(SemError::Invalid("a handle opened before fork(2) used in the child".into()));
             }
+            if spin && slot.is_none() {
+                // The semaphore we wait for is likely to change within
+                // microseconds (a ping-pong partner on another CPU): watch
+                // its value word (not the lock's line) for a short,
+                // adaptive while before registering and sleeping. Nobody
+                // needs to wake a spinner, so a change costs no futex call.
+                let value = self.w(self.at.val(index));
+                let before = value.load(Ordering::Relaxed);
+                drop(g);
+                spin = self.spin.spin(|| {
+                    value.load(Ordering::Relaxed) != before || self.w(REMOVED).load(Ordering::Relaxed) != 0
+                });
+                continue;
+            }
+            spin = true;
             g.register(&mut slot, index, zero);
             let uncounted = slot.is_none();
             if uncounted {
@@ -1014,6 +1038,38 @@ impl Guard<'_> {
         }
     }
 
+    /// After an operation changed semaphore values (`touched`): wakes the
+    /// blocked callers only if one of them may now proceed (one waiting to
+    /// decrease a semaphore that is now positive, or for zero on one that is
+    /// now zero), or if some are blocked uncounted. Waking the others would
+    /// only cost them a futex call and a trip through the lock (on one CPU,
+    /// each such trip is a context switch).
+    fn values_changed(&self, touched: &[Touch]) {
+        if self.get(SPILL) > 0 {
+            return self.changed();
+        }
+        let mut left = self.get(WAITING);
+        if left == 0 {
+            return;
+        }
+        let at = &self.s.at;
+        for s in 0..WAIT_SLOTS {
+            if self.get(at.slot(s)) == 0 {
+                continue;
+            }
+            let info = self.get(at.slot(s) + 4);
+            let (index, zero) = ((info & 0x7fff_ffff) as usize, info >> 31 != 0);
+            let ready = touched.iter().any(|x| x.index == index && if zero { x.val == 0 } else { x.val > 0 });
+            if ready {
+                return self.changed();
+            }
+            left -= 1;
+            if left == 0 {
+                return;
+            }
+        }
+    }
+
     /// Writes `stores` to the journal, commits it with one store, applies it.
     fn commit(&self, stores: &[(usize, u32)]) {
         let at = &self.s.at;
@@ -1242,7 +1298,7 @@ impl Guard<'_> {
         self.commit(j.as_slice());
         word64(self.s.map(), OTIME).store(sys::coarse_now_secs(), Ordering::Relaxed);
         if wake {
-            self.changed();
+            self.values_changed(t);
         }
         Ok(None)
     }

@@ -1,0 +1,601 @@
+//! The locked part of a queue: the list of 64-byte chunks where messages
+//! go when a receive selects past the ring's head, and the one consumer of
+//! the ring (whoever holds the queue's robust lock). Repairs after a dead
+//! lock holder happen here.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::ring::{pack, unpack, Head};
+use super::{
+    u32_at, u64_at, Busy, Ev, MessageQueue, Out, Pushed, Select, BUMP, CHUNK, CUID, C_DATA, C_FROM, C_LEN,
+    C_NEXT, C_ORIG, C_TYPE, DATA, FREE, HEAD, HEADW, LISTW, LRPID, MAXMSG, REMOVED, RTIME, TAIL, TAILW, UID,
+    USED,
+};
+use crate::error::{Fault, FrameError};
+use crate::perm::Access;
+use crate::sys::{self, Deadline};
+use crate::sysv::lock::RobustLock;
+
+/// The queue, locked: the one consumer of the ring, and the keeper of the
+/// list. Everything that reads or changes the list goes through here.
+pub(super) struct Guard<'a> {
+    pub(super) q: &'a MessageQueue,
+    pub(super) lock: RobustLock<'a>,
+    /// Something changed: wake the sleepers, after unlocking (a sleeper
+    /// woken while we still hold the lock would only go back to sleep on it).
+    /// (Bits: 1 messages arrived, 2 room was freed.)
+    pub(super) wake: std::cell::Cell<u8>,
+    /// The senders' counter as last read under this lock.
+    pub(super) tail_seen: std::cell::Cell<u64>,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        // The unlocking store is SeqCst: it orders every change made under
+        // the lock before the sleeper count's load.
+        self.lock.unlock();
+        let wake = self.wake.get();
+        if wake & 1 != 0 {
+            self.q.notify_after_barrier(Ev::Msg);
+        }
+        if wake & 2 != 0 {
+            self.q.notify_after_barrier(Ev::Room);
+        }
+    }
+}
+
+impl Guard<'_> {
+    pub(super) fn get(&self, off: usize) -> u32 {
+        u32_at(self.q.map(), off).load(Ordering::Relaxed)
+    }
+
+    pub(super) fn put(&self, off: usize, v: u32) {
+        u32_at(self.q.map(), off).store(v, Ordering::Relaxed);
+    }
+
+    pub(super) fn get64(&self, off: usize) -> (u32, u32) {
+        unpack(u64_at(self.q.map(), off).load(Ordering::Relaxed))
+    }
+
+    pub(super) fn put64(&self, off: usize, lo: u32, hi: u32) {
+        u64_at(self.q.map(), off).store(pack(lo, hi), Ordering::Release);
+    }
+
+    /// Wakes every sleeper when the lock is released: each re-checks its own condition.
+    pub(super) fn changed(&self) {
+        self.wake.set(3);
+    }
+
+    /// Wakes the senders when the lock is released: room was freed.
+    pub(super) fn room_freed(&self) {
+        self.wake.set(self.wake.get() | 2);
+    }
+
+    pub(super) fn check(&self, want: Access) -> Result<(), Fault> {
+        self.q.check(want)
+    }
+
+    pub(super) fn check_owner(&self) -> Result<(), Fault> {
+        if self.get(REMOVED) != 0 {
+            return Err(Fault::Disconnected);
+        }
+        let me = self.q.caller.uid;
+        if me == 0 || me == self.get(UID) || me == self.get(CUID) {
+            Ok(())
+        } else {
+            Err(Fault::Io(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "not the queue's owner")))
+        }
+    }
+
+    pub(super) fn base(&self, i: u32) -> usize {
+        self.q.chunks_at + (i as usize - 1) * CHUNK
+    }
+
+    /// Chunk `i` (1-based) field at `off`, or `None` if `i` is out of range.
+    pub(super) fn chunk(&self, i: u32, off: usize) -> Option<&AtomicU32> {
+        if i == 0 || i as usize > self.q.chunks {
+            return None;
+        }
+        self.q.map().u32_at(self.base(i) + off)
+    }
+
+    pub(super) fn link(&self, i: u32, off: usize) -> Result<u32, Fault> {
+        self.chunk(i, off).map(|w| w.load(Ordering::Relaxed)).ok_or_else(corrupt)
+    }
+
+    pub(super) fn set_link(&self, i: u32, off: usize, v: u32) {
+        if let Some(w) = self.chunk(i, off) {
+            w.store(v, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn mtype(&self, i: u32) -> Result<i64, Fault> {
+        if i == 0 || i as usize > self.q.chunks {
+            return Err(corrupt());
+        }
+        self.q
+            .map()
+            .u64_at(self.base(i) + C_TYPE)
+            .map(|w| w.load(Ordering::Relaxed) as i64)
+            .ok_or_else(corrupt)
+    }
+
+    pub(super) fn alloc(&self) -> Option<u32> {
+        let free = self.get(FREE);
+        if free != 0 {
+            let next = self.chunk(free, C_NEXT)?.load(Ordering::Relaxed);
+            self.put(FREE, next);
+            return Some(free);
+        }
+        let bump = self.get(BUMP);
+        if (bump as usize) < self.q.chunks {
+            self.put(BUMP, bump + 1);
+            return Some(bump + 1);
+        }
+        None
+    }
+
+    pub(super) fn release(&self, i: u32) {
+        if let Some(w) = self.chunk(i, C_NEXT) {
+            w.store(self.get(FREE), Ordering::Relaxed);
+            self.put(FREE, i);
+        }
+    }
+
+    /// Builds a message in chunks, not linked anywhere; returns its header chunk.
+    pub(super) fn build(&self, mtype: i64, data: &[u8]) -> Option<u32> {
+        let need = 1 + data.len().div_ceil(DATA);
+        let used = self.get(USED) as usize;
+        if used + need > self.q.chunks {
+            return None;
+        }
+        let head = self.alloc()?;
+        let m = self.q.map();
+        let (mut prev, mut first) = (head, 0);
+        for part in data.chunks(DATA) {
+            let c = self.alloc()?;
+            m.write(self.base(c) + C_DATA, part);
+            self.set_link(c, C_NEXT, 0);
+            if first == 0 {
+                first = c;
+            } else {
+                self.set_link(prev, C_NEXT, c);
+            }
+            prev = c;
+        }
+        self.set_link(head, C_NEXT, 0);
+        self.set_link(head, C_DATA, first);
+        m.u64_at(self.base(head) + C_TYPE)?.store(mtype as u64, Ordering::Relaxed);
+        self.set_link(head, C_LEN, data.len() as u32);
+        self.set_link(head, C_FROM, 0);
+        self.put(USED, (used + need) as u32);
+        Some(head)
+    }
+
+    /// Reads message `msg` (`len` bytes, as many as fit kept in `out`);
+    /// returns every chunk it occupies.
+    pub(super) fn read_message(&self, msg: u32, len: usize, out: &mut [u8]) -> Result<Vec<u32>, Fault> {
+        let mut chunks = vec![msg];
+        let mut c = self.link(msg, C_DATA)?;
+        let (mut left, mut at) = (len, 0);
+        while left > 0 {
+            if c == 0 || chunks.len() > self.q.chunks {
+                return Err(corrupt());
+            }
+            let n = left.min(DATA);
+            if at < out.len() {
+                let k = n.min(out.len() - at);
+                self.q.map().read(self.base(c) + C_DATA, &mut out[at..at + k]);
+                at += k;
+            }
+            chunks.push(c);
+            left -= n;
+            c = self.link(c, C_NEXT)?;
+        }
+        Ok(chunks)
+    }
+
+    pub(super) fn free_chunks(&self, chunks: &[u32]) {
+        self.put(USED, (self.get(USED) as usize).saturating_sub(chunks.len()) as u32);
+        for &c in chunks {
+            self.release(c);
+        }
+    }
+
+    /// A send under the lock: a text too long for a slot, built in chunks
+    /// and queued by reference (`inline == false`), or a short one after
+    /// every slot was taken (`inline == true`); either way the ring is
+    /// drained into the list first if it has no free slot.
+    pub(super) fn push_chained(&self, mtype: i64, data: &[u8], inline: bool) -> Result<Pushed, Fault> {
+        self.check(Access::Write)?;
+        let chain = if inline {
+            0
+        } else {
+            match self.build(mtype, data) {
+                Some(c) => c,
+                None => return Ok(Pushed::Full(self.q.snap())),
+            }
+        };
+        let mut pushed = self.q.push(mtype, data.len(), data, chain);
+        if pushed == Pushed::NoSlot {
+            self.drain_all(Deadline::Never)?;
+            pushed = self.q.push(mtype, data.len(), data, chain);
+        }
+        if pushed != Pushed::Sent && chain != 0 {
+            let chunks = self.read_message(chain, data.len(), &mut [])?;
+            self.free_chunks(&chunks);
+        }
+        Ok(pushed)
+    }
+
+    /// Reads the senders' counter (only when the ring looks empty, or to
+    /// drain it), and remembers what it read.
+    pub(super) fn tail(&self) -> u64 {
+        let t = u64_at(self.q.map(), TAILW).load(Ordering::SeqCst);
+        self.tail_seen.set(t);
+        t
+    }
+
+    pub(super) fn headw(&self) -> (u32, u32) {
+        self.get64(HEADW)
+    }
+
+    /// The ring's head, once no sender is filling it: waits out a live
+    /// sender (it is between two stores), skips the slot of a dead one.
+    pub(super) fn settle_head(&self, deadline: Deadline) -> Result<Head, Fault> {
+        let ring = self.q.ring();
+        let max = self.get(MAXMSG) as usize;
+        let mut busy = Busy::default();
+        loop {
+            let (hpos, _) = self.headw();
+            let tail = || unpack(self.tail()).0;
+            match ring.head(hpos, tail, max) {
+                Err(why) => return Err(Fault::Frame(FrameError::BadHandles(why))),
+                Ok(Head::Filling(pid)) => {
+                    if busy.wait(deadline)? && !sys::process_alive(pid) {
+                        self.skip(hpos, pid);
+                    }
+                }
+                Ok(head) => return Ok(head),
+            }
+        }
+    }
+
+    /// Skips the head slot, whose sender (`pid`) died before publishing it:
+    /// the message was never sent; its bytes are given back.
+    pub(super) fn skip(&self, hpos: u32, pid: u32) {
+        let ring = self.q.ring();
+        if ring.word(hpos).load(Ordering::Acquire) != pack(hpos, pid) {
+            return;
+        }
+        tracing::warn!(dead = pid, "skipping a queue slot whose sender died filling it");
+        let (_, hbytes) = self.headw();
+        let (len, chain) = (ring.len(hpos), ring.chain(hpos));
+        // The head first: a death between the two leaves a slot that the
+        // repair releases (`seq == pos` just behind the head).
+        self.put64(HEADW, hpos.wrapping_add(1), hbytes.wrapping_add(len));
+        ring.release(hpos);
+        if chain != 0 {
+            // Its chunks are referenced by nothing now.
+            self.repair(false);
+        }
+        self.room_freed();
+    }
+
+    /// Takes the ring's head message as the received one.
+    pub(super) fn pop(
+        &self,
+        select: Select,
+        max_len: usize,
+        head: Head,
+        out: &mut Out<'_>,
+    ) -> Result<(i64, usize), Fault> {
+        let Head::Ready { mtype, len, chain } = head else { return Err(corrupt()) };
+        if len > max_len && !select.truncate {
+            return Err(Fault::TooLarge { len, max: max_len });
+        }
+        let keep = len.min(max_len);
+        let ring = self.q.ring();
+        let (hpos, hbytes) = self.headw();
+        let dst = out.room(keep);
+        let chunks = if chain == 0 {
+            ring.read(hpos, dst);
+            Vec::new()
+        } else {
+            self.read_message(chain, len, dst)?
+        };
+        // Release, then commit by moving the head (a death between the two
+        // is undone by the repair: the message stays queued).
+        ring.release(hpos);
+        self.put64(HEADW, hpos.wrapping_add(1), hbytes.wrapping_add(len as u32));
+        self.free_chunks(&chunks);
+        self.received();
+        Ok((mtype, keep))
+    }
+
+    /// Records a receive: `msg_lrpid`, `msg_rtime`.
+    pub(super) fn received(&self) {
+        let m = self.q.map();
+        let me = sys::pid();
+        if self.get(LRPID) != me {
+            self.put(LRPID, me);
+        }
+        let now = sys::coarse_now_secs();
+        let rtime = u64_at(m, RTIME);
+        if rtime.load(Ordering::Relaxed) != now {
+            rtime.store(now, Ordering::Relaxed);
+        }
+        self.q.durable_commit();
+        self.room_freed();
+    }
+
+    /// Moves the ring's head message to the list's tail.
+    pub(super) fn drain_one(&self, head: Head) -> Result<(), Fault> {
+        let Head::Ready { mtype, len, chain } = head else { return Err(corrupt()) };
+        let ring = self.q.ring();
+        let (hpos, hbytes) = self.headw();
+        let c = if chain != 0 {
+            chain
+        } else {
+            let mut text = vec![0; len];
+            ring.read(hpos, &mut text);
+            self.build(mtype, &text).ok_or_else(corrupt)?
+        };
+        self.set_link(c, C_NEXT, 0);
+        self.set_link(c, C_ORIG, hpos);
+        self.set_link(c, C_FROM, 1);
+        // Commit: link it in, count it, then move the head and release the
+        // slot (a death in between is finished by the repair).
+        let tail = self.get(TAIL);
+        match self.chunk(tail, C_NEXT) {
+            Some(t) => t.store(c, Ordering::Relaxed),
+            None => self.put(HEAD, c),
+        }
+        self.put(TAIL, c);
+        let (ln, lb) = self.get64(LISTW);
+        self.put64(LISTW, ln + 1, lb + len as u32);
+        self.put64(HEADW, hpos.wrapping_add(1), hbytes.wrapping_add(len as u32));
+        ring.release(hpos);
+        Ok(())
+    }
+
+    /// Moves every message the ring holds now to the list, in order.
+    pub(super) fn drain_all(&self, deadline: Deadline) -> Result<(), Fault> {
+        let until = unpack(self.tail()).0;
+        while self.headw().0 != until {
+            match self.settle_head(deadline)? {
+                Head::Empty => break,
+                head => self.drain_one(head)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the message `select` picks, if any: from the list (the oldest
+    /// messages), else from the ring's head if it matches, else from the
+    /// list after draining the ring into it.
+    pub(super) fn take(
+        &self,
+        select: Select,
+        max_len: usize,
+        deadline: Deadline,
+        out: &mut Out<'_>,
+    ) -> Result<Option<(i64, usize)>, Fault> {
+        if select.mtype < 0 {
+            self.drain_all(deadline)?;
+            return self.take_list(select, max_len, out);
+        }
+        if self.get64(LISTW).0 > 0 {
+            if let Some(found) = self.take_list(select, max_len, out)? {
+                return Ok(Some(found));
+            }
+        }
+        match self.settle_head(deadline)? {
+            Head::Empty => Ok(None),
+            head @ Head::Ready { mtype, .. } if select.matches_first(mtype) => {
+                self.pop(select, max_len, head, out).map(Some)
+            }
+            _ => {
+                self.drain_all(deadline)?;
+                self.take_list(select, max_len, out)
+            }
+        }
+    }
+
+    /// Finds the message `select` picks in the list: (previous, message).
+    pub(super) fn find(&self, select: Select) -> Result<Option<(u32, u32)>, Fault> {
+        let mut best: Option<(u32, u32, i64)> = None;
+        let (mut prev, mut cur) = (0u32, self.get(HEAD));
+        for _ in 0..=self.q.chunks {
+            if cur == 0 {
+                return Ok(best.map(|(p, c, _)| (p, c)));
+            }
+            let t = self.mtype(cur)?;
+            if select.mtype < 0 {
+                if t <= -select.mtype && best.is_none_or(|(_, _, bt)| t < bt) {
+                    best = Some((prev, cur, t));
+                }
+            } else if select.matches_first(t) {
+                return Ok(Some((prev, cur)));
+            }
+            prev = cur;
+            cur = self.link(cur, C_NEXT)?;
+        }
+        Err(corrupt())
+    }
+
+    /// Takes the selected message out of the list, if any; the unlinking store is the commit.
+    pub(super) fn take_list(
+        &self,
+        select: Select,
+        max_len: usize,
+        out: &mut Out<'_>,
+    ) -> Result<Option<(i64, usize)>, Fault> {
+        let found = match self.find(select) {
+            Ok(f) => f,
+            Err(_) => {
+                self.repair(false);
+                self.find(select)?
+            }
+        };
+        let Some((prev, msg)) = found else { return Ok(None) };
+        let len = self.link(msg, C_LEN)? as usize;
+        if len > max_len && !select.truncate {
+            return Err(Fault::TooLarge { len, max: max_len });
+        }
+        let mtype = self.mtype(msg)?;
+        let keep = len.min(max_len);
+        let chunks = match self.read_message(msg, len, out.room(keep)) {
+            Ok(r) => r,
+            Err(e) => {
+                self.repair(false);
+                return Err(e);
+            }
+        };
+        // Commit: unlink the message.
+        let next = self.link(msg, C_NEXT)?;
+        match self.chunk(prev, C_NEXT) {
+            Some(p) => p.store(next, Ordering::Relaxed),
+            None => self.put(HEAD, next),
+        }
+        if self.get(TAIL) == msg {
+            self.put(TAIL, prev);
+        }
+        let (ln, lb) = self.get64(LISTW);
+        self.put64(LISTW, ln.saturating_sub(1), lb.saturating_sub(len as u32));
+        self.free_chunks(&chunks);
+        self.received();
+        Ok(Some((mtype, keep)))
+    }
+
+    /// Marks the chunks of a message chain in `seen`, if the chain is
+    /// valid and overlaps nothing marked; returns how many it marked.
+    pub(super) fn mark_chain(&self, msg: u32, max: usize, seen: &mut [bool]) -> Option<usize> {
+        let n = self.q.chunks;
+        if msg == 0 || msg as usize > n || seen[msg as usize] {
+            return None;
+        }
+        let len = self.link(msg, C_LEN).ok()? as usize;
+        if len > max {
+            return None;
+        }
+        let mut chain = Vec::new();
+        let mut c = self.link(msg, C_DATA).ok()?;
+        for _ in 0..len.div_ceil(DATA) {
+            if c == 0 || c as usize > n || seen[c as usize] || chain.contains(&c) || c == msg {
+                return None;
+            }
+            chain.push(c);
+            c = self.link(c, C_NEXT).ok()?;
+        }
+        seen[msg as usize] = true;
+        for &c in &chain {
+            seen[c as usize] = true;
+        }
+        Some(1 + chain.len())
+    }
+
+    /// Finishes or undoes what a dead receiver left half done in the ring,
+    /// then rebuilds the list's bookkeeping from the committed list: what a
+    /// dead lock holder (or a stray write) left half done is dropped, every
+    /// message that was linked in survives whole, chunks referenced by
+    /// neither the list nor a queued ring slot are freed. After a reboot
+    /// (`reboot`), every slot a sender was filling is given up.
+    pub(super) fn repair(&self, reboot: bool) {
+        let ring = self.q.ring();
+        let n = self.q.chunks;
+        let max = self.get(MAXMSG) as usize;
+        let (mut hpos, mut hbytes) = self.headw();
+        let (tpos, _) = unpack(u64_at(self.q.map(), TAILW).load(Ordering::Acquire));
+        let seq = |pos: u32| unpack(ring.word(pos).load(Ordering::Acquire)).0;
+        // A drain that linked the head into the list but did not move the head.
+        let ltail = self.get(TAIL);
+        let drained = hpos != tpos
+            && self.link(ltail, C_FROM).is_ok_and(|f| f == 1)
+            && self.link(ltail, C_ORIG).is_ok_and(|o| o == hpos)
+            && seq(hpos) == hpos.wrapping_add(1)
+            && (ring.chain(hpos) == 0 || ring.chain(hpos) == ltail);
+        if drained {
+            hbytes = hbytes.wrapping_add(ring.len(hpos));
+            hpos = hpos.wrapping_add(1);
+            self.put64(HEADW, hpos, hbytes);
+            ring.release(hpos.wrapping_sub(1));
+        } else if hpos != tpos && seq(hpos) == hpos.wrapping_add(self.q.slots) {
+            // A receive that released the head but did not move the head:
+            // the message is still queued.
+            ring.word(hpos).store(pack(hpos.wrapping_add(1), 0), Ordering::Release);
+        }
+        // A drain or skip that moved the head but did not release the slot behind it.
+        let behind = hpos.wrapping_sub(1);
+        if seq(behind) == behind || seq(behind) == hpos {
+            ring.release(behind);
+        }
+        // The list.
+        let mut seen = vec![false; n + 1];
+        let (mut count, mut bytes, mut used, mut last) = (0u32, 0usize, 0usize, 0u32);
+        let mut cur = self.get(HEAD);
+        loop {
+            if cur == 0 {
+                break;
+            }
+            let len = self.link(cur, C_LEN).unwrap_or(u32::MAX) as usize;
+            match self.mark_chain(cur, max, &mut seen) {
+                Some(k) => {
+                    count += 1;
+                    bytes += len;
+                    used += k;
+                }
+                None => {
+                    match self.chunk(last, C_NEXT) {
+                        Some(w) => w.store(0, Ordering::Relaxed),
+                        None => self.put(HEAD, 0),
+                    }
+                    break;
+                }
+            }
+            last = cur;
+            cur = self.link(cur, C_NEXT).unwrap_or(0);
+        }
+        self.put(TAIL, last);
+        self.put64(LISTW, count, bytes as u32);
+        // The ring: chunks of queued chained messages stay; slots being
+        // filled by the dead are given up.
+        if tpos.wrapping_sub(hpos) <= self.q.slots {
+            let mut pos = hpos;
+            while pos != tpos {
+                let (s, claim) = unpack(ring.word(pos).load(Ordering::Acquire));
+                if reboot && s == pos && claim != 0 {
+                    // Nobody is filling it any more: u32::MAX is never alive.
+                    let _ = ring.word(pos).compare_exchange(
+                        pack(pos, claim),
+                        pack(pos, u32::MAX),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    );
+                }
+                if (s == pos || s == pos.wrapping_add(1)) && ring.chain(pos) != 0 {
+                    used += self.mark_chain(ring.chain(pos), max, &mut seen).unwrap_or(0);
+                }
+                pos = pos.wrapping_add(1);
+            }
+            let (s, claim) = unpack(ring.word(tpos).load(Ordering::Acquire));
+            if s == tpos && claim != 0 && (reboot || !sys::process_alive(claim)) {
+                ring.claim(tpos, 0, claim);
+            }
+        }
+        self.put(USED, used as u32);
+        let bump = (self.get(BUMP) as usize).min(n);
+        self.put(BUMP, bump as u32);
+        self.put(FREE, 0);
+        for i in (1..=bump).rev() {
+            if !seen[i] {
+                self.release(i as u32);
+            }
+        }
+        self.changed();
+    }
+}
+
+pub(super) fn corrupt() -> Fault {
+    Fault::Frame(FrameError::BadHandles("the queue's message list is corrupted"))
+}

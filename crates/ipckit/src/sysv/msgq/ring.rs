@@ -1,0 +1,209 @@
+//! The lock-free fast path of a [`MessageQueue`](super::MessageQueue): a
+//! bounded ring of message slots in the queue's own segment.
+//!
+//! # Who does what
+//!
+//! **Senders** append to the ring without any lock (many at once, Vyukov's
+//! sequence-numbered slots). **Receivers** always hold the queue's robust
+//! lock, so at any moment there is one consumer: it either takes the head
+//! slot directly (a type-0 receive, or one whose selection matches the head,
+//! while the locked list is empty) or *drains* the ring into the locked list
+//! (moving messages in order to the list's tail) and selects there. Every
+//! message in the list is older than every message in the ring, so the
+//! queue's global order is list, then ring.
+//!
+//! In the 1 -> 1 case the lock's cache line stays with the receiver; the
+//! lines both sides write are the slots themselves (the message) and nothing
+//! else.
+//!
+//! # Counters
+//!
+//! - `TAILW` (the senders' line): ring tail position (low 32 bits) and bytes
+//!   ever sent (high 32), moved by one CAS that is also the admission check;
+//! - `HEADW` (the receivers' line): ring head position and bytes ever taken
+//!   out of the ring (received or drained);
+//! - `LISTW` (the lock's line): messages and bytes in the locked list.
+//!
+//! Messages in the queue = `tail - head + list`, bytes = `sent - taken +
+//! list bytes`. A sender keeps a private copy of the last `HEADW`/`LISTW` it
+//! read and reads the receivers' lines again only when that stale view says
+//! the message does not fit: the view can only overestimate what is queued
+//! (receives only shrink it; a drain raises `LISTW` before `HEADW`, and the
+//! sender reads `HEADW` first), so the check is exact when it matters and a
+//! message is never admitted beyond `msg_qbytes`.
+//!
+//! # Slots
+//!
+//! Slot `pos % N` has a word `seq | claim << 32`, a length, a chain (0: the
+//! text is inline; else the first chunk of a message built in the chunk
+//! area under the lock, for text longer than [`INLINE`]), the type and the
+//! inline text. For position `pos`: `seq == pos` free (with `claim` the pid
+//! of a sender that is filling it), `seq == pos + 1` published, `seq == pos
+//! + N` released (free for `pos + N`).
+//!
+//! A sender: claims the slot (CAS `(pos, 0) -> (pos, pid)`), writes the
+//! length, chain and type, moves `TAILW` (CAS, with the byte count), writes
+//! the text, publishes (`(pos + 1, 0)`).
+//!
+//! # Deaths
+//!
+//! | died | left behind | who repairs | message |
+//! |---|---|---|---|
+//! | sender, slot claimed, `TAILW` not moved | claim = dead pid | the next sender takes the claim over | never sent |
+//! | sender after moving `TAILW` | `seq == pos`, claim = dead pid | the receiver reaching it skips it, counting its bytes as taken | never sent (`send` had not returned) |
+//! | receiver taking the head, released the slot, `HEADW` not moved | `seq == head + N` | the next lock holder (repair) re-publishes it | still queued |
+//! | receiver draining, linked into the list, `HEADW` not moved | list tail records `head` as its origin | repair moves `HEADW`, releases the slot | in the list, once |
+//! | receiver draining, `HEADW` moved, slot not released | `seq == head` for `head - 1` | repair releases it | in the list |
+//!
+//! Receivers hold the robust lock, so their deaths are always seen by the
+//! next lock holder.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::sys::Mapping;
+
+/// Bytes per slot (two cache lines).
+pub(super) const SLOT: usize = 128;
+const S_WORD: usize = 0;
+const S_LEN: usize = 8;
+const S_CHAIN: usize = 12;
+const S_TYPE: usize = 16;
+const S_DATA: usize = 24;
+/// The longest text kept inline in a slot.
+pub(super) const INLINE: usize = SLOT - S_DATA;
+
+pub(super) fn pack(lo: u32, hi: u32) -> u64 {
+    u64::from(lo) | (u64::from(hi) << 32)
+}
+
+pub(super) fn unpack(w: u64) -> (u32, u32) {
+    (w as u32, (w >> 32) as u32)
+}
+
+/// The ring's slots in a mapping.
+#[derive(Clone, Copy)]
+pub(super) struct Ring<'a> {
+    pub(super) m: &'a Mapping,
+    /// Offset of slot 0.
+    pub(super) base: usize,
+    /// `N`, a power of two.
+    pub(super) n: u32,
+}
+
+/// What the head slot holds (for the lock holder).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Head {
+    /// Nothing queued in the ring.
+    Empty,
+    /// A published message.
+    Ready { mtype: i64, len: usize, chain: u32 },
+    /// A sender moved the tail past it and is still writing it (its pid).
+    Filling(u32),
+}
+
+impl<'a> Ring<'a> {
+    fn off(&self, pos: u32, field: usize) -> usize {
+        self.base + (pos & (self.n - 1)) as usize * SLOT + field
+    }
+
+    pub(super) fn word(&self, pos: u32) -> &'a AtomicU64 {
+        self.m.u64_at(self.off(pos, S_WORD)).expect("slot inside the mapping")
+    }
+
+    fn u32_at(&self, pos: u32, field: usize) -> &'a AtomicU32 {
+        self.m.u32_at(self.off(pos, field)).expect("slot inside the mapping")
+    }
+
+    pub(super) fn len(&self, pos: u32) -> u32 {
+        self.u32_at(pos, S_LEN).load(Ordering::Relaxed)
+    }
+
+    pub(super) fn chain(&self, pos: u32) -> u32 {
+        self.u32_at(pos, S_CHAIN).load(Ordering::Relaxed)
+    }
+
+    fn mtype(&self, pos: u32) -> i64 {
+        self.m.u64_at(self.off(pos, S_TYPE)).expect("slot inside the mapping").load(Ordering::Relaxed) as i64
+    }
+
+    /// Copies the first `out.len()` bytes of the inline text out.
+    pub(super) fn read(&self, pos: u32, out: &mut [u8]) {
+        let n = out.len().min(INLINE);
+        self.m.read(self.off(pos, S_DATA), &mut out[..n]);
+    }
+
+    /// Sets every slot free for the first lap.
+    pub(super) fn init(&self) {
+        for i in 0..self.n {
+            self.word(i).store(pack(i, 0), Ordering::Relaxed);
+        }
+    }
+
+    /// The head slot's state, for the lock holder; `tail` is read only
+    /// when the slot is not published. `max` bounds a valid length.
+    pub(super) fn head(
+        &self,
+        head: u32,
+        tail: impl FnOnce() -> u32,
+        max: usize,
+    ) -> Result<Head, &'static str> {
+        let (seq, claim) = unpack(self.word(head).load(Ordering::Acquire));
+        if seq == head.wrapping_add(1) {
+            let (len, chain) = (self.len(head) as usize, self.chain(head));
+            if len > max || (chain == 0 && len > INLINE) {
+                return Err("a ring slot announces a length over the maximum");
+            }
+            return Ok(Head::Ready { mtype: self.mtype(head), len, chain });
+        }
+        let t = tail();
+        if t == head {
+            return Ok(Head::Empty);
+        }
+        if t.wrapping_sub(head) > self.n {
+            return Err("the ring's tail is more than a lap past its head");
+        }
+        if seq == head {
+            return Ok(Head::Filling(claim));
+        }
+        Err("a ring slot's sequence is neither free nor published")
+    }
+
+    /// Releases the slot of `pos` for the next lap.
+    pub(super) fn release(&self, pos: u32) {
+        self.word(pos).store(pack(pos.wrapping_add(self.n), 0), Ordering::Release);
+    }
+
+    /// Claims the slot of `pos` for `me` if it is free and unclaimed (or,
+    /// with `dead`, claimed by that pid). Returns whether it did.
+    pub(super) fn claim(&self, pos: u32, me: u32, dead: u32) -> bool {
+        self.word(pos)
+            .compare_exchange(pack(pos, dead), pack(pos, me), Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Gives up a claim without sending.
+    pub(super) fn unclaim(&self, pos: u32) {
+        self.word(pos).store(pack(pos, 0), Ordering::Release);
+    }
+
+    /// Fills in a claimed slot's header (before the tail moves past it).
+    pub(super) fn describe(&self, pos: u32, mtype: i64, len: usize, chain: u32) {
+        self.u32_at(pos, S_LEN).store(len as u32, Ordering::Relaxed);
+        self.u32_at(pos, S_CHAIN).store(chain, Ordering::Relaxed);
+        self.m
+            .u64_at(self.off(pos, S_TYPE))
+            .expect("slot inside the mapping")
+            .store(mtype as u64, Ordering::Relaxed);
+    }
+
+    /// Writes the inline text and publishes the slot. The publishing
+    /// swap is `SeqCst` (a full barrier on x86, where it costs what a
+    /// plain store and a fence would): the caller reads the sleeper count
+    /// right after it, without a fence of its own.
+    pub(super) fn publish(&self, pos: u32, data: &[u8]) {
+        if !data.is_empty() {
+            self.m.write(self.off(pos, S_DATA), data);
+        }
+        self.word(pos).swap(pack(pos.wrapping_add(1), 0), Ordering::SeqCst);
+    }
+}

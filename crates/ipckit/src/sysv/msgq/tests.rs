@@ -1,0 +1,158 @@
+//! The crash states of the ring, made by hand: each half-done step a
+//! killed sender or receiver can leave behind, and what the survivors make
+//! of it (the table in `ring.rs`).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::ring::Head;
+use super::*;
+
+fn queue(tag: &str) -> MessageQueue {
+    let name = format!("unit-mq-{}-{tag}", std::process::id());
+    let _ = MessageQueue::remove_name(&name);
+    MessageQueue::create(&name, QueueConfig::default()).unwrap()
+}
+
+/// The pid of a process that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    assert!(!sys::process_alive(pid));
+    pid
+}
+
+fn counts(q: &MessageQueue) -> (usize, usize) {
+    let st = q.stat().unwrap();
+    (st.messages, st.bytes)
+}
+
+/// Does what a sender does up to the tail's move, as `pid`, and stops.
+fn half_send(q: &MessageQueue, pid: u32, mtype: i64, len: usize, move_tail: bool) -> u32 {
+    let m = q.map();
+    let ring = q.ring();
+    let t = u64_at(m, TAILW).load(Ordering::Acquire);
+    let (tpos, tbytes) = unpack(t);
+    assert!(ring.claim(tpos, pid, 0));
+    ring.describe(tpos, mtype, len, 0);
+    if move_tail {
+        u64_at(m, TAILW).store(pack(tpos + 1, tbytes + len as u32), Ordering::SeqCst);
+    }
+    tpos
+}
+
+#[test]
+fn a_slot_whose_sender_died_after_moving_the_tail_is_skipped() {
+    let q = queue("skip");
+    q.send(1, b"before").unwrap();
+    half_send(&q, dead_pid(), 2, 10, true);
+    q.send(3, b"after").unwrap();
+    assert_eq!(counts(&q), (3, 21), "the reserved message counts until it is skipped");
+    assert_eq!(q.try_recv(Select::ANY, 64).unwrap(), (1, b"before".to_vec()));
+    // The receiver waits out the filling slot, finds its sender dead, skips it.
+    assert_eq!(q.recv_timeout(Select::ANY, 64, Duration::from_secs(5)).unwrap(), (3, b"after".to_vec()));
+    assert_eq!(counts(&q), (0, 0));
+    q.send(4, b"again").unwrap();
+    assert_eq!(q.try_recv(Select::of(4), 64).unwrap(), (4, b"again".to_vec()));
+    q.remove().unwrap();
+}
+
+#[test]
+fn a_selective_receive_behind_a_dead_senders_slot_skips_it_too() {
+    let q = queue("skipsel");
+    half_send(&q, dead_pid(), 5, 3, true);
+    q.send(7, b"seven").unwrap();
+    assert_eq!(q.recv_timeout(Select::of(7), 64, Duration::from_secs(5)).unwrap(), (7, b"seven".to_vec()));
+    assert_eq!(counts(&q), (0, 0));
+    q.remove().unwrap();
+}
+
+#[test]
+fn a_claim_left_by_a_dead_sender_is_taken_over() {
+    let q = queue("claim");
+    half_send(&q, dead_pid(), 2, 10, false);
+    assert_eq!(counts(&q), (0, 0), "nothing was reserved");
+    q.send_timeout(1, b"through", Duration::from_secs(5)).unwrap();
+    assert_eq!(q.try_recv(Select::ANY, 64).unwrap(), (1, b"through".to_vec()));
+    assert_eq!(counts(&q), (0, 0));
+    q.remove().unwrap();
+}
+
+/// Leaves the lock held by a dead process, so the next locker repairs.
+fn die_holding_the_lock(q: &MessageQueue) {
+    u32_at(q.map(), LOCK).store(dead_pid(), Ordering::SeqCst);
+}
+
+#[test]
+fn a_receive_that_released_the_slot_but_did_not_move_the_head_is_undone() {
+    let q = queue("pop");
+    q.send(1, b"keep me").unwrap();
+    let (hpos, _) = unpack(u64_at(q.map(), HEADW).load(Ordering::Acquire));
+    q.ring().release(hpos);
+    die_holding_the_lock(&q);
+    assert_eq!(q.recv_timeout(Select::ANY, 64, Duration::from_secs(5)).unwrap(), (1, b"keep me".to_vec()));
+    assert_eq!(counts(&q), (0, 0));
+    q.remove().unwrap();
+}
+
+#[test]
+fn a_drain_interrupted_at_each_step_delivers_the_message_once() {
+    for step in 0..2 {
+        let q = queue(&format!("drain{step}"));
+        q.send(1, b"head").unwrap();
+        q.send(2, b"next").unwrap();
+        {
+            let g = q.lock(Deadline::after(Duration::from_secs(20))).unwrap();
+            let head = g.settle_head(Deadline::after(Duration::from_secs(20))).unwrap();
+            let Head::Ready { mtype, len, .. } = head else { panic!("{head:?}") };
+            let ring = q.ring();
+            let (hpos, hbytes) = g.headw();
+            let mut text = vec![0; len];
+            ring.read(hpos, &mut text);
+            let c = g.build(mtype, &text).unwrap();
+            g.set_link(c, C_ORIG, hpos);
+            g.set_link(c, C_FROM, 1);
+            g.put(HEAD, c);
+            g.put(TAIL, c);
+            g.put64(LISTW, 1, len as u32);
+            if step == 1 {
+                // Also moved the head, but did not release the slot.
+                g.put64(HEADW, hpos + 1, hbytes + len as u32);
+            }
+            std::mem::forget(g);
+        }
+        die_holding_the_lock(&q);
+        assert_eq!(counts(&q), (2, 8), "step {step}");
+        assert_eq!(q.try_recv(Select::ANY, 64).unwrap(), (1, b"head".to_vec()), "step {step}");
+        assert_eq!(q.try_recv(Select::ANY, 64).unwrap(), (2, b"next".to_vec()), "step {step}");
+        assert!(q.try_recv(Select::ANY, 64).is_err());
+        assert_eq!(counts(&q), (0, 0));
+        // The ring goes on working over the repaired slots, for laps.
+        for i in 0..3 * q.slots {
+            q.send(1 + i64::from(i % 3), &i.to_le_bytes()).unwrap();
+            let want = if i % 2 == 0 { Select::ANY } else { Select::of(1 + i64::from(i % 3)) };
+            assert_eq!(q.try_recv(want, 8).unwrap().1, i.to_le_bytes());
+        }
+        q.remove().unwrap();
+    }
+}
+
+#[test]
+fn long_texts_go_through_the_ring_by_reference_in_order() {
+    let q = queue("long");
+    let long = vec![9u8; 1000];
+    q.send(1, b"short").unwrap();
+    q.send(2, &long).unwrap();
+    q.send(1, b"short again").unwrap();
+    assert_eq!(counts(&q), (3, 1016));
+    assert_eq!(q.try_recv(Select::of(-2), 2000).unwrap(), (1, b"short".to_vec()));
+    assert_eq!(q.try_recv(Select::ANY, 2000).unwrap(), (2, long));
+    assert_eq!(q.try_recv(Select::ANY, 2000).unwrap(), (1, b"short again".to_vec()));
+    // A dead lock holder's repair keeps the chunks of a queued long text.
+    q.send(3, &[5u8; 300]).unwrap();
+    die_holding_the_lock(&q);
+    assert_eq!(counts(&q), (1, 300));
+    assert_eq!(q.try_recv(Select::ANY, 300).unwrap(), (3, vec![5u8; 300]));
+    q.remove().unwrap();
+}
