@@ -36,7 +36,7 @@ pub const ECHO: u8 = 1;
 pub const SINK: u8 = 0;
 
 /// How long any single wait of the parent or a child may take.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a receiver learns of a message: the class whose floor it is compared to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +88,16 @@ pub const ALL: &[Mechanism] = &[
     m("raw-tcp", Class::Blocking, MIB, true, true, "TCP over 127.0.0.1, TCP_NODELAY, fixed size"),
     m("ipckit-pipe", Class::Blocking, MIB, true, true, "ipckit::pipe::duplex Connection send/recv"),
     m("ipckit-unix-stream", Class::Blocking, MIB, true, true, "Connection::pair(Stream) send/recv"),
-    m("ipckit-seqpacket", Class::Blocking, MIB, true, true, "Connection::pair(SeqPacket) send/recv"),
+    // A seqpacket datagram must fit the socket's send buffer (~208 KiB by default).
+    m("ipckit-seqpacket", Class::Blocking, 65536, true, true, "Connection::pair(SeqPacket) send/recv"),
+    m(
+        "raw-seqpacket",
+        Class::Blocking,
+        65536,
+        true,
+        true,
+        "socketpair(AF_UNIX, SOCK_SEQPACKET), one send/recv per message",
+    ),
     m(
         "ipckit-shm-rpc-spin",
         Class::Polling,
@@ -145,7 +154,7 @@ pub const ALL: &[Mechanism] = &[
         8,
         true,
         false,
-        "NameClient::stat round trip to an EmbeddedServer",
+        "NameClient::stat round trip to the naming server in the peer process",
     ),
     m(
         "ipckit-naming-lookup",
@@ -153,7 +162,7 @@ pub const ALL: &[Mechanism] = &[
         8,
         true,
         false,
-        "NameClient::lookup of a child's service (gets a Connection)",
+        "NameClient::lookup of the peer's service (server in the peer process; gets a Connection)",
     ),
     #[cfg(feature = "peers")]
     m(
@@ -172,6 +181,24 @@ pub const ALL: &[Mechanism] = &[
         true,
         true,
         "interprocess local_socket Stream, fixed size (crates.io, feature peers)",
+    ),
+    #[cfg(feature = "peers")]
+    m(
+        "peer-iceoryx2-rr",
+        Class::Polling,
+        MIB,
+        true,
+        true,
+        "iceoryx2 request-response, [u8] slices, polled (crates.io, feature peers)",
+    ),
+    #[cfg(feature = "peers")]
+    m(
+        "peer-iceoryx2-pubsub",
+        Class::Polling,
+        MIB,
+        true,
+        true,
+        "iceoryx2 publish-subscribe, ping/pong services, polled (crates.io, feature peers)",
     ),
     m("memcpy", Class::Memory, MIB, false, true, "in-process copy_from_slice (bandwidth ceiling)"),
 ];
@@ -304,6 +331,14 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             let (parent, child) = UnixStream::pair().context("socketpair")?;
             kit.pass("sock", OwnedFd::from(child)).context("passing the socket")?;
             Some(Box::new(Stream { rd: parent.try_clone().context("dup")?, wr: parent }))
+        }
+        "raw-seqpacket" => {
+            use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+            let (parent, child) =
+                socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+                    .context("socketpair")?;
+            kit.pass("sock", child).context("passing the socket")?;
+            Some(Box::new(Packets { fd: parent, buf: vec![0; size] }))
         }
         "raw-tcp" => {
             let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1")?;
@@ -464,45 +499,64 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             Some(Box::new(Loans { pool, tx, rx, buf: Vec::new(), _keep: (up, down) }))
         }
         "ipckit-naming-stat" | "ipckit-naming-lookup" => {
+            // The server runs in the child (placed like every other peer), with
+            // the service it registers; this process is only the client.
             let path = std::env::temp_dir().join(format!("{}.sock", unique("naming")));
-            let server = EmbeddedServer::start(&path, ServerConfig::default())
-                .context("starting the naming server")?;
             name = path.to_string_lossy().into_owned();
             let p = path.clone();
             cleanup.push(Box::new(move || drop(std::fs::remove_file(&p))));
             let lookup = mech.name.ends_with("lookup");
             pending = Some(Box::new(move |_| {
                 let client = NameClient::connect(&path).context("connecting to the naming server")?;
-                Ok(Box::new(Naming { client, lookup, _server: server }) as Box<dyn Link>)
+                Ok(Box::new(Naming { client, lookup }) as Box<dyn Link>)
             }));
             None
         }
         #[cfg(feature = "peers")]
         "peer-ipc-channel" => {
             let (server, server_name) =
-                peers::IpcOneShotServer::new().context("ipc-channel one-shot server")?;
+                super::peers::IpcOneShotServer::new().context("ipc-channel one-shot server")?;
             name = server_name;
             pending = Some(Box::new(move |_| {
                 let (_, (tx, rx)) = server.accept().context("ipc-channel accept")?;
-                Ok(Box::new(peers::IpcChannel { tx, rx }) as Box<dyn Link>)
+                Ok(Box::new(super::peers::IpcChannel { tx, rx }) as Box<dyn Link>)
             }));
             None
         }
         #[cfg(feature = "peers")]
         "peer-interprocess" => {
             let path = std::env::temp_dir().join(format!("{}.sock", unique("interprocess")));
-            let listener = peers::listen(&path).context("interprocess listener")?;
+            let listener = super::peers::listen(&path).context("interprocess listener")?;
             name = path.to_string_lossy().into_owned();
             cleanup.push(Box::new(move || drop(std::fs::remove_file(&path))));
             pending = Some(Box::new(move |_| {
-                let s = peers::accept(&listener).context("interprocess accept")?;
-                Ok(Box::new(peers::LocalSocket(s)) as Box<dyn Link>)
+                let s = super::peers::accept(&listener).context("interprocess accept")?;
+                Ok(Box::new(super::peers::LocalSocket(s)) as Box<dyn Link>)
             }));
             None
         }
+        #[cfg(feature = "peers")]
+        "peer-iceoryx2-rr" | "peer-iceoryx2-pubsub" => {
+            name = format!("ipckit-bench/{}", unique("iceoryx2"));
+            cleanup.push(Box::new(super::peers::iox2::cleanup));
+            if mech.name.ends_with("rr") {
+                Some(Box::new(super::peers::iox2::RequestResponse::create(&name, size)?))
+            } else {
+                Some(Box::new(super::peers::iox2::PubSubLink::create(&name, size)?))
+            }
+        }
         other => fail!("{other}: not a two-process mechanism"),
     };
-    let mut child = spawn_child(mech, size, cpu, &name, kit)?;
+    let mut child = match spawn_child(mech, size, cpu, &name, kit) {
+        Ok(child) => child,
+        Err(e) => {
+            drop(link);
+            for f in cleanup {
+                f();
+            }
+            return Err(e);
+        }
+    };
     let link = match (link, pending) {
         (Some(link), _) => link,
         (None, Some(finish)) => match finish(child.id()) {
@@ -600,6 +654,49 @@ impl<R: Read, W: Write> Link for Stream<R, W> {
 
     fn send(&mut self, msg: &[u8]) -> Result<()> {
         self.wr.write_all(msg).context("write")
+    }
+}
+
+/// A seqpacket socket: one datagram per message.
+struct Packets {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl Link for Packets {
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+        self.send(msg)?;
+        let n = packet_recv(&self.fd, &mut self.buf).context("recv")?;
+        if n != msg.len() {
+            fail!("reply of {n} bytes, not {}", msg.len());
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        packet_send(&self.fd, msg).context("send")
+    }
+}
+
+/// send(2) of one datagram, again on EINTR.
+fn packet_send(fd: &OwnedFd, msg: &[u8]) -> rustix::io::Result<()> {
+    loop {
+        match rustix::net::send(fd, msg, rustix::net::SendFlags::empty()) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// recv(2) of one datagram into `buf`, again on EINTR; its length.
+fn packet_recv(fd: &OwnedFd, buf: &mut [u8]) -> rustix::io::Result<usize> {
+    loop {
+        match rustix::net::recv(fd, &mut *buf, rustix::net::RecvFlags::empty()) {
+            Ok((n, _)) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -895,7 +992,6 @@ const SERVICE: &str = "ipckit-bench-service";
 struct Naming {
     client: NameClient,
     lookup: bool,
-    _server: EmbeddedServer,
 }
 
 impl Link for Naming {
@@ -1145,92 +1241,6 @@ mod posix_mq {
 }
 
 // ---------------------------------------------------------------------------
-// Peer libraries (feature `peers`)
-// ---------------------------------------------------------------------------
-
-#[cfg(feature = "peers")]
-mod peers {
-    use interprocess::local_socket::{prelude::*, GenericFilePath, Listener, ListenerOptions, Stream};
-    pub use ipc_channel::ipc::IpcOneShotServer;
-    use ipc_channel::ipc::{bytes_channel, IpcBytesReceiver, IpcBytesSender, IpcSender};
-    use std::io::{Read, Write};
-
-    use super::{ready, Link, ECHO};
-    use crate::error::{fail, Context, Result};
-
-    /// The parent's end: requests out on `tx`, replies in on `rx`.
-    pub struct IpcChannel {
-        pub tx: IpcBytesSender,
-        pub rx: IpcBytesReceiver,
-    }
-
-    impl Link for IpcChannel {
-        fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
-            self.send(msg)?;
-            let reply = self.rx.recv().context("ipc-channel recv")?;
-            if reply.len() != msg.len() {
-                fail!("reply of {} bytes, not {}", reply.len(), msg.len());
-            }
-            Ok(())
-        }
-
-        fn send(&mut self, msg: &[u8]) -> Result<()> {
-            self.tx.send(msg).context("ipc-channel send")
-        }
-    }
-
-    /// A listening interprocess local socket at file path `path`.
-    pub fn listen(path: &std::path::Path) -> std::io::Result<Listener> {
-        let name = path.to_fs_name::<GenericFilePath>()?;
-        ListenerOptions::new().name(name).create_sync()
-    }
-
-    /// The child's connection.
-    pub fn accept(listener: &Listener) -> std::io::Result<Stream> {
-        listener.accept()
-    }
-
-    /// The parent's end of an interprocess local socket carrying fixed-size messages.
-    pub struct LocalSocket(pub Stream);
-
-    impl Link for LocalSocket {
-        fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
-            self.0.write_all(msg).context("write")?;
-            self.0.read_exact(msg).context("read")
-        }
-
-        fn send(&mut self, msg: &[u8]) -> Result<()> {
-            self.0.write_all(msg).context("write")
-        }
-    }
-
-    /// The interprocess child: connects to `path` and echoes fixed-size messages.
-    pub fn interprocess_child(path: &str, size: usize) -> Result<()> {
-        let name = path.to_fs_name::<GenericFilePath>().context("socket name")?;
-        ready()?;
-        let s = Stream::connect(name).context("interprocess connect")?;
-        super::stream_echo(&s, &s, size)
-    }
-
-    /// The child: makes both channels, hands the parent its ends through the
-    /// one-shot server `name`, then echoes.
-    pub fn child(name: &str) -> Result<()> {
-        let (req_tx, req_rx) = bytes_channel().context("ipc-channel")?;
-        let (rep_tx, rep_rx) = bytes_channel().context("ipc-channel")?;
-        let boot: IpcSender<(IpcBytesSender, IpcBytesReceiver)> =
-            IpcSender::connect(name.to_owned()).context("ipc-channel connect")?;
-        boot.send((req_tx, rep_rx)).context("ipc-channel bootstrap")?;
-        ready()?;
-        while let Ok(msg) = req_rx.recv() {
-            if msg.first() == Some(&ECHO) && rep_tx.send(&msg).is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Raw System V message queues (libc)
 // ---------------------------------------------------------------------------
 
@@ -1300,7 +1310,8 @@ mod sysv_raw {
 // Child ends
 // ---------------------------------------------------------------------------
 
-fn ready() -> Result<()> {
+/// Tells the parent this child is ready (one line on stdout).
+pub(crate) fn ready() -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready").context("stdout")?;
     out.flush().context("stdout")
@@ -1353,6 +1364,20 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
             let s = UnixStream::from(sock);
             ready()?;
             stream_echo(s.try_clone().context("dup")?, s, size)
+        }
+        "raw-seqpacket" => {
+            let sock: OwnedFd = spawn::inherited("sock").context("inherited socket")?;
+            ready()?;
+            let mut buf = vec![0u8; size];
+            loop {
+                let Ok(n) = packet_recv(&sock, &mut buf) else { return Ok(()) };
+                if n == 0 {
+                    return Ok(());
+                }
+                if buf[0] == ECHO && packet_send(&sock, &buf[..n]).is_err() {
+                    return Ok(());
+                }
+            }
         }
         "raw-tcp" => {
             let port: u16 = args.name.parse().context("port")?;
@@ -1534,6 +1559,9 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
             }
         }
         "ipckit-naming-stat" | "ipckit-naming-lookup" => {
+            // The server's thread inherits this process's CPU.
+            let _server = EmbeddedServer::start(&args.name, ServerConfig::default())
+                .context("starting the naming server")?;
             let client = NameClient::connect(&args.name).context("connecting to the naming server")?;
             let mut service = client.register(SERVICE, Policy::mode(0o600)).context("registering")?;
             ready()?;
@@ -1545,9 +1573,13 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
             }
         }
         #[cfg(feature = "peers")]
-        "peer-ipc-channel" => peers::child(&args.name),
+        "peer-ipc-channel" => super::peers::child(&args.name),
         #[cfg(feature = "peers")]
-        "peer-interprocess" => peers::interprocess_child(&args.name, size),
+        "peer-interprocess" => super::peers::interprocess_child(&args.name, size),
+        #[cfg(feature = "peers")]
+        "peer-iceoryx2-rr" => super::peers::iox2::request_response_child(&args.name, size),
+        #[cfg(feature = "peers")]
+        "peer-iceoryx2-pubsub" => super::peers::iox2::pubsub_child(&args.name, size),
         other => fail!("unknown bench mechanism {other:?}"),
     }
 }
@@ -1573,7 +1605,7 @@ fn wait_forever(word: &AtomicU32, want: u32, spin: bool) {
 }
 
 /// Reads fixed-size messages and echoes those tagged [`ECHO`], until end-of-file.
-fn stream_echo(mut rd: impl Read, mut wr: impl Write, size: usize) -> Result<()> {
+pub(crate) fn stream_echo(mut rd: impl Read, mut wr: impl Write, size: usize) -> Result<()> {
     let mut buf = vec![0u8; size];
     loop {
         if rd.read_exact(&mut buf).is_err() {
