@@ -3,7 +3,7 @@
 //! Each subcommand lives in its own module; this file only parses the command
 //! line, sets up logging and turns a failure into a message and an exit code.
 
-// Only bench::mechanisms::{sysv_raw, posix_mq} (System V and POSIX mq calls through libc) allow unsafe code.
+// Only bench::raw (System V, POSIX mq and signal calls through libc) allows unsafe code.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

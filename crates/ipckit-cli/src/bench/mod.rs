@@ -8,7 +8,7 @@
 //! Placements: pinned to two different CPUs, both on one CPU, unpinned.
 //!
 //! - [`mechanisms`]: what is measured, both ends of each;
-//! - `peers`: the peer libraries (feature `peers`);
+//! - `peers`: the peer libraries (feature `peers`); [`raw`]: libc calls of the raw rows;
 //! - [`stats`]: percentiles and rates; [`output`]: table, JSON, CSV;
 //! - [`goals`]: the goals as ratios, with verdicts; [`plot`]: SVG plots.
 
@@ -18,6 +18,7 @@ pub mod output;
 #[cfg(feature = "peers")]
 pub mod peers;
 pub mod plot;
+pub mod raw;
 pub mod stats;
 
 use std::path::PathBuf;
