@@ -285,7 +285,7 @@ pub fn table(verdicts: &[Verdict]) -> String {
     let _ = writeln!(s, "{}", "-".repeat(140));
     for v in verdicts {
         let g = &v.goal;
-        let ratio = v.ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
+        let ratio = v.ratio.map_or_else(|| "-".to_owned(), fmt_ratio);
         let size = v.size.map_or_else(|| "-".to_owned(), fmt_size);
         let _ = writeln!(
             s,
@@ -300,6 +300,16 @@ pub fn table(verdicts: &[Verdict]) -> String {
         );
     }
     s
+}
+
+/// A ratio with two decimals, or three significant digits below 0.1.
+pub fn fmt_ratio(r: f64) -> String {
+    if r != 0.0 && r.abs() < 0.1 {
+        let decimals = (2 - r.abs().log10().floor() as i32).max(0) as usize;
+        format!("{r:.decimals$}x")
+    } else {
+        format!("{r:.2}x")
+    }
 }
 
 fn num(x: Option<f64>) -> serde_json::Value {
@@ -469,5 +479,8 @@ mod tests {
         let t = table(&v);
         assert!(t.contains("rpc-spin-vs-floor") && t.contains("1.40x") && t.contains("missed"), "{t}");
         assert_eq!(table(&[]), "");
+        assert_eq!(fmt_ratio(1.4), "1.40x");
+        assert_eq!(fmt_ratio(0.0123), "0.0123x");
+        assert_eq!(fmt_ratio(0.000456), "0.000456x");
     }
 }
