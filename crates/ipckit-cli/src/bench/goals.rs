@@ -170,6 +170,8 @@ pub struct Verdict {
     pub ratio: Option<f64>,
     /// Why there is no ratio.
     pub note: Option<String>,
+    /// The ratio at each size both sides were measured with.
+    pub per_size: Vec<(usize, f64)>,
 }
 
 impl Verdict {
@@ -229,7 +231,14 @@ pub fn evaluate(records: &[Record]) -> Vec<Verdict> {
             if !subject.iter().any(measured) {
                 continue;
             }
-            let mut v = Verdict { goal: *goal, placement: place, size: None, ratio: None, note: None };
+            let mut v = Verdict {
+                goal: *goal,
+                placement: place,
+                size: None,
+                ratio: None,
+                note: None,
+                per_size: Vec::new(),
+            };
             if place == SAME_CPU && subject.iter().any(|r| r.class == Class::Polling) {
                 v.note = Some(SPIN_ON_ONE_CPU.to_owned());
                 out.push(v);
@@ -256,6 +265,7 @@ pub fn evaluate(records: &[Record]) -> Vec<Verdict> {
             }
             for (s, b) in pairs {
                 let Some(r) = goal.metric.ratio(s, b) else { continue };
+                v.per_size.push((s.size, r));
                 let worse = v.ratio.map_or(r, |w| goal.bound.worse(w, r));
                 if v.ratio != Some(worse) {
                     v.ratio = Some(worse);
@@ -332,6 +342,7 @@ pub fn verdict_json(v: &Verdict) -> serde_json::Value {
         "verdict": v.word(),
         "met": v.met(),
         "note": v.margin(),
+        "per_size": v.per_size.iter().map(|&(size, r)| serde_json::json!({"size": size, "ratio": r})).collect::<Vec<_>>(),
     })
 }
 
@@ -402,6 +413,8 @@ mod tests {
         // The worst size: 4096 (2x), not 8 (1.05x).
         let lat = find(&v, "transport-vs-raw", "ipckit-pipe", Metric::Latency);
         assert_eq!((lat.ratio, lat.size, lat.met()), (Some(2.0), Some(4096), Some(false)));
+        assert_eq!(lat.per_size, vec![(8, 1.05), (4096, 2.0)]);
+        assert_eq!(verdict_json(lat)["per_size"][1]["ratio"], 2.0);
         assert_eq!(lat.word(), "missed");
         assert_eq!(lat.margin(), "missed by 82%");
         let mut short = q_of(&v).clone();
