@@ -80,17 +80,17 @@ pub struct Mechanism {
 
 const MIB: usize = 1 << 20;
 
-/// Every mechanism, in the order they run (the floors first).
+/// Every mechanism, in the order they run: the floors first, then each raw
+/// kernel primitive right before the ipckit mechanisms compared with it.
 pub const ALL: &[Mechanism] = &[
     m("floor-spin", Class::Polling, 8, true, false, "busy-spin ping-pong on one shared cache line"),
     m("floor-futex", Class::Blocking, 8, true, false, "futex wait/wake ping-pong on shared words"),
     m("raw-pipe", Class::Blocking, MIB, true, true, "two pipe(2)s, read/write of fixed-size messages"),
-    m("raw-socketpair", Class::Blocking, MIB, true, true, "socketpair(AF_UNIX, SOCK_STREAM), fixed size"),
-    m("raw-tcp", Class::Blocking, MIB, true, true, "TCP over 127.0.0.1, TCP_NODELAY, fixed size"),
     m("ipckit-pipe", Class::Blocking, MIB, true, true, "ipckit::pipe::duplex Connection send/recv"),
+    m("ipckit-fifo", Class::Blocking, MIB, true, true, "two ipckit FIFOs (named pipes), framed send/recv"),
+    m("raw-socketpair", Class::Blocking, MIB, true, true, "socketpair(AF_UNIX, SOCK_STREAM), fixed size"),
     m("ipckit-unix-stream", Class::Blocking, MIB, true, true, "Connection::pair(Stream) send/recv"),
     // A seqpacket datagram must fit the socket's send buffer (~208 KiB by default).
-    m("ipckit-seqpacket", Class::Blocking, 65536, true, true, "Connection::pair(SeqPacket) send/recv"),
     m(
         "raw-seqpacket",
         Class::Blocking,
@@ -99,6 +99,8 @@ pub const ALL: &[Mechanism] = &[
         true,
         "socketpair(AF_UNIX, SOCK_SEQPACKET), one send/recv per message",
     ),
+    m("ipckit-seqpacket", Class::Blocking, 65536, true, true, "Connection::pair(SeqPacket) send/recv"),
+    m("raw-tcp", Class::Blocking, MIB, true, true, "TCP over 127.0.0.1, TCP_NODELAY, fixed size"),
     m(
         "ipckit-shm-rpc-spin",
         Class::Polling,
@@ -110,12 +112,16 @@ pub const ALL: &[Mechanism] = &[
     m("ipckit-shm-rpc-block", Class::Blocking, MIB, true, false, "shm two-slot RPC, WaitMode::Block"),
     m("ipckit-shm-ring-spin", Class::Polling, MIB, true, true, "two SPSC ShmChannels, WaitMode::Spin"),
     m("ipckit-shm-ring-block", Class::Blocking, MIB, true, true, "two SPSC ShmChannels, WaitMode::Block"),
-    m("ipckit-typed-queue", Class::Blocking, 65536, true, true, "sysv::MessageQueue, types 1 and 2"),
-    m("raw-sysv-msgq", Class::Blocking, 8192, true, true, "msgget/msgsnd/msgrcv via libc, types 1 and 2"),
-    m("ipckit-event", Class::Blocking, 8, true, false, "two auto-reset ipckit Events, notify/wait"),
+    m(
+        "ipckit-loan",
+        Class::Blocking,
+        MIB,
+        true,
+        true,
+        "LoanPool zero-copy loans, 12-byte tokens on blocking shm rings",
+    ),
     m("raw-eventfd", Class::Blocking, 8, true, false, "two eventfds, write/read of the counter"),
-    m("ipckit-fifo", Class::Blocking, MIB, true, true, "two ipckit FIFOs (named pipes), framed send/recv"),
-    m("ipckit-semaphore", Class::Blocking, 8, true, false, "ipckit SemaphoreSet of 2: V(0) P(1) ping-pong"),
+    m("ipckit-event", Class::Blocking, 8, true, false, "two auto-reset ipckit Events, notify/wait"),
     m(
         "raw-sysv-sem",
         Class::Blocking,
@@ -124,15 +130,10 @@ pub const ALL: &[Mechanism] = &[
         false,
         "semget/semop via libc, set of 2: V(0) P(1) ping-pong",
     ),
+    m("ipckit-semaphore", Class::Blocking, 8, true, false, "ipckit SemaphoreSet of 2: V(0) P(1) ping-pong"),
+    m("raw-sysv-msgq", Class::Blocking, 8192, true, true, "msgget/msgsnd/msgrcv via libc, types 1 and 2"),
+    m("ipckit-typed-queue", Class::Blocking, 65536, true, true, "sysv::MessageQueue, types 1 and 2"),
     m("raw-posix-mq", Class::Blocking, 8192, true, true, "mq_open/mq_send/mq_receive via libc, two queues"),
-    m(
-        "ipckit-signal",
-        Class::Blocking,
-        8,
-        true,
-        false,
-        "ipckit Signals + signal::send: SIGUSR1 there, SIGUSR2 back",
-    ),
     m(
         "raw-signal",
         Class::Blocking,
@@ -142,12 +143,12 @@ pub const ALL: &[Mechanism] = &[
         "kill(2) + sigwaitinfo(2) with the signals blocked, USR1/USR2",
     ),
     m(
-        "ipckit-loan",
+        "ipckit-signal",
         Class::Blocking,
-        MIB,
+        8,
         true,
-        true,
-        "LoanPool zero-copy loans, 12-byte tokens on blocking shm rings",
+        false,
+        "ipckit Signals + signal::send: SIGUSR1 there, SIGUSR2 back",
     ),
     m(
         "ipckit-naming-stat",
