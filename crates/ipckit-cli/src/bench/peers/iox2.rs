@@ -84,6 +84,21 @@ fn idle(n: &mut u32) {
     }
 }
 
+/// After a failure the child does not exit: a sender blocked on its full
+/// buffer would wait for ever (iceoryx2's blocking send has no deadline).
+/// It reports `failed`, then takes and drops whatever comes, so the parent's
+/// sends go through and its next round trip times out instead; the parent
+/// then kills it.
+fn drain(failed: &crate::error::Failure, mut take: impl FnMut() -> bool) -> Result<()> {
+    eprintln!("ipckit bench: iceoryx2 child: {failed}; dropping messages until killed");
+    let mut n = 0u32;
+    loop {
+        if !take() {
+            idle(&mut n);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Request-response
 // ---------------------------------------------------------------------------
@@ -154,17 +169,27 @@ pub fn request_response_child(name: &str, size: usize) -> Result<()> {
         .context("creating the iceoryx2 server")?;
     ready()?;
     let mut n = 0u32;
-    loop {
-        let Some(request) = server.receive().context("iceoryx2 request receive")? else {
-            idle(&mut n);
-            continue;
+    let failed = loop {
+        let request = match server.receive().context("iceoryx2 request receive") {
+            Ok(Some(request)) => request,
+            Ok(None) => {
+                idle(&mut n);
+                continue;
+            }
+            Err(e) => break e,
         };
         let payload = request.payload();
         if payload.first() == Some(&ECHO) {
-            let response = request.loan_slice_uninit(payload.len()).context("iceoryx2 response loan")?;
-            response.write_from_slice(payload).send().context("iceoryx2 response send")?;
+            let sent = request
+                .loan_slice_uninit(payload.len())
+                .context("iceoryx2 response loan")
+                .and_then(|r| r.write_from_slice(payload).send().context("iceoryx2 response send"));
+            if let Err(e) = sent {
+                break e;
+            }
         }
-    }
+    };
+    drain(&failed, || matches!(server.receive(), Ok(Some(_))))
 }
 
 // ---------------------------------------------------------------------------
@@ -252,13 +277,20 @@ pub fn pubsub_child(name: &str, size: usize) -> Result<()> {
     let tx = publisher(&pong, size)?;
     ready()?;
     let mut n = 0u32;
-    loop {
-        let Some(sample) = rx.receive().context("iceoryx2 sample receive")? else {
-            idle(&mut n);
-            continue;
+    let failed = loop {
+        let sample = match rx.receive().context("iceoryx2 sample receive") {
+            Ok(Some(sample)) => sample,
+            Ok(None) => {
+                idle(&mut n);
+                continue;
+            }
+            Err(e) => break e,
         };
         if sample.payload().first() == Some(&ECHO) {
-            publish(&tx, sample.payload())?;
+            if let Err(e) = publish(&tx, sample.payload()) {
+                break e;
+            }
         }
-    }
+    };
+    drain(&failed, || matches!(rx.receive(), Ok(Some(_))))
 }
