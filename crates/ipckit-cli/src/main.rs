@@ -3,7 +3,7 @@
 //! Each subcommand lives in its own module; this file only parses the command
 //! line, sets up logging and turns a failure into a message and an exit code.
 
-// Only bench::mechanisms::{sysv_raw, posix_mq} (System V and POSIX mq calls through libc) allow unsafe code.
+// Only bench::raw (System V, POSIX mq and signal calls through libc) allows unsafe code.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -110,10 +110,15 @@ enum Command {
     #[command(long_about = "Measure every mechanism side by side between two real processes.\n\n\
             Round-trip latency (median, p99, p99.9) and one-way throughput (messages/s, bytes/s) \
             over message sizes, for the raw kernel primitives (the busy-spin and futex floors, \
-            pipe, socketpair, TCP loopback, System V msgq, eventfd), ipckit's transports and an \
-            in-process memcpy, pinned to two CPUs and unpinned. Prints a table with each figure's \
-            ratio to the floor of its class (polling or blocking) and writes results.json, \
-            results.csv, latency.svg and throughput.svg. `--list` names the mechanisms.")]
+            pipe, socketpair, seqpacket, TCP loopback, System V msgq and semaphores, POSIX mq, \
+            eventfd, signals), ipckit's transports and an in-process memcpy; with `--features \
+            peers`, also ipc-channel, interprocess and iceoryx2 (request-response, \
+            publish-subscribe). Placements: pinned to two different CPUs, both on one CPU, \
+            unpinned. Prints a table with each figure's ratio to the floor of its class (polling \
+            or blocking) and a verdict (ratio, met or missed) for each goal of the tool (shm RPC \
+            vs iceoryx2 and the floors, each transport vs the kernel primitive it wraps, typed \
+            queue vs System V msgq); writes results.json (with the verdicts), results.csv, \
+            verdicts.csv, latency.svg and throughput.svg. `--list` names the mechanisms.")]
     Bench(bench::BenchArgs),
 
     /// Internal: a child process of `ipckit bench` (not for direct use).

@@ -21,6 +21,20 @@ const COLUMNS: &[&str] = &[
     "error",
 ];
 
+const VERDICT_COLUMNS: &[&str] = &[
+    "goal",
+    "placement",
+    "subject",
+    "baseline",
+    "metric",
+    "size",
+    "ratio",
+    "bound",
+    "limit",
+    "verdict",
+    "note",
+];
+
 fn ipckit() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ipckit"))
 }
@@ -120,6 +134,46 @@ fn quick_pipe_run_writes_every_file() {
         assert!(cells[4].parse::<f64>().is_ok(), "{row}");
     }
 
+    // Placements: same-cpu and unpinned always, pinned with two CPUs or more.
+    let placements: Vec<&str> = results.iter().map(|r| r["placement"].as_str().unwrap()).collect();
+    let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    for p in ["same-cpu", "unpinned"].into_iter().chain(two_cpus.then_some("pinned")) {
+        assert!(placements.contains(&p), "no {p} results: {placements:?}");
+    }
+
+    // Verdicts: ipckit-pipe against raw-pipe (latency and messages/s) in every
+    // placement, each with a ratio and met true or false (whatever the speed).
+    assert!(stdout.contains("Goals (issue 7)"), "{stdout}");
+    let verdicts = json["verdicts"].as_array().expect("verdicts array");
+    for p in ["same-cpu", "unpinned"].into_iter().chain(two_cpus.then_some("pinned")) {
+        let of_p: Vec<_> = verdicts.iter().filter(|v| v["placement"] == p).collect();
+        assert_eq!(of_p.len(), 2, "{p}: {of_p:?}");
+        for v in of_p {
+            for c in VERDICT_COLUMNS {
+                assert!(v.get(c).is_some(), "verdict without {c}: {v}");
+            }
+            assert_eq!(
+                (v["goal"].as_str(), v["subject"].as_str()),
+                (Some("transport-vs-raw"), Some("ipckit-pipe"))
+            );
+            assert_eq!(v["baseline"], "raw-pipe");
+            assert!(v["ratio"].as_f64().unwrap() > 0.0, "{v}");
+            assert!(v["met"].is_boolean(), "{v}");
+            assert_eq!(v["verdict"], if v["met"] == true { "met" } else { "missed" });
+        }
+    }
+    let vcsv = std::fs::read_to_string(out.join("verdicts.csv")).unwrap();
+    let mut vlines = vcsv.lines();
+    assert_eq!(vlines.next().unwrap().split(',').collect::<Vec<_>>(), VERDICT_COLUMNS);
+    let vrows: Vec<&str> = vlines.collect();
+    assert_eq!(vrows.len(), verdicts.len());
+    for row in vrows {
+        let cells: Vec<&str> = row.split(',').collect();
+        assert_eq!(cells.len(), VERDICT_COLUMNS.len(), "{row}");
+        assert!(cells[6].parse::<f64>().is_ok(), "{row}");
+        assert!(cells[9] == "met" || cells[9] == "missed", "{row}");
+    }
+
     // SVG plots: well-formed, with the mechanisms in the legend.
     for name in ["latency.svg", "throughput.svg"] {
         let svg = std::fs::read_to_string(out.join(name)).unwrap();
@@ -145,6 +199,7 @@ fn list_names_the_mechanisms() {
         "ipckit-naming-stat",
         "ipckit-naming-lookup",
         "raw-sysv-sem",
+        "raw-seqpacket",
         "memcpy",
     ] {
         assert!(text.contains(m), "{text}");
@@ -164,6 +219,12 @@ fn a_filter_matching_nothing_is_an_error() {
 /// Runs `ipckit bench --quick --filter <filter>` plus `extra` (120 s at most)
 /// and returns its JSON results, after checking that none failed.
 fn quick_results(filter: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    quick_run(filter, extra)["results"].as_array().expect("results array").clone()
+}
+
+/// Runs `ipckit bench --quick --filter <filter>` plus `extra` (120 s at most)
+/// and returns its whole JSON, after checking that no measurement failed.
+fn quick_run(filter: &str, extra: &[&str]) -> serde_json::Value {
     let out = temp_dir(filter);
     let mut child = ipckit()
         .args(["bench", "--quick", "--filter", filter])
@@ -189,12 +250,11 @@ fn quick_results(filter: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     std::fs::remove_dir_all(&out).unwrap();
-    let results = json["results"].as_array().expect("results array").clone();
-    for r in &results {
+    for r in json["results"].as_array().expect("results array") {
         assert!(r["error"].is_null(), "a measurement failed: {r}");
         assert!(r["rtt_median_ns"].as_f64().unwrap() > 0.0, "{r}");
     }
-    results
+    json
 }
 
 #[test]
@@ -213,4 +273,54 @@ fn quick_loan_run_carries_a_mebibyte() {
         assert!(r["bytes_per_s"].as_f64().unwrap() > 0.0, "{r}");
     }
     assert!(results.iter().any(|r| r["size"] == 1_048_576), "{results:?}");
+}
+
+#[test]
+fn naming_rows_run_the_server_in_the_peer_process() {
+    let results = quick_results("naming", &["--placement", "pinned,unpinned"]);
+    for m in ["ipckit-naming-stat", "ipckit-naming-lookup"] {
+        assert!(results.iter().any(|r| r["mechanism"] == m), "no {m} row: {results:?}");
+    }
+}
+
+#[test]
+fn same_cpu_placement_alone() {
+    let results = quick_results("raw-pipe,floor", &["--placement", "same-cpu", "--sizes", "8"]);
+    assert!(results.iter().all(|r| r["placement"] == "same-cpu"), "{results:?}");
+    for m in ["raw-pipe", "floor-spin", "floor-futex"] {
+        assert!(results.iter().any(|r| r["mechanism"] == m), "no {m} row: {results:?}");
+    }
+}
+
+#[test]
+fn shm_rpc_goals_have_verdicts() {
+    let json = quick_run("shm-rpc,floor", &["--placement", "unpinned", "--sizes", "8,4096"]);
+    let verdicts = json["verdicts"].as_array().expect("verdicts array");
+    for goal in ["rpc-spin-vs-floor", "rpc-block-vs-futex"] {
+        let v =
+            verdicts.iter().find(|v| v["goal"] == goal).unwrap_or_else(|| panic!("no {goal}: {verdicts:?}"));
+        assert!(v["met"].is_boolean() && v["ratio"].as_f64().unwrap() > 0.0, "{v}");
+        assert_eq!(v["size"], 8, "{v}");
+    }
+    // iceoryx2 is a peer library: measured only with --features peers.
+    let ice = verdicts.iter().find(|v| v["goal"] == "rpc-vs-iceoryx2").expect("an iceoryx2 verdict");
+    assert_eq!(ice["verdict"], "not measured", "{ice}");
+    assert!(ice["met"].is_null(), "{ice}");
+}
+
+#[cfg(feature = "peers")]
+#[test]
+fn quick_iceoryx2_run_compares_with_the_shm_rpc() {
+    let json = quick_run("iceoryx2,shm-rpc-spin", &["--placement", "unpinned", "--sizes", "8,4096"]);
+    let results = json["results"].as_array().unwrap();
+    for m in ["peer-iceoryx2-rr", "peer-iceoryx2-pubsub"] {
+        let rows: Vec<_> = results.iter().filter(|r| r["mechanism"] == m).collect();
+        assert_eq!(rows.len(), 2, "{m}: {results:?}");
+        for r in rows {
+            assert!(r["bytes_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+    let verdicts = json["verdicts"].as_array().unwrap();
+    let v = verdicts.iter().find(|v| v["goal"] == "rpc-vs-iceoryx2").expect("an iceoryx2 verdict");
+    assert!(v["met"].is_boolean() && v["ratio"].as_f64().unwrap() > 0.0, "{v}");
 }

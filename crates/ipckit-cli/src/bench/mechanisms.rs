@@ -28,6 +28,7 @@ use ipckit::sysv::{MessageQueue, QueueConfig, Select, SemOp, SemaphoreSet};
 use ipckit::{spawn, Connection, SocketKind};
 use rustix::thread::futex;
 
+use super::raw::{posix_mq, raw_sig, sysv_raw, sysv_sem};
 use crate::error::{fail, Context, Result};
 
 /// Tag: send this message back.
@@ -36,7 +37,7 @@ pub const ECHO: u8 = 1;
 pub const SINK: u8 = 0;
 
 /// How long any single wait of the parent or a child may take.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a receiver learns of a message: the class whose floor it is compared to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,16 +80,27 @@ pub struct Mechanism {
 
 const MIB: usize = 1 << 20;
 
-/// Every mechanism, in the order they run (the floors first).
+/// Every mechanism, in the order they run: the floors first, then each raw
+/// kernel primitive right before the ipckit mechanisms compared with it.
 pub const ALL: &[Mechanism] = &[
     m("floor-spin", Class::Polling, 8, true, false, "busy-spin ping-pong on one shared cache line"),
     m("floor-futex", Class::Blocking, 8, true, false, "futex wait/wake ping-pong on shared words"),
     m("raw-pipe", Class::Blocking, MIB, true, true, "two pipe(2)s, read/write of fixed-size messages"),
-    m("raw-socketpair", Class::Blocking, MIB, true, true, "socketpair(AF_UNIX, SOCK_STREAM), fixed size"),
-    m("raw-tcp", Class::Blocking, MIB, true, true, "TCP over 127.0.0.1, TCP_NODELAY, fixed size"),
     m("ipckit-pipe", Class::Blocking, MIB, true, true, "ipckit::pipe::duplex Connection send/recv"),
+    m("ipckit-fifo", Class::Blocking, MIB, true, true, "two ipckit FIFOs (named pipes), framed send/recv"),
+    m("raw-socketpair", Class::Blocking, MIB, true, true, "socketpair(AF_UNIX, SOCK_STREAM), fixed size"),
     m("ipckit-unix-stream", Class::Blocking, MIB, true, true, "Connection::pair(Stream) send/recv"),
-    m("ipckit-seqpacket", Class::Blocking, MIB, true, true, "Connection::pair(SeqPacket) send/recv"),
+    // A seqpacket datagram must fit the socket's send buffer (~208 KiB by default).
+    m(
+        "raw-seqpacket",
+        Class::Blocking,
+        65536,
+        true,
+        true,
+        "socketpair(AF_UNIX, SOCK_SEQPACKET), one send/recv per message",
+    ),
+    m("ipckit-seqpacket", Class::Blocking, 65536, true, true, "Connection::pair(SeqPacket) send/recv"),
+    m("raw-tcp", Class::Blocking, MIB, true, true, "TCP over 127.0.0.1, TCP_NODELAY, fixed size"),
     m(
         "ipckit-shm-rpc-spin",
         Class::Polling,
@@ -100,12 +112,16 @@ pub const ALL: &[Mechanism] = &[
     m("ipckit-shm-rpc-block", Class::Blocking, MIB, true, false, "shm two-slot RPC, WaitMode::Block"),
     m("ipckit-shm-ring-spin", Class::Polling, MIB, true, true, "two SPSC ShmChannels, WaitMode::Spin"),
     m("ipckit-shm-ring-block", Class::Blocking, MIB, true, true, "two SPSC ShmChannels, WaitMode::Block"),
-    m("ipckit-typed-queue", Class::Blocking, 65536, true, true, "sysv::MessageQueue, types 1 and 2"),
-    m("raw-sysv-msgq", Class::Blocking, 8192, true, true, "msgget/msgsnd/msgrcv via libc, types 1 and 2"),
-    m("ipckit-event", Class::Blocking, 8, true, false, "two auto-reset ipckit Events, notify/wait"),
+    m(
+        "ipckit-loan",
+        Class::Blocking,
+        MIB,
+        true,
+        true,
+        "LoanPool zero-copy loans, 12-byte tokens on blocking shm rings",
+    ),
     m("raw-eventfd", Class::Blocking, 8, true, false, "two eventfds, write/read of the counter"),
-    m("ipckit-fifo", Class::Blocking, MIB, true, true, "two ipckit FIFOs (named pipes), framed send/recv"),
-    m("ipckit-semaphore", Class::Blocking, 8, true, false, "ipckit SemaphoreSet of 2: V(0) P(1) ping-pong"),
+    m("ipckit-event", Class::Blocking, 8, true, false, "two auto-reset ipckit Events, notify/wait"),
     m(
         "raw-sysv-sem",
         Class::Blocking,
@@ -114,15 +130,10 @@ pub const ALL: &[Mechanism] = &[
         false,
         "semget/semop via libc, set of 2: V(0) P(1) ping-pong",
     ),
+    m("ipckit-semaphore", Class::Blocking, 8, true, false, "ipckit SemaphoreSet of 2: V(0) P(1) ping-pong"),
+    m("raw-sysv-msgq", Class::Blocking, 8192, true, true, "msgget/msgsnd/msgrcv via libc, types 1 and 2"),
+    m("ipckit-typed-queue", Class::Blocking, 65536, true, true, "sysv::MessageQueue, types 1 and 2"),
     m("raw-posix-mq", Class::Blocking, 8192, true, true, "mq_open/mq_send/mq_receive via libc, two queues"),
-    m(
-        "ipckit-signal",
-        Class::Blocking,
-        8,
-        true,
-        false,
-        "ipckit Signals + signal::send: SIGUSR1 there, SIGUSR2 back",
-    ),
     m(
         "raw-signal",
         Class::Blocking,
@@ -132,12 +143,12 @@ pub const ALL: &[Mechanism] = &[
         "kill(2) + sigwaitinfo(2) with the signals blocked, USR1/USR2",
     ),
     m(
-        "ipckit-loan",
+        "ipckit-signal",
         Class::Blocking,
-        MIB,
+        8,
         true,
-        true,
-        "LoanPool zero-copy loans, 12-byte tokens on blocking shm rings",
+        false,
+        "ipckit Signals + signal::send: SIGUSR1 there, SIGUSR2 back",
     ),
     m(
         "ipckit-naming-stat",
@@ -145,7 +156,7 @@ pub const ALL: &[Mechanism] = &[
         8,
         true,
         false,
-        "NameClient::stat round trip to an EmbeddedServer",
+        "NameClient::stat round trip to the naming server in the peer process",
     ),
     m(
         "ipckit-naming-lookup",
@@ -153,7 +164,7 @@ pub const ALL: &[Mechanism] = &[
         8,
         true,
         false,
-        "NameClient::lookup of a child's service (gets a Connection)",
+        "NameClient::lookup of the peer's service (server in the peer process; gets a Connection)",
     ),
     #[cfg(feature = "peers")]
     m(
@@ -172,6 +183,24 @@ pub const ALL: &[Mechanism] = &[
         true,
         true,
         "interprocess local_socket Stream, fixed size (crates.io, feature peers)",
+    ),
+    #[cfg(feature = "peers")]
+    m(
+        "peer-iceoryx2-rr",
+        Class::Polling,
+        MIB,
+        true,
+        true,
+        "iceoryx2 request-response, [u8] slices, polled (crates.io, feature peers)",
+    ),
+    #[cfg(feature = "peers")]
+    m(
+        "peer-iceoryx2-pubsub",
+        Class::Polling,
+        MIB,
+        true,
+        true,
+        "iceoryx2 publish-subscribe, ping/pong services, polled (crates.io, feature peers)",
     ),
     m("memcpy", Class::Memory, MIB, false, true, "in-process copy_from_slice (bandwidth ceiling)"),
 ];
@@ -304,6 +333,14 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             let (parent, child) = UnixStream::pair().context("socketpair")?;
             kit.pass("sock", OwnedFd::from(child)).context("passing the socket")?;
             Some(Box::new(Stream { rd: parent.try_clone().context("dup")?, wr: parent }))
+        }
+        "raw-seqpacket" => {
+            use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+            let (parent, child) =
+                socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+                    .context("socketpair")?;
+            kit.pass("sock", child).context("passing the socket")?;
+            Some(Box::new(Packets { fd: parent, buf: vec![0; size] }))
         }
         "raw-tcp" => {
             let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1")?;
@@ -464,45 +501,64 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             Some(Box::new(Loans { pool, tx, rx, buf: Vec::new(), _keep: (up, down) }))
         }
         "ipckit-naming-stat" | "ipckit-naming-lookup" => {
+            // The server runs in the child (placed like every other peer), with
+            // the service it registers; this process is only the client.
             let path = std::env::temp_dir().join(format!("{}.sock", unique("naming")));
-            let server = EmbeddedServer::start(&path, ServerConfig::default())
-                .context("starting the naming server")?;
             name = path.to_string_lossy().into_owned();
             let p = path.clone();
             cleanup.push(Box::new(move || drop(std::fs::remove_file(&p))));
             let lookup = mech.name.ends_with("lookup");
             pending = Some(Box::new(move |_| {
                 let client = NameClient::connect(&path).context("connecting to the naming server")?;
-                Ok(Box::new(Naming { client, lookup, _server: server }) as Box<dyn Link>)
+                Ok(Box::new(Naming { client, lookup }) as Box<dyn Link>)
             }));
             None
         }
         #[cfg(feature = "peers")]
         "peer-ipc-channel" => {
             let (server, server_name) =
-                peers::IpcOneShotServer::new().context("ipc-channel one-shot server")?;
+                super::peers::IpcOneShotServer::new().context("ipc-channel one-shot server")?;
             name = server_name;
             pending = Some(Box::new(move |_| {
                 let (_, (tx, rx)) = server.accept().context("ipc-channel accept")?;
-                Ok(Box::new(peers::IpcChannel { tx, rx }) as Box<dyn Link>)
+                Ok(Box::new(super::peers::IpcChannel { tx, rx }) as Box<dyn Link>)
             }));
             None
         }
         #[cfg(feature = "peers")]
         "peer-interprocess" => {
             let path = std::env::temp_dir().join(format!("{}.sock", unique("interprocess")));
-            let listener = peers::listen(&path).context("interprocess listener")?;
+            let listener = super::peers::listen(&path).context("interprocess listener")?;
             name = path.to_string_lossy().into_owned();
             cleanup.push(Box::new(move || drop(std::fs::remove_file(&path))));
             pending = Some(Box::new(move |_| {
-                let s = peers::accept(&listener).context("interprocess accept")?;
-                Ok(Box::new(peers::LocalSocket(s)) as Box<dyn Link>)
+                let s = super::peers::accept(&listener).context("interprocess accept")?;
+                Ok(Box::new(super::peers::LocalSocket(s)) as Box<dyn Link>)
             }));
             None
         }
+        #[cfg(feature = "peers")]
+        "peer-iceoryx2-rr" | "peer-iceoryx2-pubsub" => {
+            name = format!("ipckit-bench/{}", unique("iceoryx2"));
+            cleanup.push(Box::new(super::peers::iox2::cleanup));
+            if mech.name.ends_with("rr") {
+                Some(Box::new(super::peers::iox2::RequestResponse::create(&name, size)?))
+            } else {
+                Some(Box::new(super::peers::iox2::PubSubLink::create(&name, size)?))
+            }
+        }
         other => fail!("{other}: not a two-process mechanism"),
     };
-    let mut child = spawn_child(mech, size, cpu, &name, kit)?;
+    let mut child = match spawn_child(mech, size, cpu, &name, kit) {
+        Ok(child) => child,
+        Err(e) => {
+            drop(link);
+            for f in cleanup {
+                f();
+            }
+            return Err(e);
+        }
+    };
     let link = match (link, pending) {
         (Some(link), _) => link,
         (None, Some(finish)) => match finish(child.id()) {
@@ -600,6 +656,49 @@ impl<R: Read, W: Write> Link for Stream<R, W> {
 
     fn send(&mut self, msg: &[u8]) -> Result<()> {
         self.wr.write_all(msg).context("write")
+    }
+}
+
+/// A seqpacket socket: one datagram per message.
+struct Packets {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl Link for Packets {
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+        self.send(msg)?;
+        let n = packet_recv(&self.fd, &mut self.buf).context("recv")?;
+        if n != msg.len() {
+            fail!("reply of {n} bytes, not {}", msg.len());
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msg: &[u8]) -> Result<()> {
+        packet_send(&self.fd, msg).context("send")
+    }
+}
+
+/// send(2) of one datagram, again on EINTR.
+fn packet_send(fd: &OwnedFd, msg: &[u8]) -> rustix::io::Result<()> {
+    loop {
+        match rustix::net::send(fd, msg, rustix::net::SendFlags::empty()) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// recv(2) of one datagram into `buf`, again on EINTR; its length.
+fn packet_recv(fd: &OwnedFd, buf: &mut [u8]) -> rustix::io::Result<usize> {
+    loop {
+        match rustix::net::recv(fd, &mut *buf, rustix::net::RecvFlags::empty()) {
+            Ok((n, _)) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -895,7 +994,6 @@ const SERVICE: &str = "ipckit-bench-service";
 struct Naming {
     client: NameClient,
     lookup: bool,
-    _server: EmbeddedServer,
 }
 
 impl Link for Naming {
@@ -914,393 +1012,11 @@ impl Link for Naming {
 }
 
 // ---------------------------------------------------------------------------
-// Raw System V semaphores (libc)
-// ---------------------------------------------------------------------------
-
-#[allow(unsafe_code)]
-mod sysv_sem {
-    use std::io;
-    use std::time::Duration;
-
-    /// A new private set of two semaphores (both 0 on Linux).
-    pub fn create() -> io::Result<i32> {
-        // SAFETY: semget takes no pointers.
-        let id = unsafe { libc::semget(libc::IPC_PRIVATE, 2, libc::IPC_CREAT | 0o600) };
-        if id < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(id)
-    }
-
-    /// Removes set `id`.
-    pub fn remove(id: i32) {
-        // SAFETY: IPC_RMID takes no further argument.
-        unsafe { libc::semctl(id, 0, libc::IPC_RMID) };
-    }
-
-    /// Adds `delta` to semaphore `num` (semop, or semtimedop with a timeout);
-    /// false when it timed out.
-    pub fn op(id: i32, num: u16, delta: i16, timeout: Option<Duration>) -> io::Result<bool> {
-        let mut sop = libc::sembuf { sem_num: num, sem_op: delta, sem_flg: 0 };
-        loop {
-            let r = match timeout {
-                // SAFETY: `sop` is one valid sembuf.
-                None => unsafe { libc::semop(id, &mut sop, 1) },
-                Some(t) => {
-                    let ts = libc::timespec { tv_sec: t.as_secs() as _, tv_nsec: t.subsec_nanos() as _ };
-                    // SAFETY: `sop` is one valid sembuf; `ts` a valid timespec (libc has
-                    // no semtimedop wrapper, hence the raw system call).
-                    unsafe {
-                        libc::syscall(libc::SYS_semtimedop, id, &mut sop as *mut libc::sembuf, 1usize, &ts)
-                            as i32
-                    }
-                }
-            };
-            if r == 0 {
-                return Ok(true);
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Ok(false),
-                _ => return Err(e),
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Raw signals (libc)
-// ---------------------------------------------------------------------------
-
-#[allow(unsafe_code)]
-mod raw_sig {
-    use std::io;
-    use std::time::Duration;
-
-    fn set_of(sig: i32) -> libc::sigset_t {
-        // SAFETY: an all-zero sigset_t is valid storage; sigemptyset initialises it.
-        let mut s: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `s` is a valid sigset_t.
-        unsafe {
-            libc::sigemptyset(&mut s);
-            libc::sigaddset(&mut s, sig);
-        }
-        s
-    }
-
-    fn mask(how: i32, sig: i32) -> io::Result<()> {
-        let s = set_of(sig);
-        // SAFETY: `s` is an initialised set; the old mask is not wanted.
-        let r = unsafe { libc::pthread_sigmask(how, &s, std::ptr::null_mut()) };
-        if r != 0 {
-            return Err(io::Error::from_raw_os_error(r));
-        }
-        Ok(())
-    }
-
-    /// Blocks `sig` in the calling thread (do it before creating any thread).
-    pub fn block(sig: i32) -> io::Result<()> {
-        mask(libc::SIG_BLOCK, sig)
-    }
-
-    /// `sig` blocked in this thread until dropped; a pending one is taken
-    /// before it is unblocked (so its default action never runs).
-    pub struct Blocked(i32);
-
-    impl Blocked {
-        pub fn new(sig: i32) -> io::Result<Blocked> {
-            block(sig)?;
-            Ok(Blocked(sig))
-        }
-    }
-
-    impl Drop for Blocked {
-        fn drop(&mut self) {
-            while matches!(wait(self.0, Some(Duration::ZERO)), Ok(true)) {}
-            let _ = mask(libc::SIG_UNBLOCK, self.0);
-        }
-    }
-
-    /// kill(2).
-    pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
-        // SAFETY: kill takes no pointers.
-        if unsafe { libc::kill(pid, sig) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Takes blocked `sig`: sigwaitinfo(2) without a timeout, sigtimedwait(2)
-    /// with one; false when it timed out.
-    pub fn wait(sig: i32, timeout: Option<Duration>) -> io::Result<bool> {
-        let s = set_of(sig);
-        loop {
-            // SAFETY: `s` is an initialised set; siginfo is not wanted (null is allowed).
-            let r = match timeout {
-                None => unsafe { libc::sigwaitinfo(&s, std::ptr::null_mut()) },
-                Some(t) => {
-                    let ts = libc::timespec { tv_sec: t.as_secs() as _, tv_nsec: t.subsec_nanos() as _ };
-                    // SAFETY: as above; `ts` is a valid timespec.
-                    unsafe { libc::sigtimedwait(&s, std::ptr::null_mut(), &ts) }
-                }
-            };
-            if r == sig {
-                return Ok(true);
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Ok(false),
-                _ => return Err(e),
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Raw POSIX message queues (libc)
-// ---------------------------------------------------------------------------
-
-#[allow(unsafe_code)]
-mod posix_mq {
-    use std::ffi::CString;
-    use std::io;
-
-    /// A message queue descriptor.
-    pub type Mqd = libc::mqd_t;
-
-    fn cname(name: &str) -> io::Result<CString> {
-        CString::new(name).map_err(|_| io::ErrorKind::InvalidInput.into())
-    }
-
-    /// Opens queue `name` read-write; with `Some(size)`, creates it (exclusively)
-    /// with 10 messages of `size` bytes.
-    pub fn open(name: &str, create: Option<usize>) -> io::Result<Mqd> {
-        let c = cname(name)?;
-        let mqd = match create {
-            Some(size) => {
-                // SAFETY: an all-zero mq_attr is valid; the fields set are plain integers.
-                let mut attr: libc::mq_attr = unsafe { std::mem::zeroed() };
-                attr.mq_maxmsg = 10;
-                attr.mq_msgsize = size as _;
-                let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
-                // SAFETY: `c` is a C string; mode and attr are the variadic arguments O_CREAT takes.
-                unsafe {
-                    libc::mq_open(c.as_ptr(), flags, 0o600 as libc::mode_t, &attr as *const libc::mq_attr)
-                }
-            }
-            // SAFETY: `c` is a C string.
-            None => unsafe { libc::mq_open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) },
-        };
-        if mqd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(mqd)
-    }
-
-    /// Sends `data` (priority 0).
-    pub fn send(mqd: Mqd, data: &[u8]) -> io::Result<()> {
-        loop {
-            // SAFETY: `data` is a valid buffer of its length.
-            if unsafe { libc::mq_send(mqd, data.as_ptr().cast(), data.len(), 0) } == 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-
-    /// Receives one message into `buf` (at least the queue's message size); its length.
-    pub fn receive(mqd: Mqd, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: `buf` is a valid writable buffer of its length; the priority is not wanted.
-            let r =
-                unsafe { libc::mq_receive(mqd, buf.as_mut_ptr().cast(), buf.len(), std::ptr::null_mut()) };
-            if r >= 0 {
-                return Ok(r as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-
-    /// Closes `mqd`.
-    pub fn close(mqd: Mqd) {
-        // SAFETY: closes a descriptor this program opened and no longer uses.
-        unsafe { libc::mq_close(mqd) };
-    }
-
-    /// Removes queue `name`.
-    pub fn unlink(name: &str) {
-        if let Ok(c) = cname(name) {
-            // SAFETY: `c` is a C string.
-            unsafe { libc::mq_unlink(c.as_ptr()) };
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Peer libraries (feature `peers`)
-// ---------------------------------------------------------------------------
-
-#[cfg(feature = "peers")]
-mod peers {
-    use interprocess::local_socket::{prelude::*, GenericFilePath, Listener, ListenerOptions, Stream};
-    pub use ipc_channel::ipc::IpcOneShotServer;
-    use ipc_channel::ipc::{bytes_channel, IpcBytesReceiver, IpcBytesSender, IpcSender};
-    use std::io::{Read, Write};
-
-    use super::{ready, Link, ECHO};
-    use crate::error::{fail, Context, Result};
-
-    /// The parent's end: requests out on `tx`, replies in on `rx`.
-    pub struct IpcChannel {
-        pub tx: IpcBytesSender,
-        pub rx: IpcBytesReceiver,
-    }
-
-    impl Link for IpcChannel {
-        fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
-            self.send(msg)?;
-            let reply = self.rx.recv().context("ipc-channel recv")?;
-            if reply.len() != msg.len() {
-                fail!("reply of {} bytes, not {}", reply.len(), msg.len());
-            }
-            Ok(())
-        }
-
-        fn send(&mut self, msg: &[u8]) -> Result<()> {
-            self.tx.send(msg).context("ipc-channel send")
-        }
-    }
-
-    /// A listening interprocess local socket at file path `path`.
-    pub fn listen(path: &std::path::Path) -> std::io::Result<Listener> {
-        let name = path.to_fs_name::<GenericFilePath>()?;
-        ListenerOptions::new().name(name).create_sync()
-    }
-
-    /// The child's connection.
-    pub fn accept(listener: &Listener) -> std::io::Result<Stream> {
-        listener.accept()
-    }
-
-    /// The parent's end of an interprocess local socket carrying fixed-size messages.
-    pub struct LocalSocket(pub Stream);
-
-    impl Link for LocalSocket {
-        fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
-            self.0.write_all(msg).context("write")?;
-            self.0.read_exact(msg).context("read")
-        }
-
-        fn send(&mut self, msg: &[u8]) -> Result<()> {
-            self.0.write_all(msg).context("write")
-        }
-    }
-
-    /// The interprocess child: connects to `path` and echoes fixed-size messages.
-    pub fn interprocess_child(path: &str, size: usize) -> Result<()> {
-        let name = path.to_fs_name::<GenericFilePath>().context("socket name")?;
-        ready()?;
-        let s = Stream::connect(name).context("interprocess connect")?;
-        super::stream_echo(&s, &s, size)
-    }
-
-    /// The child: makes both channels, hands the parent its ends through the
-    /// one-shot server `name`, then echoes.
-    pub fn child(name: &str) -> Result<()> {
-        let (req_tx, req_rx) = bytes_channel().context("ipc-channel")?;
-        let (rep_tx, rep_rx) = bytes_channel().context("ipc-channel")?;
-        let boot: IpcSender<(IpcBytesSender, IpcBytesReceiver)> =
-            IpcSender::connect(name.to_owned()).context("ipc-channel connect")?;
-        boot.send((req_tx, rep_rx)).context("ipc-channel bootstrap")?;
-        ready()?;
-        while let Ok(msg) = req_rx.recv() {
-            if msg.first() == Some(&ECHO) && rep_tx.send(&msg).is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Raw System V message queues (libc)
-// ---------------------------------------------------------------------------
-
-#[allow(unsafe_code)]
-mod sysv_raw {
-    use std::io;
-
-    /// A new private queue.
-    pub fn create() -> io::Result<i32> {
-        // SAFETY: msgget takes no pointers.
-        let id = unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) };
-        if id < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(id)
-    }
-
-    /// Removes queue `id`.
-    pub fn remove(id: i32) {
-        // SAFETY: IPC_RMID ignores the buffer argument.
-        unsafe { libc::msgctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
-    }
-
-    /// Sends `data` with type `mtype`, building the msgbuf in `buf`.
-    pub fn send(id: i32, mtype: i64, data: &[u8], buf: &mut Vec<u8>) -> io::Result<()> {
-        buf.clear();
-        buf.extend_from_slice(&(mtype as libc::c_long).to_ne_bytes());
-        buf.extend_from_slice(data);
-        loop {
-            // SAFETY: `buf` holds a long then `data.len()` bytes of text.
-            let r = unsafe { libc::msgsnd(id, buf.as_ptr().cast(), data.len(), 0) };
-            if r == 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-
-    /// Receives a message of type `mtype` (at most `max` bytes) into `buf`; its length.
-    pub fn recv(id: i32, mtype: i64, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-        let head = std::mem::size_of::<libc::c_long>();
-        buf.resize(head + max, 0);
-        loop {
-            // SAFETY: `buf` has room for a long and `max` bytes of text.
-            let r = unsafe { libc::msgrcv(id, buf.as_mut_ptr().cast(), max, mtype as libc::c_long, 0) };
-            if r >= 0 {
-                return Ok(r as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-
-    /// The text of the message last received into `buf`.
-    pub fn text(buf: &[u8], len: usize) -> &[u8] {
-        let head = std::mem::size_of::<libc::c_long>();
-        &buf[head..head + len]
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Child ends
 // ---------------------------------------------------------------------------
 
-fn ready() -> Result<()> {
+/// Tells the parent this child is ready (one line on stdout).
+pub(crate) fn ready() -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready").context("stdout")?;
     out.flush().context("stdout")
@@ -1353,6 +1069,20 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
             let s = UnixStream::from(sock);
             ready()?;
             stream_echo(s.try_clone().context("dup")?, s, size)
+        }
+        "raw-seqpacket" => {
+            let sock: OwnedFd = spawn::inherited("sock").context("inherited socket")?;
+            ready()?;
+            let mut buf = vec![0u8; size];
+            loop {
+                let Ok(n) = packet_recv(&sock, &mut buf) else { return Ok(()) };
+                if n == 0 {
+                    return Ok(());
+                }
+                if buf[0] == ECHO && packet_send(&sock, &buf[..n]).is_err() {
+                    return Ok(());
+                }
+            }
         }
         "raw-tcp" => {
             let port: u16 = args.name.parse().context("port")?;
@@ -1534,6 +1264,9 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
             }
         }
         "ipckit-naming-stat" | "ipckit-naming-lookup" => {
+            // The server's thread inherits this process's CPU.
+            let _server = EmbeddedServer::start(&args.name, ServerConfig::default())
+                .context("starting the naming server")?;
             let client = NameClient::connect(&args.name).context("connecting to the naming server")?;
             let mut service = client.register(SERVICE, Policy::mode(0o600)).context("registering")?;
             ready()?;
@@ -1545,9 +1278,13 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
             }
         }
         #[cfg(feature = "peers")]
-        "peer-ipc-channel" => peers::child(&args.name),
+        "peer-ipc-channel" => super::peers::child(&args.name),
         #[cfg(feature = "peers")]
-        "peer-interprocess" => peers::interprocess_child(&args.name, size),
+        "peer-interprocess" => super::peers::interprocess_child(&args.name, size),
+        #[cfg(feature = "peers")]
+        "peer-iceoryx2-rr" => super::peers::iox2::request_response_child(&args.name, size),
+        #[cfg(feature = "peers")]
+        "peer-iceoryx2-pubsub" => super::peers::iox2::pubsub_child(&args.name, size),
         other => fail!("unknown bench mechanism {other:?}"),
     }
 }
@@ -1573,7 +1310,7 @@ fn wait_forever(word: &AtomicU32, want: u32, spin: bool) {
 }
 
 /// Reads fixed-size messages and echoes those tagged [`ECHO`], until end-of-file.
-fn stream_echo(mut rd: impl Read, mut wr: impl Write, size: usize) -> Result<()> {
+pub(crate) fn stream_echo(mut rd: impl Read, mut wr: impl Write, size: usize) -> Result<()> {
     let mut buf = vec![0u8; size];
     loop {
         if rd.read_exact(&mut buf).is_err() {

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use super::goals::{self, Verdict};
 use super::mechanisms::{Class, Mechanism};
 use super::stats::{Latency, Throughput};
 
@@ -200,8 +201,8 @@ pub fn record_json(r: &Record) -> serde_json::Value {
     })
 }
 
-/// results.json: the machine, the settings and every record.
-pub fn json(records: &[Record], machine: &str, duration: f64) -> serde_json::Value {
+/// results.json: the machine, the settings, every record and the goals' verdicts.
+pub fn json(records: &[Record], verdicts: &[Verdict], machine: &str, duration: f64) -> serde_json::Value {
     serde_json::json!({
         "tool": "ipckit bench",
         "version": env!("CARGO_PKG_VERSION"),
@@ -209,6 +210,8 @@ pub fn json(records: &[Record], machine: &str, duration: f64) -> serde_json::Val
         "duration_s": duration,
         "columns": COLUMNS,
         "results": records.iter().map(record_json).collect::<Vec<_>>(),
+        "verdict_columns": goals::COLUMNS,
+        "verdicts": verdicts.iter().map(goals::verdict_json).collect::<Vec<_>>(),
     })
 }
 
@@ -317,7 +320,7 @@ mod tests {
     #[test]
     fn json_parses_back_with_every_column() {
         let v = sample();
-        let text = json(&v, "test machine", 0.1).to_string();
+        let text = json(&v, &[], "test machine", 0.1).to_string();
         let back: serde_json::Value = serde_json::from_str(&text).unwrap();
         let results = back["results"].as_array().unwrap();
         assert_eq!(results.len(), v.len());

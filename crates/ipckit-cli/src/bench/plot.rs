@@ -8,12 +8,12 @@ use plotters::prelude::*;
 use super::output::Record;
 use crate::error::{Context, Result};
 
-/// The placement plotted: pinned when measured, else unpinned.
+/// The placement plotted: pinned (to different CPUs) when measured, else the first one.
 fn placement(records: &[Record]) -> &'static str {
-    if records.iter().any(|r| r.placement == "pinned") {
-        "pinned"
+    if records.iter().any(|r| r.placement == super::PINNED) {
+        super::PINNED
     } else {
-        "unpinned"
+        records.first().map_or(super::UNPINNED, |r| r.placement)
     }
 }
 

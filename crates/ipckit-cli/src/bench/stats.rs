@@ -70,6 +70,15 @@ impl Throughput {
     }
 }
 
+impl Throughput {
+    /// The window with the median message rate (the upper middle one of an
+    /// even count); `None` when there are none.
+    pub fn median_of(mut windows: Vec<Throughput>) -> Option<Throughput> {
+        windows.sort_by(|a, b| a.msgs_per_s.total_cmp(&b.msgs_per_s));
+        windows.get(windows.len() / 2).copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +112,15 @@ mod tests {
         assert_eq!(l.p999, 5.0);
         assert_eq!(l.samples, 5);
         assert!(Latency::from_samples(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn median_window() {
+        let w = |m| Throughput::new(m, 8, 1.0);
+        let t = Throughput::median_of(vec![w(900), w(10), w(1000), w(950), w(20)]).unwrap();
+        assert_eq!(t.messages, 900);
+        assert_eq!(Throughput::median_of(vec![w(5), w(7)]).unwrap().messages, 7);
+        assert!(Throughput::median_of(Vec::new()).is_none());
     }
 
     #[test]
