@@ -260,7 +260,7 @@ fn quick_run(filter: &str, extra: &[&str]) -> serde_json::Value {
 #[test]
 fn quick_signal_run_measures_ipckit_and_raw_signals() {
     let results = quick_results("signal", &[]);
-    for m in ["ipckit-signal", "raw-signal"] {
+    for m in ["ipckit-signal", "ipckit-signal-blocked", "raw-signal"] {
         assert!(results.iter().any(|r| r["mechanism"] == m), "no {m} row: {results:?}");
     }
 }

@@ -148,6 +148,7 @@ pub const GOALS: &[Goal] = &[
     goal("transport-vs-raw", "ipckit-semaphore", "floor-futex", Metric::Latency, WITHIN_10),
     goal("transport-vs-raw", "ipckit-loan", "floor-futex", Metric::Latency, WITHIN_10),
     goal("transport-vs-raw", "ipckit-signal", "raw-signal", Metric::Latency, WITHIN_10),
+    goal("transport-vs-raw", "ipckit-signal-blocked", "raw-signal", Metric::Latency, WITHIN_10),
     goal(
         "typed-queue-vs-sysv",
         "ipckit-typed-queue",

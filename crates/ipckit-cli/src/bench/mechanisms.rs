@@ -151,6 +151,14 @@ pub const ALL: &[Mechanism] = &[
         "ipckit Signals + signal::send: SIGUSR1 there, SIGUSR2 back",
     ),
     m(
+        "ipckit-signal-blocked",
+        Class::Blocking,
+        8,
+        true,
+        false,
+        "ipckit Signals after signal::block (the direct sigtimedwait path), USR1/USR2",
+    ),
+    m(
         "ipckit-naming-stat",
         Class::Blocking,
         8,
@@ -395,7 +403,7 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             let q = MessageQueue::create(&name, config).context("creating the queue")?;
             let n = name.clone();
             cleanup.push(Box::new(move || drop(MessageQueue::remove_name(&n))));
-            Some(Box::new(TypedQueue { q, size }))
+            Some(Box::new(TypedQueue { q, buf: vec![0; size] }))
         }
         "raw-sysv-msgq" => {
             let id = sysv_raw::create().context("msgget")?;
@@ -464,9 +472,15 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             }));
             Some(Box::new(PosixMq { to, from, buf: vec![0; size] }))
         }
-        "ipckit-signal" => {
+        "ipckit-signal" | "ipckit-signal-blocked" => {
+            let blocked = mech.name == "ipckit-signal-blocked";
+            if blocked {
+                // As an application would, first thing: the bench runs no other thread here.
+                ipckit::signal::block(&[SIGUSR2]).context("signal::block")?;
+            }
             let signals = Signals::new(&[SIGUSR2]).context("catching SIGUSR2")?;
-            pending = Some(Box::new(move |pid| Ok(Box::new(IpcSignal { pid, signals }) as Box<dyn Link>)));
+            pending =
+                Some(Box::new(move |pid| Ok(Box::new(IpcSignal { pid, signals, blocked }) as Box<dyn Link>)));
             None
         }
         "raw-signal" => {
@@ -764,15 +778,16 @@ impl Link for Ring {
 
 struct TypedQueue {
     q: MessageQueue,
-    size: usize,
+    buf: Vec<u8>,
 }
 
 impl Link for TypedQueue {
     fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
         self.send(msg)?;
-        let (_, reply) = self.q.recv_timeout(Select::of(2), self.size, IO_TIMEOUT).context("queue recv")?;
-        if reply.len() != msg.len() {
-            fail!("reply of {} bytes, not {}", reply.len(), msg.len());
+        let (_, n) =
+            self.q.recv_into_timeout(Select::of(2), &mut self.buf, IO_TIMEOUT).context("queue recv")?;
+        if n != msg.len() {
+            fail!("reply of {n} bytes, not {}", msg.len());
         }
         Ok(())
     }
@@ -919,6 +934,16 @@ impl Drop for PosixMq {
 struct IpcSignal {
     pid: u32,
     signals: Signals,
+    /// SIGUSR2 was blocked with `signal::block` for this row: unblocked on drop.
+    blocked: bool,
+}
+
+impl Drop for IpcSignal {
+    fn drop(&mut self) {
+        if self.blocked {
+            let _ = ipckit::signal::unblock(&[SIGUSR2]);
+        }
+    }
 }
 
 impl Link for IpcSignal {
@@ -1029,6 +1054,10 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
         // First, before any thread exists: every later thread inherits it.
         raw_sig::block(SIGUSR1).context("blocking SIGUSR1")?;
     }
+    if args.mechanism == "ipckit-signal-blocked" {
+        // The same, through ipckit: its receiver then takes SIGUSR1 directly.
+        ipckit::signal::block(&[SIGUSR1]).context("signal::block")?;
+    }
     // A child never outlives the bench.
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
         .context("PR_SET_PDEATHSIG")?;
@@ -1136,10 +1165,11 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
             let q = MessageQueue::open(&args.name, ipckit::perm::Access::ReadWrite)
                 .context("opening the queue")?;
             ready()?;
+            let mut buf = vec![0u8; size];
             loop {
-                let Ok((_, msg)) = q.recv(Select::of(1), size) else { continue };
-                if msg.first() == Some(&ECHO) {
-                    let _ = q.send(2, &msg);
+                let Ok((_, n)) = q.recv_into(Select::of(1), &mut buf) else { continue };
+                if buf[..n].first() == Some(&ECHO) {
+                    let _ = q.send(2, &buf[..n]);
                 }
             }
         }
@@ -1218,7 +1248,7 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
                 }
             }
         }
-        "ipckit-signal" => {
+        "ipckit-signal" | "ipckit-signal-blocked" => {
             let mut signals = Signals::new(&[SIGUSR1]).context("catching SIGUSR1")?;
             let parent = std::os::unix::process::parent_id();
             ready()?;
