@@ -724,7 +724,7 @@ fn random_bytes_over_a_live_ring() {
 mod model {
     use std::sync::atomic::Ordering;
 
-    use ipckit::shm::ring::{pop, push, Pop, Push, RingMem, Word32, Word64};
+    use ipckit::shm::ring::{pop, push, spsc_pop, spsc_push, Cursor, Pop, Push, RingMem, Word32, Word64};
     use loom::sync::atomic::{AtomicU32, AtomicU64};
     use loom::sync::Arc;
 
@@ -834,6 +834,17 @@ mod model {
         }
     }
 
+    /// The SPSC producer: the Lamport ring with its private cursor.
+    pub fn spsc_send(r: &LoomRing, c: &mut Cursor, v: u64) {
+        loop {
+            match spsc_push(r, c, &v.to_le_bytes()) {
+                Push::Sent => return,
+                Push::Full | Push::Busy => loom::thread::yield_now(),
+                Push::Corrupt(why) => panic!("corrupt: {why}"),
+            }
+        }
+    }
+
     pub fn recv(r: &LoomRing, pid: u32) -> u64 {
         let mut out = Vec::new();
         loop {
@@ -845,13 +856,50 @@ mod model {
         }
     }
 
-    pub fn two_producers_one_consumer(spsc: bool) {
+    pub fn spsc_recv(r: &LoomRing, c: &mut Cursor) -> u64 {
+        let mut out = Vec::new();
+        loop {
+            match spsc_pop(r, c, &mut out) {
+                Pop::Got => return u64::from_le_bytes(out[..].try_into().unwrap()),
+                Pop::Empty | Pop::Busy => loom::thread::yield_now(),
+                other => panic!("pop: {other:?}"),
+            }
+        }
+    }
+
+    /// The SPSC Lamport ring: one producer sends five messages through a
+    /// two-slot ring (two and a half laps) to one consumer; every one
+    /// arrives once, in order, with the data written (the payloads are
+    /// relaxed atomics, so only the head/tail Release/Acquire pairs order
+    /// them), and the cached counters never let a side overrun the other.
+    pub fn spsc_lamport() {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(bound(3));
+        b.max_branches = 100_000;
+        b.check(move || {
+            let r = Arc::new(LoomRing::new(2, true));
+            let r2 = r.clone();
+            let mut pc = Cursor::producer(&*r).unwrap();
+            let mut cc = Cursor::consumer(&*r).unwrap();
+            let p = loom::thread::spawn(move || {
+                for v in 1..=5u64 {
+                    spsc_send(&r2, &mut pc, v);
+                }
+            });
+            for v in 1..=5u64 {
+                assert_eq!(spsc_recv(&r, &mut cc), v);
+            }
+            p.join().unwrap();
+        });
+    }
+
+    pub fn two_producers_one_consumer() {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(bound(1));
         b.max_branches = 100_000;
         b.check(move || {
-            let r = Arc::new(LoomRing::new(2, spsc));
-            let producers: Vec<_> = if spsc { vec![11u64] } else { vec![11u64, 22] }
+            let r = Arc::new(LoomRing::new(2, false));
+            let producers: Vec<_> = [11u64, 22]
                 .into_iter()
                 .enumerate()
                 .map(|(k, v)| {
@@ -859,26 +907,23 @@ mod model {
                     loom::thread::spawn(move || send(&r, 100 + k as u32, v))
                 })
                 .collect();
-            let mut got = vec![recv(&r, 200)];
-            if !spsc {
-                got.push(recv(&r, 200));
-            }
+            let mut got = vec![recv(&r, 200), recv(&r, 200)];
             for p in producers {
                 p.join().unwrap();
             }
             got.sort_unstable();
-            assert_eq!(got, if spsc { vec![11] } else { vec![11, 22] });
+            assert_eq!(got, vec![11, 22]);
         });
     }
 
     /// More than a lap: one producer sends three messages through a
-    /// two-slot ring to one consumer (slot reuse: release then reclaim).
-    pub fn wraparound(spsc: bool) {
+    /// two-slot MPMC ring to one consumer (slot reuse: release then reclaim).
+    pub fn wraparound() {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(bound(3));
         b.max_branches = 100_000;
         b.check(move || {
-            let r = Arc::new(LoomRing::new(2, spsc));
+            let r = Arc::new(LoomRing::new(2, false));
             let r2 = r.clone();
             let p = loom::thread::spawn(move || {
                 for v in 1..=3u64 {
@@ -895,18 +940,17 @@ mod model {
 
 #[test]
 fn loom_mpmc_two_producers_one_consumer() {
-    model::two_producers_one_consumer(false);
+    model::two_producers_one_consumer();
 }
 
 #[test]
-fn loom_spsc_one_producer_one_consumer() {
-    model::two_producers_one_consumer(true);
+fn loom_spsc_lamport_ring() {
+    model::spsc_lamport();
 }
 
 #[test]
 fn loom_wraparound() {
-    model::wraparound(false);
-    model::wraparound(true);
+    model::wraparound();
 }
 
 // ---------------------------------------------------------------- typed messages

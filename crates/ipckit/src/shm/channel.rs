@@ -65,7 +65,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::ring::{self, Pop, Push, RingMem};
+use super::ring::{self, Cursor, Pop, Push, RingMem};
 use super::segment::{Segment, SegmentKind, HEADER_LEN};
 use super::wait::{wait_event, Attempt, Event};
 pub use super::wait::{WaitMode, LIVENESS_CHECK};
@@ -86,6 +86,13 @@ const NOT_EMPTY: usize = U + 36;
 const NOT_EMPTY_WAITERS: usize = U + 40;
 const NOT_FULL: usize = U + 44;
 const NOT_FULL_WAITERS: usize = U + 48;
+/// Rendezvous: how many receivers are waiting in `recv` right now.
+const RECEIVING: usize = U + 52;
+/// How many ends of each side may sleep (not [`WaitMode::Spin`]): a side
+/// with none asleep-capable is never woken, so its peer skips the fence.
+const SLEEPY: [usize; 2] = [U + 56, U + 60];
+/// Rendezvous: the next offer's ticket (the ring's head counter is unused).
+const TICKET: usize = U + 64;
 const HEAD: usize = U + 64;
 const TAIL: usize = U + 128;
 const TABLE: [usize; 2] = [U + 192, U + 448];
@@ -95,8 +102,10 @@ const SLOT_HEADER: usize = 16;
 /// The most slots a channel may have.
 pub const MAX_SLOTS: usize = 1 << 24;
 
-const PRODUCERS: usize = 0;
-const CONSUMERS: usize = 1;
+pub(super) const PRODUCERS: usize = 0;
+pub(super) const CONSUMERS: usize = 1;
+/// The flavour word of a rendezvous channel.
+const FLAVOR_RENDEZVOUS: u32 = 2;
 
 /// Which protocol a channel's ends follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -150,15 +159,26 @@ fn align64(n: usize) -> usize {
     n.div_ceil(64) * 64
 }
 
+/// Bytes before a slot's data.
+fn slot_header(rendezvous: bool) -> usize {
+    if rendezvous {
+        super::rendezvous::OFFER_HEADER
+    } else {
+        SLOT_HEADER
+    }
+}
+
 /// The mapped ring, its shape validated once at create/open and then kept
 /// here (never re-read from the segment).
-struct Ring {
+pub(super) struct Ring {
     seg: Segment,
-    map: Arc<Mapping>,
-    slots: u64,
-    max: usize,
+    pub(super) map: Arc<Mapping>,
+    /// Ring slots, or offer slots of a rendezvous channel.
+    pub(super) slots: u64,
+    pub(super) max: usize,
     slot_size: usize,
     spsc: bool,
+    rendezvous: bool,
 }
 
 impl fmt::Debug for Ring {
@@ -182,16 +202,46 @@ impl Ring {
         self.map.u64_at(off).expect("fixed header offset inside the validated mapping")
     }
 
-    fn slot(&self, i: usize) -> usize {
+    pub(super) fn slot(&self, i: usize) -> usize {
         SLOTS + i * self.slot_size
     }
 
-    fn not_empty(&self) -> Event<'_> {
-        Event { word: self.w32(NOT_EMPTY), waiters: self.w32(NOT_EMPTY_WAITERS) }
+    /// What receivers wait for (woken by senders).
+    pub(super) fn not_empty(&self) -> Event<'_> {
+        Event {
+            word: self.w32(NOT_EMPTY),
+            waiters: self.w32(NOT_EMPTY_WAITERS),
+            sleepy: self.w32(SLEEPY[CONSUMERS]),
+        }
     }
 
-    fn not_full(&self) -> Event<'_> {
-        Event { word: self.w32(NOT_FULL), waiters: self.w32(NOT_FULL_WAITERS) }
+    /// What senders wait for (woken by receivers).
+    pub(super) fn not_full(&self) -> Event<'_> {
+        Event {
+            word: self.w32(NOT_FULL),
+            waiters: self.w32(NOT_FULL_WAITERS),
+            sleepy: self.w32(SLEEPY[PRODUCERS]),
+        }
+    }
+
+    /// Rendezvous: receivers waiting in `recv` now.
+    pub(super) fn receiving(&self) -> &AtomicU32 {
+        self.w32(RECEIVING)
+    }
+
+    /// Rendezvous: the ticket counter.
+    pub(super) fn ticket(&self) -> &AtomicU64 {
+        self.w64(TICKET)
+    }
+
+    /// Counts one more (`+1`) or one fewer (`-1`) end of `side` that may sleep.
+    fn sleepy(&self, side: usize, delta: i32) {
+        let c = self.w32(SLEEPY[side]);
+        if delta > 0 {
+            c.fetch_add(1, Ordering::SeqCst);
+        } else {
+            let _ = c.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| Some(v.saturating_sub(1)));
+        }
     }
 
     fn entry(&self, side: usize, k: usize) -> &AtomicU64 {
@@ -268,10 +318,19 @@ impl Ring {
         }
     }
 
+    /// An SPSC end's cursor (`None` for the other flavours).
+    fn cursor(&self, side: usize) -> Result<Option<Cursor>> {
+        if !self.spsc {
+            return Ok(None);
+        }
+        let c = if side == PRODUCERS { Cursor::producer(self) } else { Cursor::consumer(self) };
+        c.map(Some).map_err(|why| Error::Corrupted(format!("channel {:?}: {why}", self.seg.name())))
+    }
+
     /// Whether every process that attached to `side` is gone. Cheap (one
     /// load) unless `scan`, which also checks each recorded pid is alive
     /// and forgets the dead ones.
-    fn gone(&self, side: usize, scan: bool) -> bool {
+    pub(super) fn gone(&self, side: usize, scan: bool) -> bool {
         if self.w32(HAD[side]).load(Ordering::Acquire) == 0 {
             return false;
         }
@@ -341,7 +400,7 @@ impl RingMem for Ring {
     }
 }
 
-fn corrupt(why: &str) -> Fault {
+pub(super) fn corrupt(why: &str) -> Fault {
     Fault::Io(std::io::Error::new(
         std::io::ErrorKind::InvalidData,
         format!("corrupted shared-memory channel: {why}"),
@@ -378,7 +437,12 @@ impl ShmChannel {
     /// As [`Segment::create`]; [`Error::InvalidName`] when the slot count is
     /// over [`MAX_SLOTS`] or the maximum message over 1 GiB.
     pub fn create(name: &str, config: &Config) -> Result<ShmChannel> {
-        let slots = config.slots.max(2).checked_next_power_of_two().unwrap_or(usize::MAX);
+        let rendezvous = config.slots == 0;
+        let slots = if rendezvous {
+            super::rendezvous::OFFERS
+        } else {
+            config.slots.max(2).checked_next_power_of_two().unwrap_or(usize::MAX)
+        };
         let max = config.max_message.max(1);
         if slots > MAX_SLOTS || max > 1 << 30 {
             return Err(Error::InvalidName {
@@ -386,7 +450,7 @@ impl ShmChannel {
                 why: "a channel has at most 2^24 slots of at most 1 GiB",
             });
         }
-        let slot_size = align64(SLOT_HEADER + max);
+        let slot_size = align64(slot_header(rendezvous) + max);
         let size = slots
             .checked_mul(slot_size)
             .and_then(|s| s.checked_add(SLOTS - U))
@@ -394,14 +458,17 @@ impl ShmChannel {
             .ok_or(Error::InvalidName { name: name.to_owned(), why: "the ring would exceed 1 TiB" })?;
         let seg = Segment::create_kind(name, size, config.mode, SegmentKind::Ring)?;
         let map = seg.mapping().clone();
-        let ring =
-            Ring { seg, map, slots: slots as u64, max, slot_size, spsc: config.flavor == Flavor::Spsc };
+        let spsc = !rendezvous && config.flavor == Flavor::Spsc;
+        let ring = Ring { seg, map, slots: slots as u64, max, slot_size, spsc, rendezvous };
+        let flavor = if rendezvous { FLAVOR_RENDEZVOUS } else { u32::from(spsc) };
         ring.w32(CFG_SLOTS).store(slots as u32, Ordering::Relaxed);
         ring.w32(CFG_MAX).store(max as u32, Ordering::Relaxed);
         ring.w32(CFG_SLOT_SIZE).store(slot_size as u32, Ordering::Relaxed);
-        ring.w32(CFG_FLAVOR).store(ring.spsc as u32, Ordering::Relaxed);
-        for i in 0..slots {
-            ring.seq(i).store(i as u64, Ordering::Relaxed);
+        ring.w32(CFG_FLAVOR).store(flavor, Ordering::Relaxed);
+        if !rendezvous {
+            for i in 0..slots {
+                ring.seq(i).store(i as u64, Ordering::Relaxed);
+            }
         }
         ring.w32(CFG_READY).store(1, Ordering::Release);
         Ok(ShmChannel { ring: Arc::new(ring) })
@@ -438,17 +505,18 @@ impl ShmChannel {
         if !slots.is_power_of_two() || !(2..=MAX_SLOTS).contains(&slots) {
             return Err(bad(format!("{slots} slots is not a power of two from 2 to 2^24")));
         }
-        if max == 0 || max > 1 << 30 || slot_size != align64(SLOT_HEADER + max) {
-            return Err(bad(format!("slot size {slot_size} does not fit messages of {max} bytes")));
-        }
-        if flavor > 1 {
+        if flavor > FLAVOR_RENDEZVOUS {
             return Err(bad(format!("unknown flavour {flavor}")));
+        }
+        let rendezvous = flavor == FLAVOR_RENDEZVOUS;
+        if max == 0 || max > 1 << 30 || slot_size != align64(slot_header(rendezvous) + max) {
+            return Err(bad(format!("slot size {slot_size} does not fit messages of {max} bytes")));
         }
         match slots.checked_mul(slot_size).and_then(|s| s.checked_add(SLOTS)) {
             Some(end) if end <= map.len() => {}
             _ => return Err(bad(format!("{slots} slots of {slot_size} bytes do not fit the segment"))),
         }
-        let ring = Ring { seg, map, slots: slots as u64, max, slot_size, spsc: flavor == 1 };
+        let ring = Ring { seg, map, slots: slots as u64, max, slot_size, spsc: flavor == 1, rendezvous };
         Ok(ShmChannel { ring: Arc::new(ring) })
     }
 
@@ -480,8 +548,11 @@ impl ShmChannel {
     /// [`Error::AlreadyExists`] for an SPSC channel that has a live
     /// producer; [`Error::Unsupported`] when 32 processes already produce.
     pub fn sender(&self) -> Result<ShmSender> {
+        let cursor = self.ring.cursor(PRODUCERS)?;
         self.ring.attach(PRODUCERS)?;
-        Ok(ShmSender { ring: self.ring.clone(), mode: WaitMode::default(), last_check: Instant::now() })
+        let mode = WaitMode::default();
+        self.ring.sleepy(PRODUCERS, 1);
+        Ok(ShmSender { ring: self.ring.clone(), mode, last_check: Instant::now(), cursor })
     }
 
     /// A new receiving end, attached as a consumer of this process.
@@ -490,18 +561,30 @@ impl ShmChannel {
     ///
     /// As [`ShmChannel::sender`], for consumers.
     pub fn receiver(&self) -> Result<ShmReceiver> {
+        let cursor = self.ring.cursor(CONSUMERS)?;
         self.ring.attach(CONSUMERS)?;
+        self.ring.sleepy(CONSUMERS, 1);
         Ok(ShmReceiver {
             ring: self.ring.clone(),
             mode: WaitMode::default(),
             last_check: Instant::now(),
             buf: Vec::new(),
+            cursor,
         })
     }
 
-    /// How many messages the ring holds.
+    /// How many messages the ring holds: 0 for a rendezvous channel.
     pub fn capacity(&self) -> usize {
-        self.ring.slots as usize
+        if self.ring.rendezvous {
+            0
+        } else {
+            self.ring.slots as usize
+        }
+    }
+
+    /// Whether this is a rendezvous (capacity 0) channel.
+    pub fn is_rendezvous(&self) -> bool {
+        self.ring.rendezvous
     }
 
     /// The largest message, in bytes.
@@ -518,8 +601,12 @@ impl ShmChannel {
         }
     }
 
-    /// About how many messages are queued (a snapshot; never over the capacity).
+    /// About how many messages are queued (a snapshot; never over the
+    /// capacity; for a rendezvous channel, how many senders are offering).
     pub fn len(&self) -> usize {
+        if self.ring.rendezvous {
+            return super::rendezvous::offered(&self.ring);
+        }
         let head = self.ring.head().load(Ordering::Acquire);
         let tail = self.ring.tail().load(Ordering::Acquire);
         (tail.saturating_sub(head) as usize).min(self.capacity())
@@ -564,12 +651,24 @@ pub struct ShmSender {
     ring: Arc<Ring>,
     mode: WaitMode,
     last_check: Instant,
+    /// SPSC: this producer's position and cached `head`.
+    cursor: Option<Cursor>,
+}
+
+/// Keeps a side's count of ends that may sleep right when `from` becomes `to`.
+fn switch_mode(ring: &Ring, side: usize, from: WaitMode, to: WaitMode) {
+    match (from == WaitMode::Spin, to == WaitMode::Spin) {
+        (true, false) => ring.sleepy(side, 1),
+        (false, true) => ring.sleepy(side, -1),
+        _ => {}
+    }
 }
 
 impl ShmSender {
-    /// Sets how this end waits while the ring is full (default: spin then block).
+    /// Sets how this end waits while the ring is full, or for a rendezvous
+    /// channel until a receiver takes the message (default: spin then block).
     pub fn with_wait(mut self, mode: WaitMode) -> Self {
-        self.mode = mode;
+        self.set_wait(mode);
         self
     }
 
@@ -579,6 +678,7 @@ impl ShmSender {
     }
 
     pub(super) fn set_wait(&mut self, mode: WaitMode) {
+        switch_mode(&self.ring, PRODUCERS, self.mode, mode);
         self.mode = mode;
     }
 
@@ -623,9 +723,17 @@ impl ShmSender {
         if ring.gone(CONSUMERS, false) {
             return Err(Fault::Disconnected);
         }
+        if ring.rendezvous {
+            return super::rendezvous::send(ring, data, self.mode, deadline);
+        }
         let me = sys::pid();
+        let cursor = &mut self.cursor;
         wait_event(ring.not_full(), self.mode, deadline, &mut self.last_check, |check| {
-            match ring::push(ring, me, data, check) {
+            let pushed = match cursor {
+                Some(c) => ring::spsc_push(ring, c, data),
+                None => ring::push(ring, me, data, check),
+            };
+            match pushed {
                 Push::Sent => {
                     ring.not_empty().notify();
                     Attempt::Ready(Ok(()))
@@ -641,6 +749,9 @@ impl ShmSender {
 
 impl Drop for ShmSender {
     fn drop(&mut self) {
+        if self.mode != WaitMode::Spin {
+            self.ring.sleepy(PRODUCERS, -1);
+        }
         self.ring.detach(PRODUCERS);
         // Receivers asleep on an empty ring re-check whether anyone is left.
         self.ring.not_empty().notify_all();
@@ -655,12 +766,14 @@ pub struct ShmReceiver {
     mode: WaitMode,
     last_check: Instant,
     buf: Vec<u8>,
+    /// SPSC: this consumer's position and cached `tail`.
+    cursor: Option<Cursor>,
 }
 
 impl ShmReceiver {
     /// Sets how this end waits while the ring is empty (default: spin then block).
     pub fn with_wait(mut self, mode: WaitMode) -> Self {
-        self.mode = mode;
+        self.set_wait(mode);
         self
     }
 
@@ -670,6 +783,7 @@ impl ShmReceiver {
     }
 
     pub(super) fn set_wait(&mut self, mode: WaitMode) {
+        switch_mode(&self.ring, CONSUMERS, self.mode, mode);
         self.mode = mode;
     }
 
@@ -704,7 +818,15 @@ impl ShmReceiver {
 
     pub(super) fn recv_vec(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> Result<(), Fault> {
         let ring = &*self.ring;
+        if ring.rendezvous {
+            return super::rendezvous::recv(ring, buf, self.mode, deadline, &mut self.last_check);
+        }
         let me = sys::pid();
+        let cursor = &mut self.cursor;
+        let mut pop = |buf: &mut Vec<u8>, repair: bool| match cursor {
+            Some(c) => ring::spsc_pop(ring, c, buf),
+            None => ring::pop(ring, me, buf, repair),
+        };
         wait_event(ring.not_empty(), self.mode, deadline, &mut self.last_check, |check| {
             let got = |r: Pop| match r {
                 Pop::Got => {
@@ -718,7 +840,7 @@ impl ShmReceiver {
                 Pop::Corrupt(why) => Some(Err(corrupt(why))),
                 Pop::Empty | Pop::Busy => None,
             };
-            let r = ring::pop(ring, me, buf, check);
+            let r = pop(buf, check);
             if let Some(done) = got(r) {
                 return Attempt::Ready(done);
             }
@@ -726,7 +848,7 @@ impl ShmReceiver {
             if ring.gone(PRODUCERS, check) {
                 // Whatever the last producer published before leaving is
                 // visible now; a slot a dead one left half-written is skipped.
-                let r = ring::pop(ring, me, buf, true);
+                let r = pop(buf, true);
                 return match got(r) {
                     Some(done) => Attempt::Ready(done),
                     None if r == Pop::Busy => Attempt::Busy,
@@ -744,6 +866,9 @@ impl ShmReceiver {
 
 impl Drop for ShmReceiver {
     fn drop(&mut self) {
+        if self.mode != WaitMode::Spin {
+            self.ring.sleepy(CONSUMERS, -1);
+        }
         self.ring.detach(CONSUMERS);
         self.ring.not_full().notify_all();
     }

@@ -30,6 +30,7 @@
 pub mod channel;
 mod pool;
 pub mod pubsub;
+mod rendezvous;
 #[doc(hidden)]
 pub mod ring;
 pub mod ring_rpc;

@@ -29,9 +29,13 @@
 //! `pos` only under the claim of slot `pos % N`, so the claim word is also
 //! what tells a survivor who was in the middle of what.
 //!
-//! **SPSC.** The same slots, no claim words and no CAS: the single producer
-//! writes, publishes `seq`, then stores `tail`; the single consumer reads,
-//! releases `seq`, then stores `head`.
+//! **SPSC** ([`spsc_push`]/[`spsc_pop`]): a Lamport ring. No sequence or
+//! claim words and no CAS: the single producer writes the data and the
+//! length, then stores `tail` (Release); the single consumer reads them,
+//! then stores `head` (Release). Each end keeps a [`Cursor`]: its own
+//! position, and a cached copy of the other end's counter that it re-reads
+//! only when the cache says full (producer) or empty (consumer), so the
+//! counters' cache lines move once per batch, not once per message.
 //!
 //! # What a death leaves behind, and who repairs it
 //!
@@ -46,9 +50,12 @@
 //! | producer after publishing, before releasing `claim` | published | consumer takes the claim over and reads it | delivered once |
 //! | consumer before `head` moved | published, claim = dead pid | next consumer takes over, reads it | delivered once |
 //! | consumer between moving `head` and releasing `seq` (two instructions) | `seq == pos + 1 - N`-style, `head > pos` | producer frees the slot | **lost** (it was taken, never returned) |
-//! | SPSC producer between `seq` and `tail` | `seq == pos + 1`, `tail == pos` | the next producer moves `tail` | delivered once |
-//! | SPSC consumer between `seq` and `head` | `seq == pos + N`, `head == pos` | the next consumer moves `head` | delivered once |
-//! | SPSC consumer before releasing `seq` | published | the next consumer reads it | delivered once (recv had not returned) |
+//! | SPSC producer before storing `tail` | `tail == pos` | the next producer overwrites the slot | never sent |
+//! | SPSC consumer before storing `head` | `head == pos` | the next consumer reads it again | delivered once (recv had not returned) |
+//!
+//! In the SPSC ring the one store of `tail` (or `head`) commits an
+//! operation, so a death leaves nothing half-done to repair: the next end
+//! to attach starts from the counters as they are.
 //!
 //! A pid that is reused by a new process before the repair makes the dead
 //! holder look alive: the slot then waits until that process exits.
@@ -128,7 +135,9 @@ pub trait RingMem {
     type W32: Word32;
     /// `N`, a power of two (validated by the implementation).
     fn slots(&self) -> u64;
-    /// Whether this is the single-producer single-consumer protocol.
+    /// Whether this is the single-producer single-consumer protocol (then
+    /// only [`spsc_push`]/[`spsc_pop`] may be used on it; `seq` and `claim`
+    /// are unused).
     fn spsc(&self) -> bool;
     /// The consumers' counter.
     fn head(&self) -> &Self::W64;
@@ -197,7 +206,7 @@ fn drop_claim<M: RingMem>(m: &M, i: usize) {
 }
 
 /// Sends `data` (`data.len() <= m.max()`, checked by the caller) as
-/// process `me`; never waits. `skipped` counts slots freed from dead consumers.
+/// process `me` into an MPMC ring; never waits. `skipped` counts slots freed from dead consumers.
 pub fn push<M: RingMem>(m: &M, me: u32, data: &[u8], repair: bool) -> Push {
     let n = m.slots();
     let mask = n - 1;
@@ -210,11 +219,6 @@ pub fn push<M: RingMem>(m: &M, me: u32, data: &[u8], repair: bool) -> Push {
             if m.tail().load(Acquire) != pos {
                 continue; // another producer got there first
             }
-            if m.spsc() && (seq == pos.wrapping_add(1) || seq == pos.wrapping_add(n)) {
-                // The last producer published but died before moving `tail`.
-                m.tail().store(pos.wrapping_add(1), Release);
-                continue;
-            }
             return Push::Corrupt("slot sequence ahead of the tail");
         }
         if d < 0 {
@@ -223,7 +227,7 @@ pub fn push<M: RingMem>(m: &M, me: u32, data: &[u8], repair: bool) -> Push {
                 // The slot still holds the previous lap's message (or its
                 // producer is still writing it): full, unless its consumer
                 // took it and died before releasing it.
-                if repair && seq == prev.wrapping_add(1) && !m.spsc() && free_taken(m, i, me, prev) {
+                if repair && seq == prev.wrapping_add(1) && free_taken(m, i, me, prev) {
                     continue;
                 }
                 return Push::Full;
@@ -232,13 +236,6 @@ pub fn push<M: RingMem>(m: &M, me: u32, data: &[u8], repair: bool) -> Push {
                 continue;
             }
             return Push::Corrupt("slot sequence behind the tail by more than a lap");
-        }
-        if m.spsc() {
-            m.write(i, data);
-            m.len(i).store(data.len() as u32, Relaxed);
-            m.seq(i).store(pos.wrapping_add(1), Release);
-            m.tail().store(pos.wrapping_add(1), Release);
-            return Push::Sent;
         }
         if !take_claim(m, i, me, repair) {
             return Push::Busy;
@@ -282,7 +279,7 @@ fn free_taken<M: RingMem>(m: &M, i: usize, me: u32, prev: u64) -> bool {
     freed
 }
 
-/// Receives into `out` as process `me`; never waits. Slots whose producer
+/// Receives into `out` as process `me` from an MPMC ring; never waits. Slots whose producer
 /// died before publishing are skipped when `repair`.
 pub fn pop<M: RingMem>(m: &M, me: u32, out: &mut Vec<u8>, repair: bool) -> Pop {
     let n = m.slots();
@@ -294,12 +291,6 @@ pub fn pop<M: RingMem>(m: &M, me: u32, out: &mut Vec<u8>, repair: bool) -> Pop {
         let next = pos.wrapping_add(1);
         let d = seq.wrapping_sub(next) as i64;
         if d == 0 {
-            if m.spsc() {
-                let r = take(m, i, out);
-                m.seq(i).store(pos.wrapping_add(n), Release);
-                m.head().store(next, Release);
-                return r;
-            }
             if !take_claim(m, i, me, repair) {
                 return Pop::Busy;
             }
@@ -324,7 +315,7 @@ pub fn pop<M: RingMem>(m: &M, me: u32, out: &mut Vec<u8>, repair: bool) -> Pop {
                 }
                 return Pop::Corrupt("slot sequence behind the head by more than a lap");
             }
-            if prev_lap || m.spsc() {
+            if prev_lap {
                 // The previous lap's consumer is still releasing it (then the
                 // ring is empty), or nothing was published here yet.
                 return Pop::Empty;
@@ -364,11 +355,6 @@ pub fn pop<M: RingMem>(m: &M, me: u32, out: &mut Vec<u8>, repair: bool) -> Pop {
         if m.head().load(Acquire) != pos {
             continue;
         }
-        if m.spsc() && (seq == pos.wrapping_add(n) || seq == pos.wrapping_add(n).wrapping_add(1)) {
-            // The last consumer released the slot but died before moving `head`.
-            m.head().store(next, Release);
-            continue;
-        }
         return Pop::Corrupt("slot sequence ahead of the head");
     }
     Pop::Busy
@@ -385,4 +371,88 @@ fn take<M: RingMem>(m: &M, i: usize, out: &mut Vec<u8>) -> Pop {
     out.resize(len, 0);
     m.read(i, out);
     Pop::Got
+}
+
+/// One end's private view of an SPSC ring: its own position and its cached
+/// copy of the other end's counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    mine: u64,
+    other: u64,
+}
+
+impl Cursor {
+    /// The producer's cursor, starting at `tail` as it is.
+    ///
+    /// # Errors
+    ///
+    /// When `head` and `tail` are not at most a lap apart.
+    pub fn producer<M: RingMem>(m: &M) -> Result<Cursor, &'static str> {
+        let tail = m.tail().load(Acquire);
+        let head = m.head().load(Acquire);
+        if tail.wrapping_sub(head) > m.slots() {
+            return Err("tail not within a lap ahead of head");
+        }
+        Ok(Cursor { mine: tail, other: head })
+    }
+
+    /// The consumer's cursor, starting at `head` as it is.
+    ///
+    /// # Errors
+    ///
+    /// As [`Cursor::producer`].
+    pub fn consumer<M: RingMem>(m: &M) -> Result<Cursor, &'static str> {
+        let head = m.head().load(Acquire);
+        let tail = m.tail().load(Acquire);
+        if tail.wrapping_sub(head) > m.slots() {
+            return Err("tail not within a lap ahead of head");
+        }
+        Ok(Cursor { mine: head, other: tail })
+    }
+}
+
+/// Sends `data` (`data.len() <= m.max()`, checked by the caller) into an
+/// SPSC ring as its only producer; never waits. Reads `head` only when
+/// the cursor's copy says the ring is full.
+pub fn spsc_push<M: RingMem>(m: &M, c: &mut Cursor, data: &[u8]) -> Push {
+    let n = m.slots();
+    if c.mine.wrapping_sub(c.other) >= n {
+        let head = m.head().load(Acquire);
+        let used = c.mine.wrapping_sub(head);
+        if used > n {
+            return Push::Corrupt("head ahead of the tail or more than a lap behind it");
+        }
+        c.other = head;
+        if used == n {
+            return Push::Full;
+        }
+    }
+    let i = (c.mine & (n - 1)) as usize;
+    m.write(i, data);
+    m.len(i).store(data.len() as u32, Relaxed);
+    c.mine = c.mine.wrapping_add(1);
+    m.tail().store(c.mine, Release);
+    Push::Sent
+}
+
+/// Receives into `out` from an SPSC ring as its only consumer; never
+/// waits. Reads `tail` only when the cursor's copy says the ring is empty.
+pub fn spsc_pop<M: RingMem>(m: &M, c: &mut Cursor, out: &mut Vec<u8>) -> Pop {
+    let n = m.slots();
+    if c.mine == c.other {
+        let tail = m.tail().load(Acquire);
+        let avail = tail.wrapping_sub(c.mine);
+        if avail > n {
+            return Pop::Corrupt("tail behind the head or more than a lap ahead of it");
+        }
+        c.other = tail;
+        if avail == 0 {
+            return Pop::Empty;
+        }
+    }
+    let i = (c.mine & (n - 1)) as usize;
+    let r = take(m, i, out);
+    c.mine = c.mine.wrapping_add(1);
+    m.head().store(c.mine, Release);
+    r
 }

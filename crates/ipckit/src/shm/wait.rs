@@ -135,17 +135,30 @@ pub(crate) fn wait_for(
 }
 
 /// A condition another side can wait for: a futex word the notifier bumps,
-/// and the number of sleepers.
+/// the number of sleepers, and the number of waiting parties that may
+/// sleep at all (not [`WaitMode::Spin`]).
 #[derive(Clone, Copy)]
 pub(crate) struct Event<'a> {
     pub(crate) word: &'a AtomicU32,
     pub(crate) waiters: &'a AtomicU32,
+    pub(crate) sleepy: &'a AtomicU32,
 }
 
 impl Event<'_> {
     /// Wakes every sleeper, if there is any. Call after making the
-    /// condition true; with no sleeper this is a fence and a load.
+    /// condition true. When no party of the waiting side may sleep (all
+    /// are [`WaitMode::Spin`]) this is one load of a read-mostly word;
+    /// otherwise a fence and a load, and a system call only when somebody
+    /// sleeps.
+    ///
+    /// The `sleepy` count is read without a fence: a party that switches
+    /// from `Spin` to a sleeping mode announces itself first, but a notify
+    /// racing with that switch may miss it, and that party then sees the
+    /// condition at the end of its first nap ([`LIVENESS_CHECK`]) at worst.
     pub(crate) fn notify(&self) {
+        if self.sleepy.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         fence(Ordering::SeqCst);
         if self.waiters.load(Ordering::Relaxed) > 0 {
             self.word.fetch_add(1, Ordering::Release);
