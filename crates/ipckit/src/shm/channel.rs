@@ -1,5 +1,16 @@
 //! Message channels over shared memory: a bounded ring of slots in a
-//! segment, multi-producer multi-consumer or single-producer single-consumer.
+//! segment, multi-producer multi-consumer or single-producer single-consumer,
+//! or a rendezvous (capacity 0) table of offers.
+//!
+//! Flavours, one private file each:
+//! - MPMC: [`ring::push`]/[`ring::pop`] (Vyukov's sequence-numbered slots,
+//!   made robust against deaths);
+//! - SPSC: [`ring::spsc_push`]/[`ring::spsc_pop`] (a Lamport ring whose ends
+//!   cache each other's counter);
+//! - rendezvous (`Config::rendezvous`, `slots == 0`): `rendezvous.rs`;
+//!   `send` returns once a receiver took the message, a timed-out send
+//!   withdraws it (never delivered), up to 32 senders offer at once and
+//!   receivers serve them in the order they offered.
 //!
 //! [`ShmChannel::create`] makes the segment (slot count, largest message,
 //! permission bits, flavour); [`ShmChannel::open`] attaches to it from any
@@ -20,6 +31,10 @@
 //! 192   producer table: 32 x u64 (pid << 32 | handles)
 //! 448   consumer table: 32 x u64
 //! 704   N slots of align64(16 + max) bytes: seq u64, claim u32, len u32, data
+//!       (SPSC: only len and data are used)
+//!       rendezvous: 32 offer slots of align64(64 + max) bytes (state, owner,
+//!       len, ticket on their own line, then the data); the ticket counter
+//!       is where `head` is
 //! ```
 //!
 //! The algorithm and what each kind of death leaves behind are in
@@ -53,8 +68,11 @@
 //! is reused before anyone notices looks alive (its slot then waits for the
 //! new process to exit). At most 32 processes attach to each side (any
 //! number of handles per process). The capacity is rounded up to a power of
-//! two, at least 2. There is no rendezvous (capacity 0) flavour, and messages cannot
-//! carry handles.
+//! two, at least 2 (or is 0: rendezvous). Messages cannot carry handles. An
+//! end that switches from [`WaitMode::Spin`] to a sleeping mode while its
+//! peer is notifying may see that one notification up to
+//! [`LIVENESS_CHECK`] late (a notifier skips its fence while no end of the
+//! waiting side can sleep).
 //!
 //! A [`ShmChannel`] itself is [`Transferable`]: it can be handed to a child
 //! with [`crate::spawn::Inherit`] or sent over a UNIX socket, and the
@@ -122,7 +140,9 @@ pub enum Flavor {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Messages the ring holds (rounded up to a power of two, at least 2:
-    /// the sequence-number algorithm cannot tell states apart with one slot).
+    /// the sequence-number algorithm cannot tell states apart with one
+    /// slot); 0 makes a rendezvous channel (any flavour: see
+    /// [`Config::rendezvous`]).
     pub slots: usize,
     /// The largest message, in bytes.
     pub max_message: usize,
@@ -142,6 +162,14 @@ impl Config {
     /// An MPMC channel of `slots` messages of at most `max_message` bytes, mode `0o600`.
     pub fn mpmc(slots: usize, max_message: usize) -> Self {
         Config { slots, max_message, ..Config::default() }
+    }
+
+    /// A rendezvous channel (capacity 0, `slots == 0`) for messages of at
+    /// most `max_message` bytes, mode `0o600`: `send` returns once a
+    /// receiver has taken the message; up to 32 senders offer at once
+    /// (more wait for a free offer slot).
+    pub fn rendezvous(max_message: usize) -> Self {
+        Config { slots: 0, max_message, ..Config::default() }
     }
 
     /// An SPSC channel of `slots` messages of at most `max_message` bytes, mode `0o600`.

@@ -46,6 +46,10 @@ pub(crate) const OFFERS: usize = 32;
 /// An offer slot's header: state, owner, length and ticket, one cache line.
 pub(crate) const OFFER_HEADER: usize = 64;
 
+/// How long a sender whose time is up waits for a receiver that already
+/// started taking its message (copying it, or dead and about to be undone).
+const TAKE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 const FREE: u32 = 0;
 const WRITING: u32 = 1;
 const OFFERED: u32 = 2;
@@ -172,6 +176,7 @@ pub(super) fn send(ring: &Ring, data: &[u8], mode: super::WaitMode, deadline: De
     let offered = word(OFFERED, me);
     let withdraw = || o.state().compare_exchange(offered, word(FREE, 0), Ordering::AcqRel, Ordering::Acquire);
     let mut wait_deadline = deadline;
+    let mut finishing = false;
     loop {
         let r = wait_event(ring.not_full(), mode, wait_deadline, &mut last_check, |check| {
             let w = o.state().load(Ordering::Acquire);
@@ -203,10 +208,19 @@ pub(super) fn send(ring: &Ring, data: &[u8], mode: super::WaitMode, deadline: De
                     return Err(f);
                 }
                 // A receiver is taking it right now: it will be delivered;
-                // wait for the receiver to finish (or to be found dead).
-                Err(w) if kind(w) == TAKING || kind(w) == TAKEN => {
-                    wait_deadline = Deadline::Never;
+                // wait for the receiver to finish (or to be found dead), but
+                // not for ever (a stopped receiver, or a forged word).
+                Err(w) if (kind(w) == TAKING || kind(w) == TAKEN) && !finishing => {
+                    finishing = true;
+                    wait_deadline = Deadline::after(TAKE_GRACE);
                 }
+                Err(w) if kind(w) == TAKING => {
+                    return Err(Fault::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "a receiver started taking the message and did not finish: it may have been delivered",
+                    )));
+                }
+                Err(w) if kind(w) == TAKEN => {}
                 Err(_) => return Err(corrupt("offer slot changed under its sender")),
             },
             Err(e) => return Err(e),
@@ -266,7 +280,8 @@ pub(super) fn recv(
 /// Takes the offer with the lowest ticket, if there is one; `None` when
 /// nothing is offered (or another receiver won every race).
 fn take(ring: &Ring, me: u32, out: &mut Vec<u8>) -> Option<Result<(), Fault>> {
-    loop {
+    // Bounded: a word that keeps changing under us ends the attempt.
+    for _ in 0..1000 {
         let mut best: Option<(usize, u64, u64)> = None;
         for i in 0..ring.slots as usize {
             let o = offer(ring, i);
@@ -301,6 +316,7 @@ fn take(ring: &Ring, me: u32, out: &mut Vec<u8>) -> Option<Result<(), Fault>> {
         ring.not_full().notify();
         return Some(r);
     }
+    None
 }
 
 /// How many messages are on offer now (a snapshot).
