@@ -1,18 +1,27 @@
 //! The chapter's two-slot RPC over shared memory.
 //!
 //! A segment holds exactly one request slot and one reply slot; each slot
-//! starts with a status word (`EMPTY` or `FULL`) on a cache line of its own:
+//! starts with a status word on a cache line of its own, which also holds
+//! the length and, for messages of up to [`INLINE`] bytes, the message:
 //!
 //! ```text
 //! user area offset  what
 //! 0                 server pid, client pid, slot capacity
-//! 64                request slot: state, waiters, len, seq | data (capacity bytes)
-//! 128 + cap'        reply slot:   state, waiters, len, seq | data
+//! 64                request slot: state, waiters, len, -, 48 inline bytes | data (capacity bytes)
+//! 128 + cap'        reply slot:   state, waiters, len, -, 48 inline bytes | data
 //! ```
 //!
-//! The client writes its request and flips the request word to `FULL`; the
-//! server copies it out, flips it back to `EMPTY`, and answers the same way
-//! in the reply slot. One call is in flight at a time. A side that waits
+//! The status words hold sequence numbers, and nobody writes them back:
+//! the client writes request `n` and stores `n` in the request word; the
+//! server waits for a request word other than the last one it took, copies
+//! the request out, and answers by writing the reply and storing `n` in
+//! the reply word; the client waits for `n` there. A small call therefore
+//! moves one cache line each way, like a ping-pong on one word. When the
+//! client's previous call did not complete (it timed out, or the client is
+//! new), the server may still be copying that request, so the client first
+//! marks the request word as being written ([`WRITING`] bit) and the server
+//! re-reads the word after copying (a seqlock): a torn copy is dropped and
+//! read again. One call is in flight at a time. A side that waits
 //! does so as its [`WaitMode`] says (the chapter's "message check mode"):
 //! spinning on the word, spinning then sleeping on it with a futex, or
 //! sleeping at once. Publishing makes a `futex` wake only when the other
@@ -23,13 +32,14 @@
 //! [`LIVENESS_CHECK`], so a call to a server killed with SIGKILL fails with
 //! `Disconnected` within that time instead of hanging. A late reply (to a
 //! call that timed out) is recognised by its sequence number and dropped.
-//! Every length and state read from the segment is validated.
+//! Every length read from the segment is validated (a state word is only
+//! compared, never used as an index).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::segment::{Segment, SegmentKind, HEADER_LEN};
-use super::wait::{publish, wait_for, EMPTY, FULL};
+use super::wait::{publish, wait_until};
 pub use super::wait::{WaitMode, LIVENESS_CHECK};
 use crate::error::{CallError, Error, Fault, ReplyError, Result};
 use crate::sys::{self, Deadline, Mapping};
@@ -40,6 +50,20 @@ const CLIENT_PID: usize = HEADER_LEN + 4;
 const CAPACITY: usize = HEADER_LEN + 8;
 const REQUEST: usize = HEADER_LEN + 64;
 const SLOT_HEADER: usize = 64;
+/// Messages up to this long travel in the status word's cache line.
+pub const INLINE: usize = 48;
+/// Offset of the inline bytes in a slot.
+const INLINE_AT: usize = 16;
+/// The request word's "being written" bit (the rest is the sequence number).
+const WRITING: u32 = 1 << 31;
+
+/// The sequence number after `seq` (31 bits, never 0: 0 is "nothing yet").
+fn next_seq(seq: u32) -> u32 {
+    match seq.wrapping_add(1) & !WRITING {
+        0 => 1,
+        n => n,
+    }
+}
 
 fn align64(n: usize) -> usize {
     n.div_ceil(64) * 64
@@ -98,34 +122,43 @@ impl Slot<'_> {
     fn len(&self) -> &AtomicU32 {
         word(self.map, self.at + 8)
     }
-    fn seq(&self) -> &AtomicU32 {
-        word(self.map, self.at + 12)
+
+    /// Where a message of `len` bytes lives.
+    fn data_at(&self, len: usize) -> usize {
+        if len <= INLINE {
+            self.at + INLINE_AT
+        } else {
+            self.at + SLOT_HEADER
+        }
     }
 
-    /// Copies a message in and publishes it (the caller owns the slot).
-    fn put(&self, data: &[u8], seq: u32) {
-        let ok = self.map.write(self.at + SLOT_HEADER, data);
+    /// Copies a message in and publishes it as `seq` (the caller owns the
+    /// slot). `guard`: a reader may still be copying the previous message,
+    /// so mark the word as being written first.
+    fn put(&self, data: &[u8], seq: u32, guard: bool) {
+        if guard {
+            self.state().store(seq | WRITING, Ordering::Relaxed);
+            fence(Ordering::Release);
+        }
+        let ok = self.map.write(self.data_at(data.len()), data);
         debug_assert!(ok, "length checked against capacity");
         self.len().store(data.len() as u32, Ordering::Relaxed);
-        self.seq().store(seq, Ordering::Relaxed);
-        publish(self.state(), self.waiters(), FULL);
+        publish(self.state(), self.waiters(), seq);
     }
 
-    /// Copies a published message out (validating its length), returning its sequence number.
-    fn take(&self, out: &mut Vec<u8>) -> Result<u32, Fault> {
+    /// Copies out the message published as `seen` (validating its length).
+    /// `Ok(false)`: the word changed while copying (a torn copy: read again).
+    fn take(&self, seen: u32, out: &mut Vec<u8>) -> Result<bool, Fault> {
         let len = self.len().load(Ordering::Relaxed) as usize;
-        let seq = self.seq().load(Ordering::Relaxed);
         if len > self.cap {
-            // A peer wrote nonsense: drop the message, keep the slot usable.
-            publish(self.state(), self.waiters(), EMPTY);
             return Err(Fault::Frame(crate::FrameError::TooLarge { len, max: self.cap }));
         }
         out.clear();
         out.resize(len, 0);
-        let ok = self.map.read(self.at + SLOT_HEADER, out);
+        let ok = self.map.read(self.data_at(len), out);
         debug_assert!(ok, "length checked against capacity");
-        publish(self.state(), self.waiters(), EMPTY);
-        Ok(seq)
+        fence(Ordering::Acquire);
+        Ok(self.state().load(Ordering::Relaxed) == seen)
     }
 }
 
@@ -159,6 +192,8 @@ pub struct RpcServer {
     mode: WaitMode,
     /// Sequence number of the request being answered.
     current: Option<u32>,
+    /// The request word's value when this server last took a request.
+    last: u32,
 }
 
 impl RpcServer {
@@ -176,7 +211,7 @@ impl RpcServer {
         let seg = Segment::create_kind(name, layout.total(), mode, SegmentKind::TwoSlotRpc)?;
         word(seg.mapping(), CAPACITY).store(max_message as u32, Ordering::Relaxed);
         word(seg.mapping(), SERVER_PID).store(sys::pid(), Ordering::Release);
-        Ok(RpcServer { seg, layout, mode: WaitMode::default(), current: None })
+        Ok(RpcServer { seg, layout, mode: WaitMode::default(), current: None, last: 0 })
     }
 
     /// Sets how the server waits for requests (default: spin then block).
@@ -224,18 +259,34 @@ impl RpcServer {
             let pid = word(&map, CLIENT_PID).load(Ordering::Acquire);
             pid == 0 || sys::process_alive(pid)
         };
-        match wait_for(req.state(), req.waiters(), FULL, self.mode, deadline, client_gone) {
-            Ok(()) => {}
-            Err(Fault::Disconnected) => {
-                let pid = word(&map, CLIENT_PID).load(Ordering::Acquire);
-                let _ = word(&map, CLIENT_PID).compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
-                return Err(Fault::Disconnected);
+        let last = self.last;
+        let fresh = |w: u32| w != last && w & WRITING == 0;
+        loop {
+            let seen = match wait_until(req.state(), req.waiters(), self.mode, deadline, fresh, client_gone) {
+                Ok(seen) => seen,
+                Err(Fault::Disconnected) => {
+                    let pid = word(&map, CLIENT_PID).load(Ordering::Acquire);
+                    let _ =
+                        word(&map, CLIENT_PID).compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+                    return Err(Fault::Disconnected);
+                }
+                Err(e) => return Err(e),
+            };
+            match req.take(seen, buf) {
+                Ok(true) => {
+                    self.last = seen;
+                    self.current = Some(seen);
+                    return Ok(());
+                }
+                // The client started its next request while we copied: read that one.
+                Ok(false) => continue,
+                Err(e) => {
+                    // A peer wrote nonsense: drop the request, keep the slot usable.
+                    self.last = seen;
+                    return Err(e);
+                }
             }
-            Err(e) => return Err(e),
         }
-        let seq = req.take(buf)?;
-        self.current = Some(seq);
-        Ok(())
     }
 
     /// Answers the request last received. Never blocks for long: the reply
@@ -254,20 +305,10 @@ impl RpcServer {
             self.current = Some(seq);
             return Err(ReplyError::TooLarge { len: data.len(), max: self.layout.cap });
         }
-        let rep = self.slot(self.layout.reply);
-        // The client empties the slot when it reads; an unread (late) reply
-        // it is about to discard gets a moment, then is overwritten.
-        if rep.state().load(Ordering::Acquire) != EMPTY {
-            let _ = wait_for(
-                rep.state(),
-                rep.waiters(),
-                EMPTY,
-                WaitMode::Spin,
-                Deadline::after(LIVENESS_CHECK),
-                || true,
-            );
-        }
-        rep.put(data, seq);
+        // The client reads a reply only while the word holds its call's
+        // number, and makes its next call only after that: nobody reads
+        // the slot while it is overwritten.
+        self.slot(self.layout.reply).put(data, seq, false);
         Ok(())
     }
 }
@@ -290,6 +331,9 @@ pub struct RpcClient {
     layout: Layout,
     mode: WaitMode,
     seq: u32,
+    /// Whether the last request may still be being read by the server
+    /// (its call did not complete, or this client is new).
+    unfinished: bool,
     timeout: Duration,
 }
 
@@ -318,10 +362,17 @@ impl RpcClient {
                 break;
             }
         }
-        // Start clean: nothing of an earlier client's is ours to read.
-        let rep = Slot { map, at: layout.reply, cap: layout.cap };
-        publish(rep.state(), rep.waiters(), EMPTY);
-        Ok(RpcClient { seg, layout, mode: WaitMode::default(), seq: 0, timeout: crate::rpc::DEFAULT_TIMEOUT })
+        // Continue the sequence where an earlier client left it, so no
+        // reply meant for it can be taken for one of ours.
+        let seq = word(map, layout.request).load(Ordering::Acquire) & !WRITING;
+        Ok(RpcClient {
+            seg,
+            layout,
+            mode: WaitMode::default(),
+            seq,
+            unfinished: true,
+            timeout: crate::rpc::DEFAULT_TIMEOUT,
+        })
     }
 
     /// Sets how the client waits for replies (default: spin then block).
@@ -397,18 +448,20 @@ impl RpcClient {
         let server = || alive(&map, SERVER_PID);
         let req = Slot { map: &map, at: self.layout.request, cap: self.layout.cap };
         let rep = Slot { map: &map, at: self.layout.reply, cap: self.layout.cap };
-        // The request slot is free unless an earlier call timed out before
-        // the server took its request: then wait for the server to take it.
-        wait_for(req.state(), req.waiters(), EMPTY, self.mode, deadline, server)?;
-        self.seq = self.seq.wrapping_add(1);
-        req.put(request, self.seq);
+        self.seq = next_seq(self.seq);
+        let seq = self.seq;
+        // Until the reply is in, this request counts as possibly being read.
+        let guard = std::mem::replace(&mut self.unfinished, true);
+        req.put(request, seq, guard);
         loop {
-            wait_for(rep.state(), rep.waiters(), FULL, self.mode, deadline, server)?;
-            if rep.take(out)? == self.seq {
+            // A reply to a call that already gave up has another number: it
+            // is never taken (the next reply overwrites it).
+            wait_until(rep.state(), rep.waiters(), self.mode, deadline, |w| w == seq, server)?;
+            if rep.take(seq, out)? {
+                self.unfinished = false;
                 return Ok(());
             }
-            // A reply to a call that already gave up: drop it, keep waiting.
-            tracing::debug!("dropping a late reply");
+            tracing::debug!("the reply word changed while the reply was copied: reading again");
         }
     }
 }

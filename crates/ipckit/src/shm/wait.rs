@@ -10,8 +10,8 @@
 //! `futex(FUTEX_WAKE)` only when it is non-zero. Every sleep is at most
 //! [`LIVENESS_CHECK`] long, so a sleeper notices a dead peer in bounded time.
 //!
-//! - [`wait_for`]/[`publish`]: one status word that holds the condition
-//!   itself (the two-slot RPC's `EMPTY`/`FULL`).
+//! - [`wait_until`]/[`publish`]: one status word that holds the condition
+//!   itself (the two-slot RPC's sequence numbers).
 //! - [`Event`]/[`wait_event`]: a condition spread over several words (a
 //!   ring's head, tail and slot sequences); the futex word is a counter the
 //!   notifier bumps.
@@ -24,9 +24,6 @@ use crate::sys::{self, Deadline};
 
 /// How often a waiting side checks that the other side is still alive.
 pub const LIVENESS_CHECK: Duration = Duration::from_millis(10);
-
-pub(crate) const EMPTY: u32 = 0;
-pub(crate) const FULL: u32 = 1;
 
 /// How a side waits for the other's message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,32 +70,29 @@ pub(crate) fn publish(state: &AtomicU32, waiters: &AtomicU32, value: u32) {
     }
 }
 
-/// Waits until `state` holds `want`, as `mode` says, until `deadline`,
-/// failing with `Disconnected` once `peer_alive` says the other side is gone.
-pub(crate) fn wait_for(
+/// Waits until `done(state)`, as `mode` says, until `deadline`, failing
+/// with `Disconnected` once `peer_alive` says the other side is gone;
+/// returns the value that satisfied `done`.
+pub(crate) fn wait_until(
     state: &AtomicU32,
     waiters: &AtomicU32,
-    want: u32,
     mode: WaitMode,
     deadline: Deadline,
+    mut done: impl FnMut(u32) -> bool,
     mut peer_alive: impl FnMut() -> bool,
-) -> Result<(), Fault> {
+) -> Result<u32, Fault> {
     // The fast path (the word is already there) reads no clock.
-    if state.load(Ordering::Acquire) == want {
-        return Ok(());
+    let seen = state.load(Ordering::Acquire);
+    if done(seen) {
+        return Ok(seen);
     }
     let spins = mode.spins();
     let mut next_check = Instant::now() + LIVENESS_CHECK;
     let mut spun = 0u32;
     loop {
         let seen = state.load(Ordering::Acquire);
-        if seen == want {
-            return Ok(());
-        }
-        if seen != EMPTY && seen != FULL {
-            return Err(Fault::Frame(crate::FrameError::BadHandles(
-                "slot state word is neither EMPTY nor FULL",
-            )));
+        if done(seen) {
+            return Ok(seen);
         }
         if spun < spins {
             spun += 1;
@@ -117,8 +111,9 @@ pub(crate) fn wait_for(
                 }
             }
             waiters.fetch_sub(1, Ordering::SeqCst);
-            if state.load(Ordering::Acquire) == want {
-                return Ok(());
+            let now = state.load(Ordering::Acquire);
+            if done(now) {
+                return Ok(now);
             }
         }
         let now = Instant::now();
