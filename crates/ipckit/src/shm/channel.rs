@@ -5,8 +5,8 @@
 //! Flavours, one private file each:
 //! - MPMC: [`ring::push`]/[`ring::pop`] (Vyukov's sequence-numbered slots,
 //!   made robust against deaths);
-//! - SPSC: [`ring::spsc_push`]/[`ring::spsc_pop`] (a Lamport ring whose ends
-//!   cache each other's counter);
+//! - SPSC: [`ring::spsc_push`]/[`ring::spsc_pop`] (a Lamport ring with the
+//!   "published" word in the slot: one cache line per small message);
 //! - rendezvous (`Config::rendezvous`, `slots == 0`): `rendezvous.rs`;
 //!   `send` returns once a receiver took the message, a timed-out send
 //!   withdraws it (never delivered), up to 32 senders offer at once and
@@ -852,7 +852,7 @@ impl ShmReceiver {
         let me = sys::pid();
         let cursor = &mut self.cursor;
         let mut pop = |buf: &mut Vec<u8>, repair: bool| match cursor {
-            Some(c) => ring::spsc_pop(ring, c, buf),
+            Some(c) => ring::spsc_pop(ring, c, buf, repair),
             None => ring::pop(ring, me, buf, repair),
         };
         wait_event(ring.not_empty(), self.mode, deadline, &mut self.last_check, |check| {

@@ -240,11 +240,14 @@ impl LoanPool {
 
     fn loan_inner(&self, deadline: Deadline) -> Result<LoanMut<'_>> {
         let me = sys::pid();
+        let loaned = |i: usize| {
+            let generation = self.generation(i).fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+            LoanMut { pool: self, index: i, generation, sent: false }
+        };
         loop {
-            let seen = self.frees().load(Ordering::SeqCst);
+            // The fast path touches only the descriptor table.
             if let Some(i) = self.claim(me) {
-                let generation = self.generation(i).fetch_add(1, Ordering::AcqRel).wrapping_add(1);
-                return Ok(LoanMut { pool: self, index: i, generation, sent: false });
+                return Ok(loaned(i));
             }
             if self.reclaim_stale() > 0 {
                 continue;
@@ -253,14 +256,19 @@ impl LoanPool {
                 return Err(Error::Timeout);
             }
             // Sleep until a buffer is freed (or a liveness re-check is due).
+            // Announce first, then look again: a release after our look sees
+            // the waiter (both sides SeqCst) and bumps `frees`.
             self.waiters().fetch_add(1, Ordering::SeqCst);
-            if self.frees().load(Ordering::SeqCst) == seen {
-                let mut nap = Duration::from_millis(10);
-                if let Deadline::At(at) = deadline {
-                    nap = nap.min(at.saturating_duration_since(Instant::now()));
-                }
-                sys::futex_wait(self.frees(), seen, Some(nap));
+            let seen = self.frees().load(Ordering::SeqCst);
+            if let Some(i) = self.claim(me) {
+                self.waiters().fetch_sub(1, Ordering::SeqCst);
+                return Ok(loaned(i));
             }
+            let mut nap = Duration::from_millis(10);
+            if let Deadline::At(at) = deadline {
+                nap = nap.min(at.saturating_duration_since(Instant::now()));
+            }
+            sys::futex_wait(self.frees(), seen, Some(nap));
             self.waiters().fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -270,7 +278,8 @@ impl LoanPool {
         let start = (me as usize).wrapping_mul(2_654_435_761) % self.count;
         (0..self.count).map(|k| (start + k) % self.count).find(|&i| {
             let w = self.word(i);
-            let cur = w.load(Ordering::Acquire);
+            // SeqCst: pairs with the SeqCst free and waiter count (see `announce_free`).
+            let cur = w.load(Ordering::SeqCst);
             unpack(cur).0 == FREE
                 && w.compare_exchange(cur, pack(WRITING, me), Ordering::AcqRel, Ordering::Relaxed).is_ok()
         })
@@ -288,7 +297,7 @@ impl LoanPool {
             if state != FREE
                 && state != IN_FLIGHT
                 && !sys::process_alive(owner)
-                && w.compare_exchange(cur, pack(FREE, 0), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                && w.compare_exchange(cur, pack(FREE, 0), Ordering::SeqCst, Ordering::Relaxed).is_ok()
             {
                 n += 1;
             }
@@ -299,15 +308,18 @@ impl LoanPool {
         n
     }
 
+    /// Wakes loaners asleep for a free buffer, if any: with none this is
+    /// one load of a read-mostly word (the free itself, a SeqCst CAS on the
+    /// descriptor, orders it), so a release moves no header cache line.
     fn announce_free(&self) {
-        self.frees().fetch_add(1, Ordering::SeqCst);
         if self.waiters().load(Ordering::SeqCst) > 0 {
+            self.frees().fetch_add(1, Ordering::SeqCst);
             sys::futex_wake(self.frees(), u32::MAX);
         }
     }
 
     fn release(&self, i: usize, from: u64) {
-        if self.word(i).compare_exchange(from, pack(FREE, 0), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        if self.word(i).compare_exchange(from, pack(FREE, 0), Ordering::SeqCst, Ordering::Relaxed).is_ok() {
             self.announce_free();
         }
     }

@@ -29,13 +29,18 @@
 //! `pos` only under the claim of slot `pos % N`, so the claim word is also
 //! what tells a survivor who was in the middle of what.
 //!
-//! **SPSC** ([`spsc_push`]/[`spsc_pop`]): a Lamport ring. No sequence or
-//! claim words and no CAS: the single producer writes the data and the
-//! length, then stores `tail` (Release); the single consumer reads them,
-//! then stores `head` (Release). Each end keeps a [`Cursor`]: its own
-//! position, and a cached copy of the other end's counter that it re-reads
-//! only when the cache says full (producer) or empty (consumer), so the
-//! counters' cache lines move once per batch, not once per message.
+//! **SPSC** ([`spsc_push`]/[`spsc_pop`]): a Lamport ring whose "not
+//! empty" signal lives in the slot (as in FastForward): no claim words and
+//! no CAS, and nobody writes a slot back. The single producer writes the
+//! data and the length, publishes `seq = pos + 1` (Release; the same cache
+//! line as the length and the first 48 bytes), then stores `tail`. The
+//! single consumer waits for `seq == pos + 1` in its next slot, reads the
+//! message, then stores `head` (Release). Each end keeps a [`Cursor`]: the
+//! producer reads `head` only when its cached copy says the ring is full,
+//! and the consumer never reads `tail` on its fast path, so the counters'
+//! cache lines stay with their writers and a small message moves one cache
+//! line. (`tail` is for [`Cursor::producer`] after a takeover, for
+//! `len()`, and for the consumer's periodic cross-check.)
 //!
 //! # What a death leaves behind, and who repairs it
 //!
@@ -50,12 +55,13 @@
 //! | producer after publishing, before releasing `claim` | published | consumer takes the claim over and reads it | delivered once |
 //! | consumer before `head` moved | published, claim = dead pid | next consumer takes over, reads it | delivered once |
 //! | consumer between moving `head` and releasing `seq` (two instructions) | `seq == pos + 1 - N`-style, `head > pos` | producer frees the slot | **lost** (it was taken, never returned) |
-//! | SPSC producer before storing `tail` | `tail == pos` | the next producer overwrites the slot | never sent |
+//! | SPSC producer before publishing `seq` | `tail == pos`, slot not published | the next producer overwrites the slot | never sent |
+//! | SPSC producer between `seq` and `tail` | `tail == pos`, `seq == pos + 1` | the next producer starts at `pos + 1` | delivered once (send had not returned) |
 //! | SPSC consumer before storing `head` | `head == pos` | the next consumer reads it again | delivered once (recv had not returned) |
 //!
-//! In the SPSC ring the one store of `tail` (or `head`) commits an
-//! operation, so a death leaves nothing half-done to repair: the next end
-//! to attach starts from the counters as they are.
+//! In the SPSC ring one store commits each operation (`seq` for the
+//! producer, `head` for the consumer), so a death leaves nothing
+//! half-done to repair: the next end to attach starts from the counters.
 //!
 //! A pid that is reused by a new process before the repair makes the dead
 //! holder look alive: the slot then waits until that process exits.
@@ -373,8 +379,8 @@ fn take<M: RingMem>(m: &M, i: usize, out: &mut Vec<u8>) -> Pop {
     Pop::Got
 }
 
-/// One end's private view of an SPSC ring: its own position and its cached
-/// copy of the other end's counter.
+/// One end's private view of an SPSC ring: its own position and (the
+/// producer's) cached copy of `head`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     mine: u64,
@@ -382,15 +388,22 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// The producer's cursor, starting at `tail` as it is.
+    /// The producer's cursor, starting at `tail` as it is (or one further
+    /// when the last producer published its slot but died before moving
+    /// `tail`).
     ///
     /// # Errors
     ///
     /// When `head` and `tail` are not at most a lap apart.
     pub fn producer<M: RingMem>(m: &M) -> Result<Cursor, &'static str> {
-        let tail = m.tail().load(Acquire);
+        let mut tail = m.tail().load(Acquire);
+        let n = m.slots();
+        if m.seq((tail & (n - 1)) as usize).load(Acquire) == tail.wrapping_add(1) {
+            tail = tail.wrapping_add(1);
+            m.tail().store(tail, Release);
+        }
         let head = m.head().load(Acquire);
-        if tail.wrapping_sub(head) > m.slots() {
+        if tail.wrapping_sub(head) > n {
             return Err("tail not within a lap ahead of head");
         }
         Ok(Cursor { mine: tail, other: head })
@@ -431,28 +444,40 @@ pub fn spsc_push<M: RingMem>(m: &M, c: &mut Cursor, data: &[u8]) -> Push {
     m.write(i, data);
     m.len(i).store(data.len() as u32, Relaxed);
     c.mine = c.mine.wrapping_add(1);
+    m.seq(i).store(c.mine, Release);
     m.tail().store(c.mine, Release);
     Push::Sent
 }
 
 /// Receives into `out` from an SPSC ring as its only consumer; never
-/// waits. Reads `tail` only when the cursor's copy says the ring is empty.
-pub fn spsc_pop<M: RingMem>(m: &M, c: &mut Cursor, out: &mut Vec<u8>) -> Pop {
+/// waits. Looks only at its next slot's `seq`; `check` (a periodic slow
+/// path) also cross-checks `tail`, so a committed message whose slot was
+/// scribbled over is reported as corruption rather than waited for.
+pub fn spsc_pop<M: RingMem>(m: &M, c: &mut Cursor, out: &mut Vec<u8>, check: bool) -> Pop {
     let n = m.slots();
-    if c.mine == c.other {
-        let tail = m.tail().load(Acquire);
-        let avail = tail.wrapping_sub(c.mine);
-        if avail > n {
-            return Pop::Corrupt("tail behind the head or more than a lap ahead of it");
+    let i = (c.mine & (n - 1)) as usize;
+    let want = c.mine.wrapping_add(1);
+    if m.seq(i).load(Acquire) != want {
+        if check {
+            // `tail` may lag behind messages already read (their `seq` was
+            // published first), but by less than a lap.
+            let tail = m.tail().load(Acquire);
+            let avail = tail.wrapping_sub(c.mine) as i64;
+            if avail > n as i64 || avail < -(n as i64) {
+                return Pop::Corrupt("tail more than a lap away from the head");
+            }
+            // `seq` is published before `tail`: a message counted in `tail` is visible.
+            if avail > 0 && m.seq(i).load(Acquire) != want {
+                return Pop::Corrupt("a committed message's slot is not published");
+            }
         }
-        c.other = tail;
-        if avail == 0 {
+        if m.seq(i).load(Acquire) != want {
             return Pop::Empty;
         }
     }
-    let i = (c.mine & (n - 1)) as usize;
     let r = take(m, i, out);
-    c.mine = c.mine.wrapping_add(1);
-    m.head().store(c.mine, Release);
+    c.mine = want;
+    c.other = want;
+    m.head().store(want, Release);
     r
 }
