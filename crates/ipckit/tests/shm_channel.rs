@@ -654,6 +654,116 @@ fn consumers_killed_mid_stream_do_not_wedge_the_ring() {
     assert_eq!(last, Some(sent - 1));
 }
 
+/// SPSC: producer processes killed at random instants, one after another
+/// (the next attaches once the last is dead), then consumer processes
+/// likewise: nothing committed is lost, nothing is duplicated, each
+/// stream arrives in order, and the ring never wedges.
+#[test]
+fn spsc_ends_killed_mid_stream_are_taken_over() {
+    let (chan, mut cleanup) = create("killspsc", &Config::spsc(8, 64));
+    let n = chan.segment().name().to_owned();
+    let pname = name("progress");
+    let progress = Segment::create(&pname, 8 * 64, 0o600).unwrap();
+    cleanup.0.push(pname.clone());
+    let rounds = if cfg!(debug_assertions) { 6 } else { 15 };
+    let done = Arc::new(AtomicBool::new(false));
+    let mut rx = chan.receiver().unwrap().with_wait(WaitMode::SpinThenBlock(100));
+    let d = done.clone();
+    let consumer = thread::spawn(move || {
+        let mut seen: HashMap<u32, Tally> = HashMap::new();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(m) => {
+                    let (id, s) = decode(m.bytes());
+                    let t = seen.entry(id).or_default();
+                    assert_eq!(s, t.last.map_or(0, |l| l + 1), "producer {id}: gap or duplicate");
+                    t.see(id, s);
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected)
+                    if d.load(Ordering::Acquire) =>
+                {
+                    return (seen, rx)
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+                Err(e) => panic!("consumer: {e}"),
+            }
+        }
+    });
+    let mut rng = Rng(0x5151_7c15 ^ u64::from(std::process::id()));
+    let mut committed = HashMap::new();
+    for id in 0..rounds {
+        let mut k =
+            Kid::spawn("produce", &[n.clone(), id.to_string(), "0".into(), "spin".into(), pname.clone()]);
+        assert_eq!(k.report(), "ready");
+        thread::sleep(Duration::from_micros(rng.below(20_000)));
+        k.kill();
+        committed
+            .insert(id, progress.atomic_u64(Offset::new(8 * id as usize)).unwrap().load(Ordering::Acquire));
+    }
+    let until = Instant::now() + LONG;
+    while !chan.is_empty() && Instant::now() < until {
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(300));
+    done.store(true, Ordering::Release);
+    let (seen, rx) = consumer.join().unwrap();
+    let mut total = 0;
+    for (id, c) in committed {
+        let got = seen.get(&id).map_or(0, |t| t.count);
+        assert!(got == c || got == c + 1, "producer {id}: committed {c}, received {got}");
+        total += got;
+    }
+    assert!(total > 0, "the killed producers sent nothing at all");
+    drop(rx);
+
+    // Now the consumers die: a producer thread here keeps sending (a
+    // moment with no consumer at all is Disconnected: it retries).
+    let mut tx = chan.sender().unwrap().with_wait(WaitMode::SpinThenBlock(100));
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let producer = thread::spawn(move || {
+        let (mut s, mut extra) = (0u64, 100);
+        while extra > 0 {
+            match tx.send_timeout(encode(1, s), LONG) {
+                Ok(()) => s += 1,
+                Err(SendTimeoutError::Disconnected(_)) => thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("producer: {e}"),
+            }
+            if st.load(Ordering::Acquire) {
+                extra -= 1;
+            }
+        }
+        (s, tx)
+    });
+    for _ in 0..rounds {
+        let mut k = Kid::spawn("hold-recv", std::slice::from_ref(&n));
+        assert_eq!(k.report(), "ready");
+        thread::sleep(Duration::from_micros(rng.below(10_000)));
+        k.kill();
+    }
+    let mut rx = chan.receiver().unwrap();
+    stop.store(true, Ordering::Release);
+    let mut last: Option<u64> = None;
+    let until = Instant::now() + LONG;
+    loop {
+        if producer.is_finished() && chan.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "the ring wedged");
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(m) => {
+                let (_, s) = decode(m.bytes());
+                assert!(!matches!(last, Some(l) if s <= l), "{s} after {last:?}");
+                last = Some(s);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("drain: {e}"),
+        }
+    }
+    let (sent, _tx) = producer.join().unwrap();
+    assert_eq!(last, Some(sent - 1));
+}
+
 // ---------------------------------------------------------------- corruption
 
 /// Random bytes written at random places of a live ring, while a producer
