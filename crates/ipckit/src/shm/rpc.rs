@@ -252,11 +252,11 @@ impl RpcServer {
     }
 
     fn recv_inner_into(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> Result<(), Fault> {
-        let map = self.seg.mapping().clone();
+        let map: &Mapping = self.seg.mapping();
         let req = self.slot(self.layout.request);
         // A client that is gone ends its session; a new one may attach.
         let client_gone = || {
-            let pid = word(&map, CLIENT_PID).load(Ordering::Acquire);
+            let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
             pid == 0 || sys::process_alive(pid)
         };
         let last = self.last;
@@ -265,9 +265,9 @@ impl RpcServer {
             let seen = match wait_until(req.state(), req.waiters(), self.mode, deadline, fresh, client_gone) {
                 Ok(seen) => seen,
                 Err(Fault::Disconnected) => {
-                    let pid = word(&map, CLIENT_PID).load(Ordering::Acquire);
+                    let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
                     let _ =
-                        word(&map, CLIENT_PID).compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+                        word(map, CLIENT_PID).compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
                     return Err(Fault::Disconnected);
                 }
                 Err(e) => return Err(e),
@@ -444,10 +444,10 @@ impl RpcClient {
         if request.len() > self.layout.cap {
             return Err(Fault::TooLarge { len: request.len(), max: self.layout.cap });
         }
-        let map = self.seg.mapping().clone();
-        let server = || alive(&map, SERVER_PID);
-        let req = Slot { map: &map, at: self.layout.request, cap: self.layout.cap };
-        let rep = Slot { map: &map, at: self.layout.reply, cap: self.layout.cap };
+        let map: &Mapping = self.seg.mapping();
+        let server = || alive(map, SERVER_PID);
+        let req = Slot { map, at: self.layout.request, cap: self.layout.cap };
+        let rep = Slot { map, at: self.layout.reply, cap: self.layout.cap };
         self.seq = next_seq(self.seq);
         let seq = self.seq;
         // Until the reply is in, this request counts as possibly being read.
