@@ -168,6 +168,27 @@ impl Config {
     /// most `max_message` bytes, mode `0o600`: `send` returns once a
     /// receiver has taken the message; up to 32 senders offer at once
     /// (more wait for a free offer slot).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ipckit::shm::channel::{Config, ShmChannel};
+    /// use ipckit::SendTimeoutError;
+    /// let name = format!("doc-rdv-{}", std::process::id());
+    /// let chan = ShmChannel::create(&name, &Config::rendezvous(256))?;
+    /// let mut tx = chan.sender()?;
+    /// let mut rx = ShmChannel::open(&name)?.receiver()?;
+    /// // Nobody is receiving: the offer is withdrawn and handed back.
+    /// let err = tx.send_timeout(&b"early"[..], Duration::from_millis(10)).unwrap_err();
+    /// assert!(matches!(err, SendTimeoutError::Timeout(ref m) if m.bytes() == b"early"));
+    /// // With a receiver waiting, send returns once it has taken the message.
+    /// let t = std::thread::spawn(move || rx.recv_timeout(Duration::from_secs(5)).map(|m| m.bytes().to_vec()));
+    /// tx.send_timeout(&b"render frame 7"[..], Duration::from_secs(5))?;
+    /// assert_eq!(t.join().unwrap()?, b"render frame 7");
+    /// ShmChannel::remove(&name)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn rendezvous(max_message: usize) -> Self {
         Config { slots: 0, max_message, ..Config::default() }
     }
