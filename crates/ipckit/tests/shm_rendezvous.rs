@@ -417,3 +417,43 @@ fn random_bytes_over_the_offer_table() {
         })
         .unwrap();
 }
+
+/// A receiver that dies while taking an offer (forged here: the offer's
+/// state word is switched to "taking" by a pid that is dead) leaves it to
+/// be offered again: the waiting sender's periodic check undoes the claim
+/// and a live receiver gets the message; the sender's `send` returns `Ok`
+/// only then.
+#[test]
+fn an_offer_half_taken_by_a_dead_receiver_is_offered_again() {
+    let (chan, _c) = create();
+    let mut tx = chan.sender().unwrap().with_wait(WaitMode::Block);
+    let mut rx = chan.receiver().unwrap().with_wait(WaitMode::Block);
+    let s = thread::spawn(move || tx.send_timeout(&b"again"[..], LONG).map_err(|e| e.to_string()));
+    let until = Instant::now() + LONG;
+    while chan.is_empty() {
+        assert!(Instant::now() < until, "the offer never appeared");
+        thread::sleep(Duration::from_millis(1));
+    }
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait().unwrap();
+    // Offer slots start at user offset 704, 128 bytes each for 64-byte
+    // messages; the state word is (pid << 32) | kind, kind 2 = offered,
+    // 3 = taking.
+    let seg = chan.segment();
+    let mut forged = false;
+    for i in 0..32 {
+        let w = seg.atomic_u64(Offset::new(704 + 128 * i)).unwrap();
+        let cur = w.load(Ordering::Acquire);
+        if cur as u32 == 2 {
+            let taking = (u64::from(dead_pid) << 32) | 3;
+            forged = w.compare_exchange(cur, taking, Ordering::AcqRel, Ordering::Acquire).is_ok();
+            break;
+        }
+    }
+    assert!(forged, "no offer found to forge");
+    assert!(chan.is_empty(), "a taken offer is not on offer");
+    // Within a liveness check or two the sender offers it again.
+    assert_eq!(rx.recv_timeout(LONG).unwrap().bytes(), b"again");
+    s.join().unwrap().unwrap();
+}
