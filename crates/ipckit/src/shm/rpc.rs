@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! user area offset  what
-//! 0                 server pid, client pid, slot capacity
+//! 0                 server pid, client pid, slot capacity, server/client may sleep
 //! 64                request slot: state, waiters, len, -, 48 inline bytes | data (capacity bytes)
 //! 128 + cap'        reply slot:   state, waiters, len, -, 48 inline bytes | data
 //! ```
@@ -26,7 +26,11 @@
 //! spinning on the word, spinning then sleeping on it with a futex, or
 //! sleeping at once. Publishing makes a `futex` wake only when the other
 //! side is actually asleep, so the spinning fast path makes no system call
-//! at all.
+//! at all; and when the other side is in `WaitMode::Spin` (each side
+//! records in the header whether it may sleep) publishing is one plain
+//! store, no fence. (A side that switches from `Spin` to a sleeping mode
+//! while the other is publishing may see that one message at the end of
+//! its first nap, [`LIVENESS_CHECK`], at worst.)
 //!
 //! A side that dies is noticed: a waiter checks the other's pid every
 //! [`LIVENESS_CHECK`], so a call to a server killed with SIGKILL fails with
@@ -39,7 +43,7 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::segment::{Segment, SegmentKind, HEADER_LEN};
-use super::wait::{publish, wait_until};
+use super::wait::{publish_to, wait_until};
 pub use super::wait::{WaitMode, LIVENESS_CHECK};
 use crate::error::{CallError, Error, Fault, ReplyError, Result};
 use crate::sys::{self, Deadline, Mapping};
@@ -48,6 +52,16 @@ use crate::sys::{self, Deadline, Mapping};
 const SERVER_PID: usize = HEADER_LEN;
 const CLIENT_PID: usize = HEADER_LEN + 4;
 const CAPACITY: usize = HEADER_LEN + 8;
+/// Whether the server may sleep (not `WaitMode::Spin`): when not, the
+/// client publishes requests without a fence.
+const SERVER_SLEEPY: usize = HEADER_LEN + 12;
+/// Whether the client may sleep.
+const CLIENT_SLEEPY: usize = HEADER_LEN + 16;
+
+/// Records whether a side in `mode` may sleep.
+fn set_sleepy(map: &Mapping, at: usize, mode: WaitMode) {
+    word(map, at).store(u32::from(mode != WaitMode::Spin), Ordering::SeqCst);
+}
 const REQUEST: usize = HEADER_LEN + 64;
 const SLOT_HEADER: usize = 64;
 /// Messages up to this long travel in the status word's cache line.
@@ -135,7 +149,7 @@ impl Slot<'_> {
     /// Copies a message in and publishes it as `seq` (the caller owns the
     /// slot). `guard`: a reader may still be copying the previous message,
     /// so mark the word as being written first.
-    fn put(&self, data: &[u8], seq: u32, guard: bool) {
+    fn put(&self, data: &[u8], seq: u32, guard: bool, reader_sleepy: &AtomicU32) {
         if guard {
             self.state().store(seq | WRITING, Ordering::Relaxed);
             fence(Ordering::Release);
@@ -143,7 +157,7 @@ impl Slot<'_> {
         let ok = self.map.write(self.data_at(data.len()), data);
         debug_assert!(ok, "length checked against capacity");
         self.len().store(data.len() as u32, Ordering::Relaxed);
-        publish(self.state(), self.waiters(), seq);
+        publish_to(self.state(), self.waiters(), reader_sleepy, seq);
     }
 
     /// Copies out the message published as `seen` (validating its length).
@@ -210,12 +224,14 @@ impl RpcServer {
         let layout = Layout::new(max_message);
         let seg = Segment::create_kind(name, layout.total(), mode, SegmentKind::TwoSlotRpc)?;
         word(seg.mapping(), CAPACITY).store(max_message as u32, Ordering::Relaxed);
+        set_sleepy(seg.mapping(), SERVER_SLEEPY, WaitMode::default());
         word(seg.mapping(), SERVER_PID).store(sys::pid(), Ordering::Release);
         Ok(RpcServer { seg, layout, mode: WaitMode::default(), current: None, last: 0 })
     }
 
     /// Sets how the server waits for requests (default: spin then block).
     pub fn with_wait(mut self, mode: WaitMode) -> Self {
+        set_sleepy(self.seg.mapping(), SERVER_SLEEPY, mode);
         self.mode = mode;
         self
     }
@@ -308,7 +324,8 @@ impl RpcServer {
         // The client reads a reply only while the word holds its call's
         // number, and makes its next call only after that: nobody reads
         // the slot while it is overwritten.
-        self.slot(self.layout.reply).put(data, seq, false);
+        let client_sleepy = word(self.seg.mapping(), CLIENT_SLEEPY);
+        self.slot(self.layout.reply).put(data, seq, false, client_sleepy);
         Ok(())
     }
 }
@@ -362,6 +379,7 @@ impl RpcClient {
                 break;
             }
         }
+        set_sleepy(map, CLIENT_SLEEPY, WaitMode::default());
         // Continue the sequence where an earlier client left it, so no
         // reply meant for it can be taken for one of ours.
         let seq = word(map, layout.request).load(Ordering::Acquire) & !WRITING;
@@ -377,6 +395,7 @@ impl RpcClient {
 
     /// Sets how the client waits for replies (default: spin then block).
     pub fn with_wait(mut self, mode: WaitMode) -> Self {
+        set_sleepy(self.seg.mapping(), CLIENT_SLEEPY, mode);
         self.mode = mode;
         self
     }
@@ -452,7 +471,7 @@ impl RpcClient {
         let seq = self.seq;
         // Until the reply is in, this request counts as possibly being read.
         let guard = std::mem::replace(&mut self.unfinished, true);
-        req.put(request, seq, guard);
+        req.put(request, seq, guard, word(map, SERVER_SLEEPY));
         loop {
             // A reply to a call that already gave up has another number: it
             // is never taken (the next reply overwrites it).

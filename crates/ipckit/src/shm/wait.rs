@@ -81,13 +81,17 @@ pub(crate) fn wait_until(
     mut done: impl FnMut(u32) -> bool,
     mut peer_alive: impl FnMut() -> bool,
 ) -> Result<u32, Fault> {
-    // The fast path (the word is already there) reads no clock.
+    // Neither the fast path (the word is already there) nor the first 256
+    // spins read the clock.
     let seen = state.load(Ordering::Acquire);
     if done(seen) {
         return Ok(seen);
     }
+    if matches!(deadline, Deadline::Now) {
+        return Err(Fault::Timeout);
+    }
     let spins = mode.spins();
-    let mut next_check = Instant::now() + LIVENESS_CHECK;
+    let mut next_check: Option<Instant> = None;
     let mut spun = 0u32;
     loop {
         let seen = state.load(Ordering::Acquire);
@@ -120,12 +124,24 @@ pub(crate) fn wait_until(
         if deadline.expired() {
             return Err(Fault::Timeout);
         }
-        if now >= next_check {
+        let due = *next_check.get_or_insert(now + LIVENESS_CHECK);
+        if now >= due {
             if !peer_alive() {
                 return Err(Fault::Disconnected);
             }
-            next_check = now + LIVENESS_CHECK;
+            next_check = Some(now + LIVENESS_CHECK);
         }
+    }
+}
+
+/// As [`publish`], for a status word whose reader never sleeps
+/// (`peer_sleepy == 0`, read from the peer's flag): then a plain Release
+/// store, no fence and no look at the waiter count.
+pub(crate) fn publish_to(state: &AtomicU32, waiters: &AtomicU32, peer_sleepy: &AtomicU32, value: u32) {
+    if peer_sleepy.load(Ordering::Relaxed) == 0 {
+        state.store(value, Ordering::Release);
+    } else {
+        publish(state, waiters, value);
     }
 }
 
@@ -195,6 +211,7 @@ pub(crate) fn wait_event<T>(
     let spins = mode.spins();
     let mut spun = 0u32;
     let mut busy = 0u32;
+    let mut failed = 0u32;
     let mut check = false;
     loop {
         let state = match attempt(check) {
@@ -202,14 +219,20 @@ pub(crate) fn wait_event<T>(
             other => other,
         };
         check = false;
-        let now = Instant::now();
-        if now.duration_since(*last_check) >= LIVENESS_CHECK {
-            *last_check = now;
-            check = true;
-            continue;
-        }
-        if deadline.expired() {
-            return Err(Fault::Timeout);
+        failed = failed.wrapping_add(1);
+        // The clock is read on the `try_` path, before sleeping, and every
+        // 64 failed attempts: a spinning wait stays a tight loop.
+        let sleeping_next = matches!(state, Attempt::Wait) && spun >= spins;
+        if matches!(deadline, Deadline::Now) || sleeping_next || failed % 64 == 0 {
+            let now = Instant::now();
+            if now.duration_since(*last_check) >= LIVENESS_CHECK {
+                *last_check = now;
+                check = true;
+                continue;
+            }
+            if deadline.expired() {
+                return Err(Fault::Timeout);
+            }
         }
         if matches!(state, Attempt::Busy) {
             busy += 1;
