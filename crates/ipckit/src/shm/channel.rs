@@ -750,8 +750,31 @@ impl ShmSender {
         data: &[u8],
         timeout: Option<Duration>,
     ) -> Result<(), crate::SendTimeoutError<()>> {
+        // A free slot needs no deadline: the clock is read only when waiting.
+        if self.send_now(data) {
+            return Ok(());
+        }
         let deadline = timeout.map_or(Deadline::Never, Deadline::after);
         self.send_slice(data, deadline).map_err(|f| crate::SendTimeoutError::from_fault(f, ()))
+    }
+
+    /// One attempt to put `data` into a ring slot at once; `false` when
+    /// that is not simply possible (full, busy, anything to report, or a
+    /// rendezvous channel): then the caller takes the slow path.
+    fn send_now(&mut self, data: &[u8]) -> bool {
+        let ring = &*self.ring;
+        if ring.rendezvous || data.len() > ring.max || ring.gone(CONSUMERS, false) {
+            return false;
+        }
+        let pushed = match &mut self.cursor {
+            Some(c) => ring::spsc_push(ring, c, data),
+            None => ring::push(ring, sys::pid(), data, false),
+        };
+        if pushed == Push::Sent {
+            ring.not_empty().notify();
+            return true;
+        }
+        false
     }
 
     fn send_inner(&mut self, msg: &Message, deadline: Deadline) -> Result<(), Fault> {
@@ -849,8 +872,37 @@ impl ShmReceiver {
         buf: &mut Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<(), crate::RecvTimeoutError> {
+        // A published message needs no deadline: the clock is read only when waiting.
+        if let Some(r) = self.recv_now(buf) {
+            return r.map_err(crate::RecvTimeoutError::from_fault);
+        }
         let deadline = timeout.map_or(Deadline::Never, Deadline::after);
         self.recv_vec(buf, deadline).map_err(crate::RecvTimeoutError::from_fault)
+    }
+
+    /// One attempt to take a message out of a ring slot at once; `None`
+    /// when there is none to take simply (then the caller takes the slow
+    /// path, which also reports disconnection and corruption).
+    fn recv_now(&mut self, buf: &mut Vec<u8>) -> Option<Result<(), Fault>> {
+        let ring = &*self.ring;
+        if ring.rendezvous {
+            return None;
+        }
+        let popped = match &mut self.cursor {
+            Some(c) => ring::spsc_pop(ring, c, buf, false),
+            None => ring::pop(ring, sys::pid(), buf, false),
+        };
+        match popped {
+            Pop::Got => {
+                ring.not_full().notify();
+                Some(Ok(()))
+            }
+            Pop::TooLong(len) => {
+                ring.not_full().notify();
+                Some(Err(Fault::Frame(FrameError::TooLarge { len, max: ring.max })))
+            }
+            _ => None,
+        }
     }
 
     fn recv_inner(&mut self, deadline: Deadline) -> Result<Message, Fault> {
