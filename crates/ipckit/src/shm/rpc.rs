@@ -43,7 +43,7 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::segment::{Segment, SegmentKind, HEADER_LEN};
-use super::wait::{publish_to, wait_until};
+use super::wait::{publish_to, wait_until, Due};
 pub use super::wait::{WaitMode, LIVENESS_CHECK};
 use crate::error::{CallError, Error, Fault, ReplyError, Result};
 use crate::sys::{self, Deadline, Mapping};
@@ -257,17 +257,16 @@ impl RpcServer {
         buf: &mut Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<(), crate::RecvTimeoutError> {
-        let deadline = timeout.map_or(Deadline::Never, Deadline::after);
-        self.recv_inner_into(buf, deadline).map_err(crate::RecvTimeoutError::from_fault)
+        self.recv_inner_into(buf, Due::after(timeout)).map_err(crate::RecvTimeoutError::from_fault)
     }
 
     fn recv_inner(&mut self, deadline: Deadline) -> Result<Vec<u8>, Fault> {
         let mut buf = Vec::new();
-        self.recv_inner_into(&mut buf, deadline)?;
+        self.recv_inner_into(&mut buf, Due::At(deadline))?;
         Ok(buf)
     }
 
-    fn recv_inner_into(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> Result<(), Fault> {
+    fn recv_inner_into(&mut self, buf: &mut Vec<u8>, mut due: Due) -> Result<(), Fault> {
         let map: &Mapping = self.seg.mapping();
         let req = self.slot(self.layout.request);
         // A client that is gone ends its session; a new one may attach.
@@ -278,7 +277,7 @@ impl RpcServer {
         let last = self.last;
         let fresh = |w: u32| w != last && w & WRITING == 0;
         loop {
-            let seen = match wait_until(req.state(), req.waiters(), self.mode, deadline, fresh, client_gone) {
+            let seen = match wait_until(req.state(), req.waiters(), self.mode, &mut due, fresh, client_gone) {
                 Ok(seen) => seen,
                 Err(Fault::Disconnected) => {
                     let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
@@ -429,7 +428,7 @@ impl RpcClient {
     /// As [`RpcClient::call`].
     pub fn call_timeout(&mut self, request: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
         let mut out = Vec::new();
-        self.call_inner(request, &mut out, Deadline::after(timeout)).map_err(CallError::from_fault)?;
+        self.call_inner(request, &mut out, Due::After(timeout)).map_err(CallError::from_fault)?;
         Ok(out)
     }
 
@@ -440,7 +439,7 @@ impl RpcClient {
     /// As [`RpcClient::call`].
     pub fn call_deadline(&mut self, request: &[u8], deadline: Instant) -> Result<Vec<u8>, CallError> {
         let mut out = Vec::new();
-        self.call_inner(request, &mut out, Deadline::At(deadline)).map_err(CallError::from_fault)?;
+        self.call_inner(request, &mut out, Due::At(Deadline::At(deadline))).map_err(CallError::from_fault)?;
         Ok(out)
     }
 
@@ -456,10 +455,10 @@ impl RpcClient {
         out: &mut Vec<u8>,
         timeout: Duration,
     ) -> Result<(), CallError> {
-        self.call_inner(request, out, Deadline::after(timeout)).map_err(CallError::from_fault)
+        self.call_inner(request, out, Due::After(timeout)).map_err(CallError::from_fault)
     }
 
-    fn call_inner(&mut self, request: &[u8], out: &mut Vec<u8>, deadline: Deadline) -> Result<(), Fault> {
+    fn call_inner(&mut self, request: &[u8], out: &mut Vec<u8>, mut due: Due) -> Result<(), Fault> {
         if request.len() > self.layout.cap {
             return Err(Fault::TooLarge { len: request.len(), max: self.layout.cap });
         }
@@ -475,7 +474,7 @@ impl RpcClient {
         loop {
             // A reply to a call that already gave up has another number: it
             // is never taken (the next reply overwrites it).
-            wait_until(rep.state(), rep.waiters(), self.mode, deadline, |w| w == seq, server)?;
+            wait_until(rep.state(), rep.waiters(), self.mode, &mut due, |w| w == seq, server)?;
             if rep.take(seq, out)? {
                 self.unfinished = false;
                 return Ok(());

@@ -70,6 +70,38 @@ pub(crate) fn publish(state: &AtomicU32, waiters: &AtomicU32, value: u32) {
     }
 }
 
+/// A deadline that may still be a timeout not yet started: the clock is
+/// read the first time the deadline matters (a wait that is over at once
+/// reads no clock), so a timeout counts from a few microseconds late.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Due {
+    /// A deadline already fixed.
+    At(Deadline),
+    /// This long from when it is first needed.
+    After(Duration),
+}
+
+impl Due {
+    /// `timeout` (`None`: never).
+    pub(crate) fn after(timeout: Option<Duration>) -> Due {
+        match timeout {
+            Some(t) => Due::After(t),
+            None => Due::At(Deadline::Never),
+        }
+    }
+
+    fn resolve(&mut self) -> Deadline {
+        match *self {
+            Due::At(d) => d,
+            Due::After(t) => {
+                let d = if t.is_zero() { Deadline::Now } else { Deadline::after(t) };
+                *self = Due::At(d);
+                d
+            }
+        }
+    }
+}
+
 /// Waits until `done(state)`, as `mode` says, until `deadline`, failing
 /// with `Disconnected` once `peer_alive` says the other side is gone;
 /// returns the value that satisfied `done`.
@@ -77,7 +109,7 @@ pub(crate) fn wait_until(
     state: &AtomicU32,
     waiters: &AtomicU32,
     mode: WaitMode,
-    deadline: Deadline,
+    due: &mut Due,
     mut done: impl FnMut(u32) -> bool,
     mut peer_alive: impl FnMut() -> bool,
 ) -> Result<u32, Fault> {
@@ -87,7 +119,7 @@ pub(crate) fn wait_until(
     if done(seen) {
         return Ok(seen);
     }
-    if matches!(deadline, Deadline::Now) {
+    if matches!(*due, Due::At(Deadline::Now)) {
         return Err(Fault::Timeout);
     }
     let spins = mode.spins();
@@ -109,7 +141,7 @@ pub(crate) fn wait_until(
             // publish between the check and the sleep cannot be missed.
             waiters.fetch_add(1, Ordering::SeqCst);
             if state.load(Ordering::SeqCst) == seen {
-                let nap = nap(deadline);
+                let nap = nap(due.resolve());
                 if !nap.is_zero() {
                     sys::futex_wait(state, seen, Some(nap));
                 }
@@ -121,11 +153,11 @@ pub(crate) fn wait_until(
             }
         }
         let now = Instant::now();
-        if deadline.expired() {
+        if due.resolve().expired() {
             return Err(Fault::Timeout);
         }
-        let due = *next_check.get_or_insert(now + LIVENESS_CHECK);
-        if now >= due {
+        let check_at = *next_check.get_or_insert(now + LIVENESS_CHECK);
+        if now >= check_at {
             if !peer_alive() {
                 return Err(Fault::Disconnected);
             }
