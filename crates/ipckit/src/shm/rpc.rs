@@ -1,22 +1,26 @@
 //! The chapter's two-slot RPC over shared memory.
 //!
-//! A segment holds exactly one request slot and one reply slot; each slot
-//! starts with a status word on a cache line of its own, which also holds
-//! the length and, for messages of up to [`INLINE`] bytes, the message:
+//! A segment holds exactly one request slot and one reply slot. Their
+//! status words, lengths and, for messages of up to [`INLINE`] bytes, the
+//! messages themselves share one cache line (the exchange line), so a
+//! small call bounces one line between the two processes exactly as a
+//! ping-pong on one word does (measured here: two lines, one per
+//! direction, cost twice the floor):
 //!
 //! ```text
 //! user area offset  what
 //! 0                 server pid, client pid, slot capacity, server/client may sleep
-//! 64                request slot: state, waiters, len, -, 48 inline bytes | data (capacity bytes)
-//! 128 + cap'        reply slot:   state, waiters, len, -, 48 inline bytes | data
+//! 64                exchange line: request state, waiters, len; reply state, waiters, len;
+//!                   20 inline request bytes; 20 inline reply bytes
+//! 128               request data area (capacity bytes, for longer requests)
+//! 128 + cap'        (unused line) | reply data area (capacity bytes)
 //! ```
 //!
 //! The status words hold sequence numbers, and nobody writes them back:
 //! the client writes request `n` and stores `n` in the request word; the
 //! server waits for a request word other than the last one it took, copies
 //! the request out, and answers by writing the reply and storing `n` in
-//! the reply word; the client waits for `n` there. A small call therefore
-//! moves one cache line each way, like a ping-pong on one word. When the
+//! the reply word; the client waits for `n` there. When the
 //! client's previous call did not complete (it timed out, or the client is
 //! new), the server may still be copying that request, so the client first
 //! marks the request word as being written ([`WRITING`] bit) and the server
@@ -64,10 +68,14 @@ fn set_sleepy(map: &Mapping, at: usize, mode: WaitMode) {
 }
 const REQUEST: usize = HEADER_LEN + 64;
 const SLOT_HEADER: usize = 64;
-/// Messages up to this long travel in the status word's cache line.
-pub const INLINE: usize = 48;
-/// Offset of the inline bytes in a slot.
-const INLINE_AT: usize = 16;
+/// Requests and replies up to this long travel in the status words'
+/// cache line (both directions share it).
+pub const INLINE: usize = 20;
+/// In the exchange line (the request slot's header): the reply's words
+/// after the request's, then the request's and the reply's inline bytes.
+const REPLY_WORDS: usize = 12;
+const REQ_INLINE: usize = 24;
+const REP_INLINE: usize = 44;
 /// The request word's "being written" bit (the rest is the sequence number).
 const WRITING: u32 = 1 << 31;
 
@@ -119,32 +127,46 @@ fn word(map: &Mapping, off: usize) -> &AtomicU32 {
     map.u32_at(off).expect("offset validated by Layout")
 }
 
-/// One slot: its status word, waiter count, length, sequence number and data.
+/// One slot: its status word, waiter count and length (`words`), its
+/// inline bytes, and its data area for longer messages.
 struct Slot<'a> {
     map: &'a Mapping,
-    at: usize,
+    words: usize,
+    inline: usize,
+    area: usize,
     cap: usize,
 }
 
-impl Slot<'_> {
-    fn state(&self) -> &AtomicU32 {
-        word(self.map, self.at)
-    }
-    fn waiters(&self) -> &AtomicU32 {
-        word(self.map, self.at + 4)
-    }
-    fn len(&self) -> &AtomicU32 {
-        word(self.map, self.at + 8)
+impl<'a> Slot<'a> {
+    /// The request slot of `layout`.
+    fn request(map: &'a Mapping, layout: &Layout) -> Self {
+        let line = layout.request;
+        Slot { map, words: line, inline: line + REQ_INLINE, area: line + SLOT_HEADER, cap: layout.cap }
     }
 
-    /// Where a message of `len` bytes lives.
-    fn data_at(&self, len: usize) -> usize {
-        if len <= INLINE {
-            self.at + INLINE_AT
-        } else {
-            self.at + SLOT_HEADER
+    /// The reply slot of `layout`: its words and inline bytes share the
+    /// request's cache line; its data area is its own.
+    fn reply(map: &'a Mapping, layout: &Layout) -> Self {
+        let line = layout.request;
+        Slot {
+            map,
+            words: line + REPLY_WORDS,
+            inline: line + REP_INLINE,
+            area: layout.reply + SLOT_HEADER,
+            cap: layout.cap,
         }
     }
+
+    fn state(&self) -> &AtomicU32 {
+        word(self.map, self.words)
+    }
+    fn waiters(&self) -> &AtomicU32 {
+        word(self.map, self.words + 4)
+    }
+    fn len(&self) -> &AtomicU32 {
+        word(self.map, self.words + 8)
+    }
+
 
     /// Copies a message in and publishes it as `seq` (the caller owns the
     /// slot). `guard`: a reader may still be copying the previous message,
@@ -154,8 +176,18 @@ impl Slot<'_> {
             self.state().store(seq | WRITING, Ordering::Relaxed);
             fence(Ordering::Release);
         }
-        let ok = self.map.write(self.data_at(data.len()), data);
-        debug_assert!(ok, "length checked against capacity");
+        if data.len() <= INLINE {
+            // A few word stores into the exchange line (atomics: the
+            // reader may be looking at them), no call to memcpy.
+            for (k, chunk) in data.chunks(4).enumerate() {
+                let mut w = [0u8; 4];
+                w[..chunk.len()].copy_from_slice(chunk);
+                word(self.map, self.inline + 4 * k).store(u32::from_le_bytes(w), Ordering::Relaxed);
+            }
+        } else {
+            let ok = self.map.write(self.area, data);
+            debug_assert!(ok, "length checked against capacity");
+        }
         self.len().store(data.len() as u32, Ordering::Relaxed);
         publish_to(self.state(), self.waiters(), reader_sleepy, seq);
     }
@@ -168,9 +200,16 @@ impl Slot<'_> {
             return Err(Fault::Frame(crate::FrameError::TooLarge { len, max: self.cap }));
         }
         out.clear();
-        out.resize(len, 0);
-        let ok = self.map.read(self.data_at(len), out);
-        debug_assert!(ok, "length checked against capacity");
+        if len <= INLINE {
+            for k in 0..len.div_ceil(4) {
+                let w = word(self.map, self.inline + 4 * k).load(Ordering::Relaxed).to_le_bytes();
+                out.extend_from_slice(&w[..(len - 4 * k).min(4)]);
+            }
+        } else {
+            out.resize(len, 0);
+            let ok = self.map.read(self.area, out);
+            debug_assert!(ok, "length checked against capacity");
+        }
         fence(Ordering::Acquire);
         Ok(self.state().load(Ordering::Relaxed) == seen)
     }
@@ -241,10 +280,6 @@ impl RpcServer {
         &self.seg
     }
 
-    fn slot(&self, at: usize) -> Slot<'_> {
-        Slot { map: self.seg.mapping(), at, cap: self.layout.cap }
-    }
-
     recv_forms!(Vec<u8>);
 
     /// Receives the next request into `buf` (no allocation once `buf` is big enough).
@@ -268,7 +303,7 @@ impl RpcServer {
 
     fn recv_inner_into(&mut self, buf: &mut Vec<u8>, mut due: Due) -> Result<(), Fault> {
         let map: &Mapping = self.seg.mapping();
-        let req = self.slot(self.layout.request);
+        let req = Slot::request(self.seg.mapping(), &self.layout);
         // A client that is gone ends its session; a new one may attach.
         let client_gone = || {
             let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
@@ -324,7 +359,7 @@ impl RpcServer {
         // number, and makes its next call only after that: nobody reads
         // the slot while it is overwritten.
         let client_sleepy = word(self.seg.mapping(), CLIENT_SLEEPY);
-        self.slot(self.layout.reply).put(data, seq, false, client_sleepy);
+        Slot::reply(self.seg.mapping(), &self.layout).put(data, seq, false, client_sleepy);
         Ok(())
     }
 }
@@ -464,8 +499,8 @@ impl RpcClient {
         }
         let map: &Mapping = self.seg.mapping();
         let server = || alive(map, SERVER_PID);
-        let req = Slot { map, at: self.layout.request, cap: self.layout.cap };
-        let rep = Slot { map, at: self.layout.reply, cap: self.layout.cap };
+        let req = Slot::request(map, &self.layout);
+        let rep = Slot::reply(map, &self.layout);
         self.seq = next_seq(self.seq);
         let seq = self.seq;
         // Until the reply is in, this request counts as possibly being read.
