@@ -167,7 +167,6 @@ impl<'a> Slot<'a> {
         word(self.map, self.words + 8)
     }
 
-
     /// Copies a message in and publishes it as `seq` (the caller owns the
     /// slot). `guard`: a reader may still be copying the previous message,
     /// so mark the word as being written first.
