@@ -46,15 +46,19 @@ const WRITING: u32 = 1;
 const IN_FLIGHT: u32 = 2;
 const READING: u32 = 3;
 
-// User-area layout: count, buffer size, frees counter, waiters; then the
-// descriptor table (16 bytes each: state|owner u64, generation, length);
-// then the buffers, each 64-byte aligned.
+// User-area layout: count, buffer size, frees counter, waiters (one line);
+// then one slot per buffer, 64-byte aligned: its descriptor (16 bytes:
+// state|owner u64, generation, length), then its bytes (16-byte aligned).
 const COUNT: usize = HEADER_LEN;
 const SIZE: usize = HEADER_LEN + 4;
 const FREES: usize = HEADER_LEN + 8;
 const WAITERS: usize = HEADER_LEN + 12;
-const TABLE: usize = HEADER_LEN + 64;
-const ENTRY: usize = 16;
+/// The first buffer's slot.
+const SLOTS: usize = HEADER_LEN + 64;
+/// A slot: the buffer's descriptor, then its bytes, in the same first
+/// cache line (a loan, a redeem and a release of a small payload move one
+/// line, not a descriptor line and a data line).
+const DESCRIPTOR: usize = 16;
 
 fn pack(state: u32, owner: u32) -> u64 {
     (u64::from(owner) << 32) | u64::from(state)
@@ -183,15 +187,15 @@ impl LoanPool {
     }
 
     fn word(&self, i: usize) -> &AtomicU64 {
-        self.seg.mapping().u64_at(TABLE + i * ENTRY).expect("index below count, table inside")
+        self.seg.mapping().u64_at(SLOTS + i * self.stride).expect("index below count, slots inside")
     }
 
     fn generation(&self, i: usize) -> &AtomicU32 {
-        self.seg.mapping().u32_at(TABLE + i * ENTRY + 8).expect("table inside")
+        self.seg.mapping().u32_at(SLOTS + i * self.stride + 8).expect("slots inside")
     }
 
     fn length(&self, i: usize) -> &AtomicU32 {
-        self.seg.mapping().u32_at(TABLE + i * ENTRY + 12).expect("table inside")
+        self.seg.mapping().u32_at(SLOTS + i * self.stride + 12).expect("slots inside")
     }
 
     fn frees(&self) -> &AtomicU32 {
@@ -373,9 +377,11 @@ impl LoanPool {
     }
 }
 
-fn geometry(count: usize, size: usize) -> (usize, usize) {
-    let table_end = TABLE + count * ENTRY;
-    (table_end.div_ceil(64) * 64, size.div_ceil(64) * 64)
+/// Where the buffers' bytes start (the first one's, after its descriptor)
+/// and the distance between buffers (`count` is not needed: slots follow
+/// the header line).
+fn geometry(_count: usize, size: usize) -> (usize, usize) {
+    (SLOTS + DESCRIPTOR, (DESCRIPTOR + size).div_ceil(64) * 64)
 }
 
 /// A buffer borrowed for writing. Deref to `[u8]` (the whole buffer);
