@@ -654,6 +654,116 @@ fn consumers_killed_mid_stream_do_not_wedge_the_ring() {
     assert_eq!(last, Some(sent - 1));
 }
 
+/// SPSC: producer processes killed at random instants, one after another
+/// (the next attaches once the last is dead), then consumer processes
+/// likewise: nothing committed is lost, nothing is duplicated, each
+/// stream arrives in order, and the ring never wedges.
+#[test]
+fn spsc_ends_killed_mid_stream_are_taken_over() {
+    let (chan, mut cleanup) = create("killspsc", &Config::spsc(8, 64));
+    let n = chan.segment().name().to_owned();
+    let pname = name("progress");
+    let progress = Segment::create(&pname, 8 * 64, 0o600).unwrap();
+    cleanup.0.push(pname.clone());
+    let rounds = if cfg!(debug_assertions) { 6 } else { 15 };
+    let done = Arc::new(AtomicBool::new(false));
+    let mut rx = chan.receiver().unwrap().with_wait(WaitMode::SpinThenBlock(100));
+    let d = done.clone();
+    let consumer = thread::spawn(move || {
+        let mut seen: HashMap<u32, Tally> = HashMap::new();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(m) => {
+                    let (id, s) = decode(m.bytes());
+                    let t = seen.entry(id).or_default();
+                    assert_eq!(s, t.last.map_or(0, |l| l + 1), "producer {id}: gap or duplicate");
+                    t.see(id, s);
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected)
+                    if d.load(Ordering::Acquire) =>
+                {
+                    return (seen, rx)
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+                Err(e) => panic!("consumer: {e}"),
+            }
+        }
+    });
+    let mut rng = Rng(0x5151_7c15 ^ u64::from(std::process::id()));
+    let mut committed = HashMap::new();
+    for id in 0..rounds {
+        let mut k =
+            Kid::spawn("produce", &[n.clone(), id.to_string(), "0".into(), "spin".into(), pname.clone()]);
+        assert_eq!(k.report(), "ready");
+        thread::sleep(Duration::from_micros(rng.below(20_000)));
+        k.kill();
+        committed
+            .insert(id, progress.atomic_u64(Offset::new(8 * id as usize)).unwrap().load(Ordering::Acquire));
+    }
+    let until = Instant::now() + LONG;
+    while !chan.is_empty() && Instant::now() < until {
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(300));
+    done.store(true, Ordering::Release);
+    let (seen, rx) = consumer.join().unwrap();
+    let mut total = 0;
+    for (id, c) in committed {
+        let got = seen.get(&id).map_or(0, |t| t.count);
+        assert!(got == c || got == c + 1, "producer {id}: committed {c}, received {got}");
+        total += got;
+    }
+    assert!(total > 0, "the killed producers sent nothing at all");
+    drop(rx);
+
+    // Now the consumers die: a producer thread here keeps sending (a
+    // moment with no consumer at all is Disconnected: it retries).
+    let mut tx = chan.sender().unwrap().with_wait(WaitMode::SpinThenBlock(100));
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let producer = thread::spawn(move || {
+        let (mut s, mut extra) = (0u64, 100);
+        while extra > 0 {
+            match tx.send_timeout(encode(1, s), LONG) {
+                Ok(()) => s += 1,
+                Err(SendTimeoutError::Disconnected(_)) => thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("producer: {e}"),
+            }
+            if st.load(Ordering::Acquire) {
+                extra -= 1;
+            }
+        }
+        (s, tx)
+    });
+    for _ in 0..rounds {
+        let mut k = Kid::spawn("hold-recv", std::slice::from_ref(&n));
+        assert_eq!(k.report(), "ready");
+        thread::sleep(Duration::from_micros(rng.below(10_000)));
+        k.kill();
+    }
+    let mut rx = chan.receiver().unwrap();
+    stop.store(true, Ordering::Release);
+    let mut last: Option<u64> = None;
+    let until = Instant::now() + LONG;
+    loop {
+        if producer.is_finished() && chan.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "the ring wedged");
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(m) => {
+                let (_, s) = decode(m.bytes());
+                assert!(!matches!(last, Some(l) if s <= l), "{s} after {last:?}");
+                last = Some(s);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("drain: {e}"),
+        }
+    }
+    let (sent, _tx) = producer.join().unwrap();
+    assert_eq!(last, Some(sent - 1));
+}
+
 // ---------------------------------------------------------------- corruption
 
 /// Random bytes written at random places of a live ring, while a producer
@@ -724,7 +834,7 @@ fn random_bytes_over_a_live_ring() {
 mod model {
     use std::sync::atomic::Ordering;
 
-    use ipckit::shm::ring::{pop, push, Pop, Push, RingMem, Word32, Word64};
+    use ipckit::shm::ring::{pop, push, spsc_pop, spsc_push, Cursor, Pop, Push, RingMem, Word32, Word64};
     use loom::sync::atomic::{AtomicU32, AtomicU64};
     use loom::sync::Arc;
 
@@ -834,6 +944,17 @@ mod model {
         }
     }
 
+    /// The SPSC producer: the Lamport ring with its private cursor.
+    pub fn spsc_send(r: &LoomRing, c: &mut Cursor, v: u64) {
+        loop {
+            match spsc_push(r, c, &v.to_le_bytes()) {
+                Push::Sent => return,
+                Push::Full | Push::Busy => loom::thread::yield_now(),
+                Push::Corrupt(why) => panic!("corrupt: {why}"),
+            }
+        }
+    }
+
     pub fn recv(r: &LoomRing, pid: u32) -> u64 {
         let mut out = Vec::new();
         loop {
@@ -845,13 +966,54 @@ mod model {
         }
     }
 
-    pub fn two_producers_one_consumer(spsc: bool) {
+    pub fn spsc_recv(r: &LoomRing, c: &mut Cursor) -> u64 {
+        let mut out = Vec::new();
+        loop {
+            // Every pop also runs the periodic cross-check of `tail`: it
+            // must never call a correct ring corrupt.
+            match spsc_pop(r, c, &mut out, true) {
+                Pop::Got => return u64::from_le_bytes(out[..].try_into().unwrap()),
+                Pop::Empty | Pop::Busy => loom::thread::yield_now(),
+                other => panic!("pop: {other:?}"),
+            }
+        }
+    }
+
+    /// The SPSC Lamport ring: one producer sends four messages through a
+    /// two-slot ring (two laps) to one consumer; every one
+    /// arrives once, in order, with the data written (the payloads are
+    /// relaxed atomics, so only the seq/head Release/Acquire pairs order
+    /// them), and the producer's cached `head` never lets it overrun the
+    /// consumer.
+    pub fn spsc_lamport() {
+        let mut b = loom::model::Builder::new();
+        // Two preemptions in a debug build (CI time), three in release.
+        b.preemption_bound = Some(bound(if cfg!(debug_assertions) { 2 } else { 3 }));
+        b.max_branches = 100_000;
+        b.check(move || {
+            let r = Arc::new(LoomRing::new(2, true));
+            let r2 = r.clone();
+            let mut pc = Cursor::producer(&*r).unwrap();
+            let mut cc = Cursor::consumer(&*r).unwrap();
+            let p = loom::thread::spawn(move || {
+                for v in 1..=4u64 {
+                    spsc_send(&r2, &mut pc, v);
+                }
+            });
+            for v in 1..=4u64 {
+                assert_eq!(spsc_recv(&r, &mut cc), v);
+            }
+            p.join().unwrap();
+        });
+    }
+
+    pub fn two_producers_one_consumer() {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(bound(1));
         b.max_branches = 100_000;
         b.check(move || {
-            let r = Arc::new(LoomRing::new(2, spsc));
-            let producers: Vec<_> = if spsc { vec![11u64] } else { vec![11u64, 22] }
+            let r = Arc::new(LoomRing::new(2, false));
+            let producers: Vec<_> = [11u64, 22]
                 .into_iter()
                 .enumerate()
                 .map(|(k, v)| {
@@ -859,26 +1021,23 @@ mod model {
                     loom::thread::spawn(move || send(&r, 100 + k as u32, v))
                 })
                 .collect();
-            let mut got = vec![recv(&r, 200)];
-            if !spsc {
-                got.push(recv(&r, 200));
-            }
+            let mut got = vec![recv(&r, 200), recv(&r, 200)];
             for p in producers {
                 p.join().unwrap();
             }
             got.sort_unstable();
-            assert_eq!(got, if spsc { vec![11] } else { vec![11, 22] });
+            assert_eq!(got, vec![11, 22]);
         });
     }
 
     /// More than a lap: one producer sends three messages through a
-    /// two-slot ring to one consumer (slot reuse: release then reclaim).
-    pub fn wraparound(spsc: bool) {
+    /// two-slot MPMC ring to one consumer (slot reuse: release then reclaim).
+    pub fn wraparound() {
         let mut b = loom::model::Builder::new();
         b.preemption_bound = Some(bound(3));
         b.max_branches = 100_000;
         b.check(move || {
-            let r = Arc::new(LoomRing::new(2, spsc));
+            let r = Arc::new(LoomRing::new(2, false));
             let r2 = r.clone();
             let p = loom::thread::spawn(move || {
                 for v in 1..=3u64 {
@@ -895,18 +1054,17 @@ mod model {
 
 #[test]
 fn loom_mpmc_two_producers_one_consumer() {
-    model::two_producers_one_consumer(false);
+    model::two_producers_one_consumer();
 }
 
 #[test]
-fn loom_spsc_one_producer_one_consumer() {
-    model::two_producers_one_consumer(true);
+fn loom_spsc_lamport_ring() {
+    model::spsc_lamport();
 }
 
 #[test]
 fn loom_wraparound() {
-    model::wraparound(false);
-    model::wraparound(true);
+    model::wraparound();
 }
 
 // ---------------------------------------------------------------- typed messages

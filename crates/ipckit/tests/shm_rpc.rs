@@ -219,16 +219,19 @@ fn hostile_slot_contents_are_errors_not_crashes() {
     assert!(matches!(raw, Err(Error::Corrupted(_))), "the raw view refuses an RPC segment");
     let mut client = RpcClient::open(&n).unwrap();
     // Play a hostile client by hand: a request claiming 1 GiB in a 32-byte slot.
-    // Slot layout (user-area offsets): request slot at 64: state, waiters, len, seq.
+    // Slot layout (user-area offsets): request slot at 64: state (a sequence
+    // number), waiters, len, -, inline bytes.
     let view = server.segment().clone();
     view.atomic_u32(Offset::new(64 + 8)).unwrap().store(1 << 30, Ordering::Relaxed);
     view.atomic_u32(Offset::new(64)).unwrap().store(1, Ordering::SeqCst);
     let r = server.recv_timeout(LONG);
     assert!(matches!(r, Err(RecvTimeoutError::Frame(_))), "{r:?}");
-    // A state word that is neither EMPTY nor FULL.
+    // A forged sequence number with the same bad length.
     view.atomic_u32(Offset::new(64)).unwrap().store(77, Ordering::SeqCst);
     assert!(server.recv_timeout(Duration::from_millis(100)).is_err());
-    view.atomic_u32(Offset::new(64)).unwrap().store(0, Ordering::SeqCst);
+    // The same forged number again is not a new request: nothing to take.
+    view.atomic_u32(Offset::new(64 + 8)).unwrap().store(0, Ordering::SeqCst);
+    assert!(matches!(server.recv_timeout(Duration::from_millis(50)), Err(RecvTimeoutError::Timeout)));
     // The server is still usable.
     let t = thread::spawn(move || {
         let req = server.recv_timeout(LONG).unwrap();
@@ -236,4 +239,63 @@ fn hostile_slot_contents_are_errors_not_crashes() {
     });
     assert_eq!(client.call_timeout(b"ok", LONG).unwrap(), b"ok");
     t.join().unwrap();
+}
+
+/// A request of call `i`: its number, then bytes derived from it; inline
+/// (up to 48 bytes) and out-of-line sizes alternate.
+fn patterned(i: u32) -> Vec<u8> {
+    let len = 4 + (i as usize * 37) % 200;
+    let mut v = i.to_le_bytes().to_vec();
+    v.extend((4..len).map(|k| (i as u8).wrapping_mul(31).wrapping_add(k as u8)));
+    v
+}
+
+/// Calls with tiny timeouts against a server that is sometimes slow:
+/// calls time out while the server copies their request or writes their
+/// reply, and the next call overwrites the request slot. The server never
+/// sees a torn request (the seqlock re-reads it), and every reply a call
+/// returns is the answer to that call, never to an earlier one.
+#[test]
+fn timeouts_racing_the_server_never_mix_requests_or_replies() {
+    let n = name("race");
+    let _c = Cleanup(n.clone());
+    let mut server = RpcServer::create(&n, 256, 0o600).unwrap().with_wait(WaitMode::SpinThenBlock(2000));
+    let mut client = RpcClient::open(&n).unwrap().with_wait(WaitMode::SpinThenBlock(2000));
+    let calls = if cfg!(debug_assertions) { 1000 } else { 4000 };
+    let t = thread::spawn(move || {
+        let mut served = 0u32;
+        loop {
+            let req = match server.recv_timeout(Duration::from_millis(500)) {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Timeout) => return served,
+                Err(e) => panic!("server: {e}"),
+            };
+            let i = u32::from_le_bytes(req[..4].try_into().unwrap());
+            assert_eq!(req, patterned(i), "a torn request {i}");
+            if i % 5 == 0 {
+                thread::sleep(Duration::from_micros(50));
+            }
+            let mut rep = req;
+            rep.reverse();
+            server.reply(&rep).unwrap();
+            served += 1;
+        }
+    });
+    let mut ok = 0;
+    let mut out = Vec::new();
+    for i in 0..calls {
+        let timeout = Duration::from_micros(if i % 3 == 0 { 5 } else { 2000 });
+        match client.call_into(&patterned(i), &mut out, timeout) {
+            Ok(()) => {
+                let mut want = patterned(i);
+                want.reverse();
+                assert_eq!(out, want, "call {i} got another call's reply");
+                ok += 1;
+            }
+            Err(CallError::Timeout) => {}
+            Err(e) => panic!("call {i}: {e}"),
+        }
+    }
+    let served = t.join().unwrap();
+    assert!(ok > 0 && served >= ok, "ok {ok} served {served}");
 }

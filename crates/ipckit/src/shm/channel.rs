@@ -1,5 +1,16 @@
 //! Message channels over shared memory: a bounded ring of slots in a
-//! segment, multi-producer multi-consumer or single-producer single-consumer.
+//! segment, multi-producer multi-consumer or single-producer single-consumer,
+//! or a rendezvous (capacity 0) table of offers.
+//!
+//! Flavours, one private file each:
+//! - MPMC: [`ring::push`]/[`ring::pop`] (Vyukov's sequence-numbered slots,
+//!   made robust against deaths);
+//! - SPSC: [`ring::spsc_push`]/[`ring::spsc_pop`] (a Lamport ring with the
+//!   "published" word in the slot: one cache line per small message);
+//! - rendezvous (`Config::rendezvous`, `slots == 0`): `rendezvous.rs`;
+//!   `send` returns once a receiver took the message, a timed-out send
+//!   withdraws it (never delivered), up to 32 senders offer at once and
+//!   receivers serve them in the order they offered.
 //!
 //! [`ShmChannel::create`] makes the segment (slot count, largest message,
 //! permission bits, flavour); [`ShmChannel::open`] attaches to it from any
@@ -20,6 +31,10 @@
 //! 192   producer table: 32 x u64 (pid << 32 | handles)
 //! 448   consumer table: 32 x u64
 //! 704   N slots of align64(16 + max) bytes: seq u64, claim u32, len u32, data
+//!       (SPSC: only len and data are used)
+//!       rendezvous: 32 offer slots of align64(64 + max) bytes (state, owner,
+//!       len, ticket on their own line, then the data); the ticket counter
+//!       is where `head` is
 //! ```
 //!
 //! The algorithm and what each kind of death leaves behind are in
@@ -53,8 +68,11 @@
 //! is reused before anyone notices looks alive (its slot then waits for the
 //! new process to exit). At most 32 processes attach to each side (any
 //! number of handles per process). The capacity is rounded up to a power of
-//! two, at least 2. There is no rendezvous (capacity 0) flavour, and messages cannot
-//! carry handles.
+//! two, at least 2 (or is 0: rendezvous). Messages cannot carry handles. An
+//! end that switches from [`WaitMode::Spin`] to a sleeping mode while its
+//! peer is notifying may see that one notification up to
+//! [`LIVENESS_CHECK`] late (a notifier skips its fence while no end of the
+//! waiting side can sleep).
 //!
 //! A [`ShmChannel`] itself is [`Transferable`]: it can be handed to a child
 //! with [`crate::spawn::Inherit`] or sent over a UNIX socket, and the
@@ -65,7 +83,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::ring::{self, Pop, Push, RingMem};
+use super::ring::{self, Cursor, Pop, Push, RingMem};
 use super::segment::{Segment, SegmentKind, HEADER_LEN};
 use super::wait::{wait_event, Attempt, Event};
 pub use super::wait::{WaitMode, LIVENESS_CHECK};
@@ -86,6 +104,13 @@ const NOT_EMPTY: usize = U + 36;
 const NOT_EMPTY_WAITERS: usize = U + 40;
 const NOT_FULL: usize = U + 44;
 const NOT_FULL_WAITERS: usize = U + 48;
+/// Rendezvous: how many receivers are waiting in `recv` right now.
+const RECEIVING: usize = U + 52;
+/// How many ends of each side may sleep (not [`WaitMode::Spin`]): a side
+/// with none asleep-capable is never woken, so its peer skips the fence.
+const SLEEPY: [usize; 2] = [U + 56, U + 60];
+/// Rendezvous: the next offer's ticket (the ring's head counter is unused).
+const TICKET: usize = U + 64;
 const HEAD: usize = U + 64;
 const TAIL: usize = U + 128;
 const TABLE: [usize; 2] = [U + 192, U + 448];
@@ -95,8 +120,10 @@ const SLOT_HEADER: usize = 16;
 /// The most slots a channel may have.
 pub const MAX_SLOTS: usize = 1 << 24;
 
-const PRODUCERS: usize = 0;
-const CONSUMERS: usize = 1;
+pub(super) const PRODUCERS: usize = 0;
+pub(super) const CONSUMERS: usize = 1;
+/// The flavour word of a rendezvous channel.
+const FLAVOR_RENDEZVOUS: u32 = 2;
 
 /// Which protocol a channel's ends follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -113,7 +140,9 @@ pub enum Flavor {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Messages the ring holds (rounded up to a power of two, at least 2:
-    /// the sequence-number algorithm cannot tell states apart with one slot).
+    /// the sequence-number algorithm cannot tell states apart with one
+    /// slot); 0 makes a rendezvous channel (any flavour: see
+    /// [`Config::rendezvous`]).
     pub slots: usize,
     /// The largest message, in bytes.
     pub max_message: usize,
@@ -135,6 +164,35 @@ impl Config {
         Config { slots, max_message, ..Config::default() }
     }
 
+    /// A rendezvous channel (capacity 0, `slots == 0`) for messages of at
+    /// most `max_message` bytes, mode `0o600`: `send` returns once a
+    /// receiver has taken the message; up to 32 senders offer at once
+    /// (more wait for a free offer slot).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ipckit::shm::channel::{Config, ShmChannel};
+    /// use ipckit::SendTimeoutError;
+    /// let name = format!("doc-rdv-{}", std::process::id());
+    /// let chan = ShmChannel::create(&name, &Config::rendezvous(256))?;
+    /// let mut tx = chan.sender()?;
+    /// let mut rx = ShmChannel::open(&name)?.receiver()?;
+    /// // Nobody is receiving: the offer is withdrawn and handed back.
+    /// let err = tx.send_timeout(&b"early"[..], Duration::from_millis(10)).unwrap_err();
+    /// assert!(matches!(err, SendTimeoutError::Timeout(ref m) if m.bytes() == b"early"));
+    /// // With a receiver waiting, send returns once it has taken the message.
+    /// let t = std::thread::spawn(move || rx.recv_timeout(Duration::from_secs(5)).map(|m| m.bytes().to_vec()));
+    /// tx.send_timeout(&b"render frame 7"[..], Duration::from_secs(5))?;
+    /// assert_eq!(t.join().unwrap()?, b"render frame 7");
+    /// ShmChannel::remove(&name)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn rendezvous(max_message: usize) -> Self {
+        Config { slots: 0, max_message, ..Config::default() }
+    }
+
     /// An SPSC channel of `slots` messages of at most `max_message` bytes, mode `0o600`.
     pub fn spsc(slots: usize, max_message: usize) -> Self {
         Config { slots, max_message, flavor: Flavor::Spsc, ..Config::default() }
@@ -150,15 +208,26 @@ fn align64(n: usize) -> usize {
     n.div_ceil(64) * 64
 }
 
+/// Bytes before a slot's data.
+fn slot_header(rendezvous: bool) -> usize {
+    if rendezvous {
+        super::rendezvous::OFFER_HEADER
+    } else {
+        SLOT_HEADER
+    }
+}
+
 /// The mapped ring, its shape validated once at create/open and then kept
 /// here (never re-read from the segment).
-struct Ring {
+pub(super) struct Ring {
     seg: Segment,
-    map: Arc<Mapping>,
-    slots: u64,
-    max: usize,
+    pub(super) map: Arc<Mapping>,
+    /// Ring slots, or offer slots of a rendezvous channel.
+    pub(super) slots: u64,
+    pub(super) max: usize,
     slot_size: usize,
     spsc: bool,
+    rendezvous: bool,
 }
 
 impl fmt::Debug for Ring {
@@ -182,16 +251,46 @@ impl Ring {
         self.map.u64_at(off).expect("fixed header offset inside the validated mapping")
     }
 
-    fn slot(&self, i: usize) -> usize {
+    pub(super) fn slot(&self, i: usize) -> usize {
         SLOTS + i * self.slot_size
     }
 
-    fn not_empty(&self) -> Event<'_> {
-        Event { word: self.w32(NOT_EMPTY), waiters: self.w32(NOT_EMPTY_WAITERS) }
+    /// What receivers wait for (woken by senders).
+    pub(super) fn not_empty(&self) -> Event<'_> {
+        Event {
+            word: self.w32(NOT_EMPTY),
+            waiters: self.w32(NOT_EMPTY_WAITERS),
+            sleepy: self.w32(SLEEPY[CONSUMERS]),
+        }
     }
 
-    fn not_full(&self) -> Event<'_> {
-        Event { word: self.w32(NOT_FULL), waiters: self.w32(NOT_FULL_WAITERS) }
+    /// What senders wait for (woken by receivers).
+    pub(super) fn not_full(&self) -> Event<'_> {
+        Event {
+            word: self.w32(NOT_FULL),
+            waiters: self.w32(NOT_FULL_WAITERS),
+            sleepy: self.w32(SLEEPY[PRODUCERS]),
+        }
+    }
+
+    /// Rendezvous: receivers waiting in `recv` now.
+    pub(super) fn receiving(&self) -> &AtomicU32 {
+        self.w32(RECEIVING)
+    }
+
+    /// Rendezvous: the ticket counter.
+    pub(super) fn ticket(&self) -> &AtomicU64 {
+        self.w64(TICKET)
+    }
+
+    /// Counts one more (`+1`) or one fewer (`-1`) end of `side` that may sleep.
+    fn sleepy(&self, side: usize, delta: i32) {
+        let c = self.w32(SLEEPY[side]);
+        if delta > 0 {
+            c.fetch_add(1, Ordering::SeqCst);
+        } else {
+            let _ = c.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| Some(v.saturating_sub(1)));
+        }
     }
 
     fn entry(&self, side: usize, k: usize) -> &AtomicU64 {
@@ -268,10 +367,19 @@ impl Ring {
         }
     }
 
+    /// An SPSC end's cursor (`None` for the other flavours).
+    fn cursor(&self, side: usize) -> Result<Option<Cursor>> {
+        if !self.spsc {
+            return Ok(None);
+        }
+        let c = if side == PRODUCERS { Cursor::producer(self) } else { Cursor::consumer(self) };
+        c.map(Some).map_err(|why| Error::Corrupted(format!("channel {:?}: {why}", self.seg.name())))
+    }
+
     /// Whether every process that attached to `side` is gone. Cheap (one
     /// load) unless `scan`, which also checks each recorded pid is alive
     /// and forgets the dead ones.
-    fn gone(&self, side: usize, scan: bool) -> bool {
+    pub(super) fn gone(&self, side: usize, scan: bool) -> bool {
         if self.w32(HAD[side]).load(Ordering::Acquire) == 0 {
             return false;
         }
@@ -341,7 +449,7 @@ impl RingMem for Ring {
     }
 }
 
-fn corrupt(why: &str) -> Fault {
+pub(super) fn corrupt(why: &str) -> Fault {
     Fault::Io(std::io::Error::new(
         std::io::ErrorKind::InvalidData,
         format!("corrupted shared-memory channel: {why}"),
@@ -378,7 +486,12 @@ impl ShmChannel {
     /// As [`Segment::create`]; [`Error::InvalidName`] when the slot count is
     /// over [`MAX_SLOTS`] or the maximum message over 1 GiB.
     pub fn create(name: &str, config: &Config) -> Result<ShmChannel> {
-        let slots = config.slots.max(2).checked_next_power_of_two().unwrap_or(usize::MAX);
+        let rendezvous = config.slots == 0;
+        let slots = if rendezvous {
+            super::rendezvous::OFFERS
+        } else {
+            config.slots.max(2).checked_next_power_of_two().unwrap_or(usize::MAX)
+        };
         let max = config.max_message.max(1);
         if slots > MAX_SLOTS || max > 1 << 30 {
             return Err(Error::InvalidName {
@@ -386,7 +499,7 @@ impl ShmChannel {
                 why: "a channel has at most 2^24 slots of at most 1 GiB",
             });
         }
-        let slot_size = align64(SLOT_HEADER + max);
+        let slot_size = align64(slot_header(rendezvous) + max);
         let size = slots
             .checked_mul(slot_size)
             .and_then(|s| s.checked_add(SLOTS - U))
@@ -394,14 +507,17 @@ impl ShmChannel {
             .ok_or(Error::InvalidName { name: name.to_owned(), why: "the ring would exceed 1 TiB" })?;
         let seg = Segment::create_kind(name, size, config.mode, SegmentKind::Ring)?;
         let map = seg.mapping().clone();
-        let ring =
-            Ring { seg, map, slots: slots as u64, max, slot_size, spsc: config.flavor == Flavor::Spsc };
+        let spsc = !rendezvous && config.flavor == Flavor::Spsc;
+        let ring = Ring { seg, map, slots: slots as u64, max, slot_size, spsc, rendezvous };
+        let flavor = if rendezvous { FLAVOR_RENDEZVOUS } else { u32::from(spsc) };
         ring.w32(CFG_SLOTS).store(slots as u32, Ordering::Relaxed);
         ring.w32(CFG_MAX).store(max as u32, Ordering::Relaxed);
         ring.w32(CFG_SLOT_SIZE).store(slot_size as u32, Ordering::Relaxed);
-        ring.w32(CFG_FLAVOR).store(ring.spsc as u32, Ordering::Relaxed);
-        for i in 0..slots {
-            ring.seq(i).store(i as u64, Ordering::Relaxed);
+        ring.w32(CFG_FLAVOR).store(flavor, Ordering::Relaxed);
+        if !rendezvous {
+            for i in 0..slots {
+                ring.seq(i).store(i as u64, Ordering::Relaxed);
+            }
         }
         ring.w32(CFG_READY).store(1, Ordering::Release);
         Ok(ShmChannel { ring: Arc::new(ring) })
@@ -438,17 +554,18 @@ impl ShmChannel {
         if !slots.is_power_of_two() || !(2..=MAX_SLOTS).contains(&slots) {
             return Err(bad(format!("{slots} slots is not a power of two from 2 to 2^24")));
         }
-        if max == 0 || max > 1 << 30 || slot_size != align64(SLOT_HEADER + max) {
-            return Err(bad(format!("slot size {slot_size} does not fit messages of {max} bytes")));
-        }
-        if flavor > 1 {
+        if flavor > FLAVOR_RENDEZVOUS {
             return Err(bad(format!("unknown flavour {flavor}")));
+        }
+        let rendezvous = flavor == FLAVOR_RENDEZVOUS;
+        if max == 0 || max > 1 << 30 || slot_size != align64(slot_header(rendezvous) + max) {
+            return Err(bad(format!("slot size {slot_size} does not fit messages of {max} bytes")));
         }
         match slots.checked_mul(slot_size).and_then(|s| s.checked_add(SLOTS)) {
             Some(end) if end <= map.len() => {}
             _ => return Err(bad(format!("{slots} slots of {slot_size} bytes do not fit the segment"))),
         }
-        let ring = Ring { seg, map, slots: slots as u64, max, slot_size, spsc: flavor == 1 };
+        let ring = Ring { seg, map, slots: slots as u64, max, slot_size, spsc: flavor == 1, rendezvous };
         Ok(ShmChannel { ring: Arc::new(ring) })
     }
 
@@ -480,8 +597,11 @@ impl ShmChannel {
     /// [`Error::AlreadyExists`] for an SPSC channel that has a live
     /// producer; [`Error::Unsupported`] when 32 processes already produce.
     pub fn sender(&self) -> Result<ShmSender> {
+        let cursor = self.ring.cursor(PRODUCERS)?;
         self.ring.attach(PRODUCERS)?;
-        Ok(ShmSender { ring: self.ring.clone(), mode: WaitMode::default(), last_check: Instant::now() })
+        let mode = WaitMode::default();
+        self.ring.sleepy(PRODUCERS, 1);
+        Ok(ShmSender { ring: self.ring.clone(), mode, last_check: Instant::now(), cursor })
     }
 
     /// A new receiving end, attached as a consumer of this process.
@@ -490,18 +610,30 @@ impl ShmChannel {
     ///
     /// As [`ShmChannel::sender`], for consumers.
     pub fn receiver(&self) -> Result<ShmReceiver> {
+        let cursor = self.ring.cursor(CONSUMERS)?;
         self.ring.attach(CONSUMERS)?;
+        self.ring.sleepy(CONSUMERS, 1);
         Ok(ShmReceiver {
             ring: self.ring.clone(),
             mode: WaitMode::default(),
             last_check: Instant::now(),
             buf: Vec::new(),
+            cursor,
         })
     }
 
-    /// How many messages the ring holds.
+    /// How many messages the ring holds: 0 for a rendezvous channel.
     pub fn capacity(&self) -> usize {
-        self.ring.slots as usize
+        if self.ring.rendezvous {
+            0
+        } else {
+            self.ring.slots as usize
+        }
+    }
+
+    /// Whether this is a rendezvous (capacity 0) channel.
+    pub fn is_rendezvous(&self) -> bool {
+        self.ring.rendezvous
     }
 
     /// The largest message, in bytes.
@@ -518,8 +650,12 @@ impl ShmChannel {
         }
     }
 
-    /// About how many messages are queued (a snapshot; never over the capacity).
+    /// About how many messages are queued (a snapshot; never over the
+    /// capacity; for a rendezvous channel, how many senders are offering).
     pub fn len(&self) -> usize {
+        if self.ring.rendezvous {
+            return super::rendezvous::offered(&self.ring);
+        }
         let head = self.ring.head().load(Ordering::Acquire);
         let tail = self.ring.tail().load(Ordering::Acquire);
         (tail.saturating_sub(head) as usize).min(self.capacity())
@@ -564,12 +700,24 @@ pub struct ShmSender {
     ring: Arc<Ring>,
     mode: WaitMode,
     last_check: Instant,
+    /// SPSC: this producer's position and cached `head`.
+    cursor: Option<Cursor>,
+}
+
+/// Keeps a side's count of ends that may sleep right when `from` becomes `to`.
+fn switch_mode(ring: &Ring, side: usize, from: WaitMode, to: WaitMode) {
+    match (from == WaitMode::Spin, to == WaitMode::Spin) {
+        (true, false) => ring.sleepy(side, 1),
+        (false, true) => ring.sleepy(side, -1),
+        _ => {}
+    }
 }
 
 impl ShmSender {
-    /// Sets how this end waits while the ring is full (default: spin then block).
+    /// Sets how this end waits while the ring is full, or for a rendezvous
+    /// channel until a receiver takes the message (default: spin then block).
     pub fn with_wait(mut self, mode: WaitMode) -> Self {
-        self.mode = mode;
+        self.set_wait(mode);
         self
     }
 
@@ -579,6 +727,7 @@ impl ShmSender {
     }
 
     pub(super) fn set_wait(&mut self, mode: WaitMode) {
+        switch_mode(&self.ring, PRODUCERS, self.mode, mode);
         self.mode = mode;
     }
 
@@ -601,8 +750,31 @@ impl ShmSender {
         data: &[u8],
         timeout: Option<Duration>,
     ) -> Result<(), crate::SendTimeoutError<()>> {
+        // A free slot needs no deadline: the clock is read only when waiting.
+        if self.send_now(data) {
+            return Ok(());
+        }
         let deadline = timeout.map_or(Deadline::Never, Deadline::after);
         self.send_slice(data, deadline).map_err(|f| crate::SendTimeoutError::from_fault(f, ()))
+    }
+
+    /// One attempt to put `data` into a ring slot at once; `false` when
+    /// that is not simply possible (full, busy, anything to report, or a
+    /// rendezvous channel): then the caller takes the slow path.
+    fn send_now(&mut self, data: &[u8]) -> bool {
+        let ring = &*self.ring;
+        if ring.rendezvous || data.len() > ring.max || ring.gone(CONSUMERS, false) {
+            return false;
+        }
+        let pushed = match &mut self.cursor {
+            Some(c) => ring::spsc_push(ring, c, data),
+            None => ring::push(ring, sys::pid(), data, false),
+        };
+        if pushed == Push::Sent {
+            ring.not_empty().notify();
+            return true;
+        }
+        false
     }
 
     fn send_inner(&mut self, msg: &Message, deadline: Deadline) -> Result<(), Fault> {
@@ -623,9 +795,17 @@ impl ShmSender {
         if ring.gone(CONSUMERS, false) {
             return Err(Fault::Disconnected);
         }
+        if ring.rendezvous {
+            return super::rendezvous::send(ring, data, self.mode, deadline);
+        }
         let me = sys::pid();
+        let cursor = &mut self.cursor;
         wait_event(ring.not_full(), self.mode, deadline, &mut self.last_check, |check| {
-            match ring::push(ring, me, data, check) {
+            let pushed = match cursor {
+                Some(c) => ring::spsc_push(ring, c, data),
+                None => ring::push(ring, me, data, check),
+            };
+            match pushed {
                 Push::Sent => {
                     ring.not_empty().notify();
                     Attempt::Ready(Ok(()))
@@ -641,6 +821,9 @@ impl ShmSender {
 
 impl Drop for ShmSender {
     fn drop(&mut self) {
+        if self.mode != WaitMode::Spin {
+            self.ring.sleepy(PRODUCERS, -1);
+        }
         self.ring.detach(PRODUCERS);
         // Receivers asleep on an empty ring re-check whether anyone is left.
         self.ring.not_empty().notify_all();
@@ -655,12 +838,14 @@ pub struct ShmReceiver {
     mode: WaitMode,
     last_check: Instant,
     buf: Vec<u8>,
+    /// SPSC: this consumer's position and cached `tail`.
+    cursor: Option<Cursor>,
 }
 
 impl ShmReceiver {
     /// Sets how this end waits while the ring is empty (default: spin then block).
     pub fn with_wait(mut self, mode: WaitMode) -> Self {
-        self.mode = mode;
+        self.set_wait(mode);
         self
     }
 
@@ -670,6 +855,7 @@ impl ShmReceiver {
     }
 
     pub(super) fn set_wait(&mut self, mode: WaitMode) {
+        switch_mode(&self.ring, CONSUMERS, self.mode, mode);
         self.mode = mode;
     }
 
@@ -686,8 +872,37 @@ impl ShmReceiver {
         buf: &mut Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<(), crate::RecvTimeoutError> {
+        // A published message needs no deadline: the clock is read only when waiting.
+        if let Some(r) = self.recv_now(buf) {
+            return r.map_err(crate::RecvTimeoutError::from_fault);
+        }
         let deadline = timeout.map_or(Deadline::Never, Deadline::after);
         self.recv_vec(buf, deadline).map_err(crate::RecvTimeoutError::from_fault)
+    }
+
+    /// One attempt to take a message out of a ring slot at once; `None`
+    /// when there is none to take simply (then the caller takes the slow
+    /// path, which also reports disconnection and corruption).
+    fn recv_now(&mut self, buf: &mut Vec<u8>) -> Option<Result<(), Fault>> {
+        let ring = &*self.ring;
+        if ring.rendezvous {
+            return None;
+        }
+        let popped = match &mut self.cursor {
+            Some(c) => ring::spsc_pop(ring, c, buf, false),
+            None => ring::pop(ring, sys::pid(), buf, false),
+        };
+        match popped {
+            Pop::Got => {
+                ring.not_full().notify();
+                Some(Ok(()))
+            }
+            Pop::TooLong(len) => {
+                ring.not_full().notify();
+                Some(Err(Fault::Frame(FrameError::TooLarge { len, max: ring.max })))
+            }
+            _ => None,
+        }
     }
 
     fn recv_inner(&mut self, deadline: Deadline) -> Result<Message, Fault> {
@@ -704,7 +919,15 @@ impl ShmReceiver {
 
     pub(super) fn recv_vec(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> Result<(), Fault> {
         let ring = &*self.ring;
+        if ring.rendezvous {
+            return super::rendezvous::recv(ring, buf, self.mode, deadline, &mut self.last_check);
+        }
         let me = sys::pid();
+        let cursor = &mut self.cursor;
+        let mut pop = |buf: &mut Vec<u8>, repair: bool| match cursor {
+            Some(c) => ring::spsc_pop(ring, c, buf, repair),
+            None => ring::pop(ring, me, buf, repair),
+        };
         wait_event(ring.not_empty(), self.mode, deadline, &mut self.last_check, |check| {
             let got = |r: Pop| match r {
                 Pop::Got => {
@@ -718,7 +941,7 @@ impl ShmReceiver {
                 Pop::Corrupt(why) => Some(Err(corrupt(why))),
                 Pop::Empty | Pop::Busy => None,
             };
-            let r = ring::pop(ring, me, buf, check);
+            let r = pop(buf, check);
             if let Some(done) = got(r) {
                 return Attempt::Ready(done);
             }
@@ -726,7 +949,7 @@ impl ShmReceiver {
             if ring.gone(PRODUCERS, check) {
                 // Whatever the last producer published before leaving is
                 // visible now; a slot a dead one left half-written is skipped.
-                let r = ring::pop(ring, me, buf, true);
+                let r = pop(buf, true);
                 return match got(r) {
                     Some(done) => Attempt::Ready(done),
                     None if r == Pop::Busy => Attempt::Busy,
@@ -744,6 +967,9 @@ impl ShmReceiver {
 
 impl Drop for ShmReceiver {
     fn drop(&mut self) {
+        if self.mode != WaitMode::Spin {
+            self.ring.sleepy(CONSUMERS, -1);
+        }
         self.ring.detach(CONSUMERS);
         self.ring.not_full().notify_all();
     }

@@ -8,14 +8,16 @@
 //!   segment's bounds on every use.
 //! - [`rpc`]: the chapter's two-slot RPC: one request slot, one reply slot,
 //!   a status word in each header.
-//! - [`channel`]: message channels (MPMC and SPSC) over a ring of slots.
+//! - [`channel`]: message channels over a segment: MPMC and SPSC rings of
+//!   slots, and rendezvous (capacity 0) channels.
 //! - [`ring_rpc`]: RPC over those rings: one server, many clients, each
 //!   client with its own reply ring.
 //!
 //! Private parts: `wait` (spin / spin-then-block / block waiting on futex
 //! words, shared by `rpc` and `channel`) and `ring` (the lock-free ring
 //! algorithm, generic over its memory so a `loom` model runs the same code;
-//! public but hidden only for that model).
+//! public but hidden only for that model), and `rendezvous` (the offer
+//! table of capacity-0 channels).
 //! - [`pubsub`]: one publisher, many subscribers, each sees every message;
 //!   history for late joiners; a slow subscriber blocks the publisher or
 //!   loses its oldest messages, as the publisher chooses.
@@ -30,6 +32,7 @@
 pub mod channel;
 mod pool;
 pub mod pubsub;
+mod rendezvous;
 #[doc(hidden)]
 pub mod ring;
 pub mod ring_rpc;

@@ -46,15 +46,19 @@ const WRITING: u32 = 1;
 const IN_FLIGHT: u32 = 2;
 const READING: u32 = 3;
 
-// User-area layout: count, buffer size, frees counter, waiters; then the
-// descriptor table (16 bytes each: state|owner u64, generation, length);
-// then the buffers, each 64-byte aligned.
+// User-area layout: count, buffer size, frees counter, waiters (one line);
+// then one slot per buffer, 64-byte aligned: its descriptor (16 bytes:
+// state|owner u64, generation, length), then its bytes (16-byte aligned).
 const COUNT: usize = HEADER_LEN;
 const SIZE: usize = HEADER_LEN + 4;
 const FREES: usize = HEADER_LEN + 8;
 const WAITERS: usize = HEADER_LEN + 12;
-const TABLE: usize = HEADER_LEN + 64;
-const ENTRY: usize = 16;
+/// The first buffer's slot.
+const SLOTS: usize = HEADER_LEN + 64;
+/// A slot: the buffer's descriptor, then its bytes, in the same first
+/// cache line (a loan, a redeem and a release of a small payload move one
+/// line, not a descriptor line and a data line).
+const DESCRIPTOR: usize = 16;
 
 fn pack(state: u32, owner: u32) -> u64 {
     (u64::from(owner) << 32) | u64::from(state)
@@ -183,15 +187,15 @@ impl LoanPool {
     }
 
     fn word(&self, i: usize) -> &AtomicU64 {
-        self.seg.mapping().u64_at(TABLE + i * ENTRY).expect("index below count, table inside")
+        self.seg.mapping().u64_at(SLOTS + i * self.stride).expect("index below count, slots inside")
     }
 
     fn generation(&self, i: usize) -> &AtomicU32 {
-        self.seg.mapping().u32_at(TABLE + i * ENTRY + 8).expect("table inside")
+        self.seg.mapping().u32_at(SLOTS + i * self.stride + 8).expect("slots inside")
     }
 
     fn length(&self, i: usize) -> &AtomicU32 {
-        self.seg.mapping().u32_at(TABLE + i * ENTRY + 12).expect("table inside")
+        self.seg.mapping().u32_at(SLOTS + i * self.stride + 12).expect("slots inside")
     }
 
     fn frees(&self) -> &AtomicU32 {
@@ -240,11 +244,14 @@ impl LoanPool {
 
     fn loan_inner(&self, deadline: Deadline) -> Result<LoanMut<'_>> {
         let me = sys::pid();
+        let loaned = |i: usize| {
+            let generation = self.generation(i).fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+            LoanMut { pool: self, index: i, generation, sent: false }
+        };
         loop {
-            let seen = self.frees().load(Ordering::SeqCst);
+            // The fast path touches only the descriptor table.
             if let Some(i) = self.claim(me) {
-                let generation = self.generation(i).fetch_add(1, Ordering::AcqRel).wrapping_add(1);
-                return Ok(LoanMut { pool: self, index: i, generation, sent: false });
+                return Ok(loaned(i));
             }
             if self.reclaim_stale() > 0 {
                 continue;
@@ -253,14 +260,19 @@ impl LoanPool {
                 return Err(Error::Timeout);
             }
             // Sleep until a buffer is freed (or a liveness re-check is due).
+            // Announce first, then look again: a release after our look sees
+            // the waiter (both sides SeqCst) and bumps `frees`.
             self.waiters().fetch_add(1, Ordering::SeqCst);
-            if self.frees().load(Ordering::SeqCst) == seen {
-                let mut nap = Duration::from_millis(10);
-                if let Deadline::At(at) = deadline {
-                    nap = nap.min(at.saturating_duration_since(Instant::now()));
-                }
-                sys::futex_wait(self.frees(), seen, Some(nap));
+            let seen = self.frees().load(Ordering::SeqCst);
+            if let Some(i) = self.claim(me) {
+                self.waiters().fetch_sub(1, Ordering::SeqCst);
+                return Ok(loaned(i));
             }
+            let mut nap = Duration::from_millis(10);
+            if let Deadline::At(at) = deadline {
+                nap = nap.min(at.saturating_duration_since(Instant::now()));
+            }
+            sys::futex_wait(self.frees(), seen, Some(nap));
             self.waiters().fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -270,7 +282,8 @@ impl LoanPool {
         let start = (me as usize).wrapping_mul(2_654_435_761) % self.count;
         (0..self.count).map(|k| (start + k) % self.count).find(|&i| {
             let w = self.word(i);
-            let cur = w.load(Ordering::Acquire);
+            // SeqCst: pairs with the SeqCst free and waiter count (see `announce_free`).
+            let cur = w.load(Ordering::SeqCst);
             unpack(cur).0 == FREE
                 && w.compare_exchange(cur, pack(WRITING, me), Ordering::AcqRel, Ordering::Relaxed).is_ok()
         })
@@ -288,7 +301,7 @@ impl LoanPool {
             if state != FREE
                 && state != IN_FLIGHT
                 && !sys::process_alive(owner)
-                && w.compare_exchange(cur, pack(FREE, 0), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                && w.compare_exchange(cur, pack(FREE, 0), Ordering::SeqCst, Ordering::Relaxed).is_ok()
             {
                 n += 1;
             }
@@ -299,15 +312,18 @@ impl LoanPool {
         n
     }
 
+    /// Wakes loaners asleep for a free buffer, if any: with none this is
+    /// one load of a read-mostly word (the free itself, a SeqCst CAS on the
+    /// descriptor, orders it), so a release moves no header cache line.
     fn announce_free(&self) {
-        self.frees().fetch_add(1, Ordering::SeqCst);
         if self.waiters().load(Ordering::SeqCst) > 0 {
+            self.frees().fetch_add(1, Ordering::SeqCst);
             sys::futex_wake(self.frees(), u32::MAX);
         }
     }
 
     fn release(&self, i: usize, from: u64) {
-        if self.word(i).compare_exchange(from, pack(FREE, 0), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        if self.word(i).compare_exchange(from, pack(FREE, 0), Ordering::SeqCst, Ordering::Relaxed).is_ok() {
             self.announce_free();
         }
     }
@@ -361,9 +377,11 @@ impl LoanPool {
     }
 }
 
-fn geometry(count: usize, size: usize) -> (usize, usize) {
-    let table_end = TABLE + count * ENTRY;
-    (table_end.div_ceil(64) * 64, size.div_ceil(64) * 64)
+/// Where the buffers' bytes start (the first one's, after its descriptor)
+/// and the distance between buffers (`count` is not needed: slots follow
+/// the header line).
+fn geometry(_count: usize, size: usize) -> (usize, usize) {
+    (SLOTS + DESCRIPTOR, (DESCRIPTOR + size).div_ceil(64) * 64)
 }
 
 /// A buffer borrowed for writing. Deref to `[u8]` (the whole buffer);

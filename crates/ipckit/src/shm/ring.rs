@@ -29,9 +29,18 @@
 //! `pos` only under the claim of slot `pos % N`, so the claim word is also
 //! what tells a survivor who was in the middle of what.
 //!
-//! **SPSC.** The same slots, no claim words and no CAS: the single producer
-//! writes, publishes `seq`, then stores `tail`; the single consumer reads,
-//! releases `seq`, then stores `head`.
+//! **SPSC** ([`spsc_push`]/[`spsc_pop`]): a Lamport ring whose "not
+//! empty" signal lives in the slot (as in FastForward): no claim words and
+//! no CAS, and nobody writes a slot back. The single producer writes the
+//! data and the length, publishes `seq = pos + 1` (Release; the same cache
+//! line as the length and the first 48 bytes), then stores `tail`. The
+//! single consumer waits for `seq == pos + 1` in its next slot, reads the
+//! message, then stores `head` (Release). Each end keeps a [`Cursor`]: the
+//! producer reads `head` only when its cached copy says the ring is full,
+//! and the consumer never reads `tail` on its fast path, so the counters'
+//! cache lines stay with their writers and a small message moves one cache
+//! line. (`tail` is for [`Cursor::producer`] after a takeover, for
+//! `len()`, and for the consumer's periodic cross-check.)
 //!
 //! # What a death leaves behind, and who repairs it
 //!
@@ -46,9 +55,13 @@
 //! | producer after publishing, before releasing `claim` | published | consumer takes the claim over and reads it | delivered once |
 //! | consumer before `head` moved | published, claim = dead pid | next consumer takes over, reads it | delivered once |
 //! | consumer between moving `head` and releasing `seq` (two instructions) | `seq == pos + 1 - N`-style, `head > pos` | producer frees the slot | **lost** (it was taken, never returned) |
-//! | SPSC producer between `seq` and `tail` | `seq == pos + 1`, `tail == pos` | the next producer moves `tail` | delivered once |
-//! | SPSC consumer between `seq` and `head` | `seq == pos + N`, `head == pos` | the next consumer moves `head` | delivered once |
-//! | SPSC consumer before releasing `seq` | published | the next consumer reads it | delivered once (recv had not returned) |
+//! | SPSC producer before publishing `seq` | `tail == pos`, slot not published | the next producer overwrites the slot | never sent |
+//! | SPSC producer between `seq` and `tail` | `tail == pos`, `seq == pos + 1` | the next producer starts at `pos + 1` | delivered once (send had not returned) |
+//! | SPSC consumer before storing `head` | `head == pos` | the next consumer reads it again | delivered once (recv had not returned) |
+//!
+//! In the SPSC ring one store commits each operation (`seq` for the
+//! producer, `head` for the consumer), so a death leaves nothing
+//! half-done to repair: the next end to attach starts from the counters.
 //!
 //! A pid that is reused by a new process before the repair makes the dead
 //! holder look alive: the slot then waits until that process exits.
@@ -128,7 +141,9 @@ pub trait RingMem {
     type W32: Word32;
     /// `N`, a power of two (validated by the implementation).
     fn slots(&self) -> u64;
-    /// Whether this is the single-producer single-consumer protocol.
+    /// Whether this is the single-producer single-consumer protocol (then
+    /// only [`spsc_push`]/[`spsc_pop`] may be used on it; `seq` and `claim`
+    /// are unused).
     fn spsc(&self) -> bool;
     /// The consumers' counter.
     fn head(&self) -> &Self::W64;
@@ -197,7 +212,7 @@ fn drop_claim<M: RingMem>(m: &M, i: usize) {
 }
 
 /// Sends `data` (`data.len() <= m.max()`, checked by the caller) as
-/// process `me`; never waits. `skipped` counts slots freed from dead consumers.
+/// process `me` into an MPMC ring; never waits. `skipped` counts slots freed from dead consumers.
 pub fn push<M: RingMem>(m: &M, me: u32, data: &[u8], repair: bool) -> Push {
     let n = m.slots();
     let mask = n - 1;
@@ -210,11 +225,6 @@ pub fn push<M: RingMem>(m: &M, me: u32, data: &[u8], repair: bool) -> Push {
             if m.tail().load(Acquire) != pos {
                 continue; // another producer got there first
             }
-            if m.spsc() && (seq == pos.wrapping_add(1) || seq == pos.wrapping_add(n)) {
-                // The last producer published but died before moving `tail`.
-                m.tail().store(pos.wrapping_add(1), Release);
-                continue;
-            }
             return Push::Corrupt("slot sequence ahead of the tail");
         }
         if d < 0 {
@@ -223,7 +233,7 @@ pub fn push<M: RingMem>(m: &M, me: u32, data: &[u8], repair: bool) -> Push {
                 // The slot still holds the previous lap's message (or its
                 // producer is still writing it): full, unless its consumer
                 // took it and died before releasing it.
-                if repair && seq == prev.wrapping_add(1) && !m.spsc() && free_taken(m, i, me, prev) {
+                if repair && seq == prev.wrapping_add(1) && free_taken(m, i, me, prev) {
                     continue;
                 }
                 return Push::Full;
@@ -232,13 +242,6 @@ pub fn push<M: RingMem>(m: &M, me: u32, data: &[u8], repair: bool) -> Push {
                 continue;
             }
             return Push::Corrupt("slot sequence behind the tail by more than a lap");
-        }
-        if m.spsc() {
-            m.write(i, data);
-            m.len(i).store(data.len() as u32, Relaxed);
-            m.seq(i).store(pos.wrapping_add(1), Release);
-            m.tail().store(pos.wrapping_add(1), Release);
-            return Push::Sent;
         }
         if !take_claim(m, i, me, repair) {
             return Push::Busy;
@@ -282,7 +285,7 @@ fn free_taken<M: RingMem>(m: &M, i: usize, me: u32, prev: u64) -> bool {
     freed
 }
 
-/// Receives into `out` as process `me`; never waits. Slots whose producer
+/// Receives into `out` as process `me` from an MPMC ring; never waits. Slots whose producer
 /// died before publishing are skipped when `repair`.
 pub fn pop<M: RingMem>(m: &M, me: u32, out: &mut Vec<u8>, repair: bool) -> Pop {
     let n = m.slots();
@@ -294,12 +297,6 @@ pub fn pop<M: RingMem>(m: &M, me: u32, out: &mut Vec<u8>, repair: bool) -> Pop {
         let next = pos.wrapping_add(1);
         let d = seq.wrapping_sub(next) as i64;
         if d == 0 {
-            if m.spsc() {
-                let r = take(m, i, out);
-                m.seq(i).store(pos.wrapping_add(n), Release);
-                m.head().store(next, Release);
-                return r;
-            }
             if !take_claim(m, i, me, repair) {
                 return Pop::Busy;
             }
@@ -324,7 +321,7 @@ pub fn pop<M: RingMem>(m: &M, me: u32, out: &mut Vec<u8>, repair: bool) -> Pop {
                 }
                 return Pop::Corrupt("slot sequence behind the head by more than a lap");
             }
-            if prev_lap || m.spsc() {
+            if prev_lap {
                 // The previous lap's consumer is still releasing it (then the
                 // ring is empty), or nothing was published here yet.
                 return Pop::Empty;
@@ -364,11 +361,6 @@ pub fn pop<M: RingMem>(m: &M, me: u32, out: &mut Vec<u8>, repair: bool) -> Pop {
         if m.head().load(Acquire) != pos {
             continue;
         }
-        if m.spsc() && (seq == pos.wrapping_add(n) || seq == pos.wrapping_add(n).wrapping_add(1)) {
-            // The last consumer released the slot but died before moving `head`.
-            m.head().store(next, Release);
-            continue;
-        }
         return Pop::Corrupt("slot sequence ahead of the head");
     }
     Pop::Busy
@@ -385,4 +377,107 @@ fn take<M: RingMem>(m: &M, i: usize, out: &mut Vec<u8>) -> Pop {
     out.resize(len, 0);
     m.read(i, out);
     Pop::Got
+}
+
+/// One end's private view of an SPSC ring: its own position and (the
+/// producer's) cached copy of `head`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    mine: u64,
+    other: u64,
+}
+
+impl Cursor {
+    /// The producer's cursor, starting at `tail` as it is (or one further
+    /// when the last producer published its slot but died before moving
+    /// `tail`).
+    ///
+    /// # Errors
+    ///
+    /// When `head` and `tail` are not at most a lap apart.
+    pub fn producer<M: RingMem>(m: &M) -> Result<Cursor, &'static str> {
+        let mut tail = m.tail().load(Acquire);
+        let n = m.slots();
+        if m.seq((tail & (n - 1)) as usize).load(Acquire) == tail.wrapping_add(1) {
+            tail = tail.wrapping_add(1);
+            m.tail().store(tail, Release);
+        }
+        let head = m.head().load(Acquire);
+        if tail.wrapping_sub(head) > n {
+            return Err("tail not within a lap ahead of head");
+        }
+        Ok(Cursor { mine: tail, other: head })
+    }
+
+    /// The consumer's cursor, starting at `head` as it is.
+    ///
+    /// # Errors
+    ///
+    /// As [`Cursor::producer`].
+    pub fn consumer<M: RingMem>(m: &M) -> Result<Cursor, &'static str> {
+        let head = m.head().load(Acquire);
+        let tail = m.tail().load(Acquire);
+        if tail.wrapping_sub(head) > m.slots() {
+            return Err("tail not within a lap ahead of head");
+        }
+        Ok(Cursor { mine: head, other: tail })
+    }
+}
+
+/// Sends `data` (`data.len() <= m.max()`, checked by the caller) into an
+/// SPSC ring as its only producer; never waits. Reads `head` only when
+/// the cursor's copy says the ring is full.
+pub fn spsc_push<M: RingMem>(m: &M, c: &mut Cursor, data: &[u8]) -> Push {
+    let n = m.slots();
+    if c.mine.wrapping_sub(c.other) >= n {
+        let head = m.head().load(Acquire);
+        let used = c.mine.wrapping_sub(head);
+        if used > n {
+            return Push::Corrupt("head ahead of the tail or more than a lap behind it");
+        }
+        c.other = head;
+        if used == n {
+            return Push::Full;
+        }
+    }
+    let i = (c.mine & (n - 1)) as usize;
+    m.write(i, data);
+    m.len(i).store(data.len() as u32, Relaxed);
+    c.mine = c.mine.wrapping_add(1);
+    m.seq(i).store(c.mine, Release);
+    m.tail().store(c.mine, Release);
+    Push::Sent
+}
+
+/// Receives into `out` from an SPSC ring as its only consumer; never
+/// waits. Looks only at its next slot's `seq`; `check` (a periodic slow
+/// path) also cross-checks `tail`, so a committed message whose slot was
+/// scribbled over is reported as corruption rather than waited for.
+pub fn spsc_pop<M: RingMem>(m: &M, c: &mut Cursor, out: &mut Vec<u8>, check: bool) -> Pop {
+    let n = m.slots();
+    let i = (c.mine & (n - 1)) as usize;
+    let want = c.mine.wrapping_add(1);
+    if m.seq(i).load(Acquire) != want {
+        if check {
+            // `tail` may lag behind messages already read (their `seq` was
+            // published first), but by less than a lap.
+            let tail = m.tail().load(Acquire);
+            let avail = tail.wrapping_sub(c.mine) as i64;
+            if avail > n as i64 || avail < -(n as i64) {
+                return Pop::Corrupt("tail more than a lap away from the head");
+            }
+            // `seq` is published before `tail`: a message counted in `tail` is visible.
+            if avail > 0 && m.seq(i).load(Acquire) != want {
+                return Pop::Corrupt("a committed message's slot is not published");
+            }
+        }
+        if m.seq(i).load(Acquire) != want {
+            return Pop::Empty;
+        }
+    }
+    let r = take(m, i, out);
+    c.mine = want;
+    c.other = want;
+    m.head().store(want, Release);
+    r
 }

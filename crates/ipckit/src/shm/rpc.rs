@@ -1,35 +1,53 @@
 //! The chapter's two-slot RPC over shared memory.
 //!
-//! A segment holds exactly one request slot and one reply slot; each slot
-//! starts with a status word (`EMPTY` or `FULL`) on a cache line of its own:
+//! A segment holds exactly one request slot and one reply slot. Their
+//! status words, lengths and, for messages of up to [`INLINE`] bytes, the
+//! messages themselves share one cache line (the exchange line), so a
+//! small call bounces one line between the two processes exactly as a
+//! ping-pong on one word does (measured here: two lines, one per
+//! direction, cost twice the floor):
 //!
 //! ```text
 //! user area offset  what
-//! 0                 server pid, client pid, slot capacity
-//! 64                request slot: state, waiters, len, seq | data (capacity bytes)
-//! 128 + cap'        reply slot:   state, waiters, len, seq | data
+//! 0                 server pid, client pid, slot capacity, server/client may sleep
+//! 64                exchange line: request state, waiters, len; reply state, waiters, len;
+//!                   20 inline request bytes; 20 inline reply bytes
+//! 128               request data area (capacity bytes, for longer requests)
+//! 128 + cap'        (unused line) | reply data area (capacity bytes)
 //! ```
 //!
-//! The client writes its request and flips the request word to `FULL`; the
-//! server copies it out, flips it back to `EMPTY`, and answers the same way
-//! in the reply slot. One call is in flight at a time. A side that waits
+//! The status words hold sequence numbers, and nobody writes them back:
+//! the client writes request `n` and stores `n` in the request word; the
+//! server waits for a request word other than the last one it took, copies
+//! the request out, and answers by writing the reply and storing `n` in
+//! the reply word; the client waits for `n` there. When the
+//! client's previous call did not complete (it timed out, or the client is
+//! new), the server may still be copying that request, so the client first
+//! marks the request word as being written ([`WRITING`] bit) and the server
+//! re-reads the word after copying (a seqlock): a torn copy is dropped and
+//! read again. One call is in flight at a time. A side that waits
 //! does so as its [`WaitMode`] says (the chapter's "message check mode"):
 //! spinning on the word, spinning then sleeping on it with a futex, or
 //! sleeping at once. Publishing makes a `futex` wake only when the other
 //! side is actually asleep, so the spinning fast path makes no system call
-//! at all.
+//! at all; and when the other side is in `WaitMode::Spin` (each side
+//! records in the header whether it may sleep) publishing is one plain
+//! store, no fence. (A side that switches from `Spin` to a sleeping mode
+//! while the other is publishing may see that one message at the end of
+//! its first nap, [`LIVENESS_CHECK`], at worst.)
 //!
 //! A side that dies is noticed: a waiter checks the other's pid every
 //! [`LIVENESS_CHECK`], so a call to a server killed with SIGKILL fails with
 //! `Disconnected` within that time instead of hanging. A late reply (to a
 //! call that timed out) is recognised by its sequence number and dropped.
-//! Every length and state read from the segment is validated.
+//! Every length read from the segment is validated (a state word is only
+//! compared, never used as an index).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::segment::{Segment, SegmentKind, HEADER_LEN};
-use super::wait::{publish, wait_for, EMPTY, FULL};
+use super::wait::{publish_to, wait_until, Due};
 pub use super::wait::{WaitMode, LIVENESS_CHECK};
 use crate::error::{CallError, Error, Fault, ReplyError, Result};
 use crate::sys::{self, Deadline, Mapping};
@@ -38,8 +56,36 @@ use crate::sys::{self, Deadline, Mapping};
 const SERVER_PID: usize = HEADER_LEN;
 const CLIENT_PID: usize = HEADER_LEN + 4;
 const CAPACITY: usize = HEADER_LEN + 8;
+/// Whether the server may sleep (not `WaitMode::Spin`): when not, the
+/// client publishes requests without a fence.
+const SERVER_SLEEPY: usize = HEADER_LEN + 12;
+/// Whether the client may sleep.
+const CLIENT_SLEEPY: usize = HEADER_LEN + 16;
+
+/// Records whether a side in `mode` may sleep.
+fn set_sleepy(map: &Mapping, at: usize, mode: WaitMode) {
+    word(map, at).store(u32::from(mode != WaitMode::Spin), Ordering::SeqCst);
+}
 const REQUEST: usize = HEADER_LEN + 64;
 const SLOT_HEADER: usize = 64;
+/// Requests and replies up to this long travel in the status words'
+/// cache line (both directions share it).
+pub const INLINE: usize = 20;
+/// In the exchange line (the request slot's header): the reply's words
+/// after the request's, then the request's and the reply's inline bytes.
+const REPLY_WORDS: usize = 12;
+const REQ_INLINE: usize = 24;
+const REP_INLINE: usize = 44;
+/// The request word's "being written" bit (the rest is the sequence number).
+const WRITING: u32 = 1 << 31;
+
+/// The sequence number after `seq` (31 bits, never 0: 0 is "nothing yet").
+fn next_seq(seq: u32) -> u32 {
+    match seq.wrapping_add(1) & !WRITING {
+        0 => 1,
+        n => n,
+    }
+}
 
 fn align64(n: usize) -> usize {
     n.div_ceil(64) * 64
@@ -81,51 +127,90 @@ fn word(map: &Mapping, off: usize) -> &AtomicU32 {
     map.u32_at(off).expect("offset validated by Layout")
 }
 
-/// One slot: its status word, waiter count, length, sequence number and data.
+/// One slot: its status word, waiter count and length (`words`), its
+/// inline bytes, and its data area for longer messages.
 struct Slot<'a> {
     map: &'a Mapping,
-    at: usize,
+    words: usize,
+    inline: usize,
+    area: usize,
     cap: usize,
 }
 
-impl Slot<'_> {
+impl<'a> Slot<'a> {
+    /// The request slot of `layout`.
+    fn request(map: &'a Mapping, layout: &Layout) -> Self {
+        let line = layout.request;
+        Slot { map, words: line, inline: line + REQ_INLINE, area: line + SLOT_HEADER, cap: layout.cap }
+    }
+
+    /// The reply slot of `layout`: its words and inline bytes share the
+    /// request's cache line; its data area is its own.
+    fn reply(map: &'a Mapping, layout: &Layout) -> Self {
+        let line = layout.request;
+        Slot {
+            map,
+            words: line + REPLY_WORDS,
+            inline: line + REP_INLINE,
+            area: layout.reply + SLOT_HEADER,
+            cap: layout.cap,
+        }
+    }
+
     fn state(&self) -> &AtomicU32 {
-        word(self.map, self.at)
+        word(self.map, self.words)
     }
     fn waiters(&self) -> &AtomicU32 {
-        word(self.map, self.at + 4)
+        word(self.map, self.words + 4)
     }
     fn len(&self) -> &AtomicU32 {
-        word(self.map, self.at + 8)
-    }
-    fn seq(&self) -> &AtomicU32 {
-        word(self.map, self.at + 12)
+        word(self.map, self.words + 8)
     }
 
-    /// Copies a message in and publishes it (the caller owns the slot).
-    fn put(&self, data: &[u8], seq: u32) {
-        let ok = self.map.write(self.at + SLOT_HEADER, data);
-        debug_assert!(ok, "length checked against capacity");
+    /// Copies a message in and publishes it as `seq` (the caller owns the
+    /// slot). `guard`: a reader may still be copying the previous message,
+    /// so mark the word as being written first.
+    fn put(&self, data: &[u8], seq: u32, guard: bool, reader_sleepy: &AtomicU32) {
+        if guard {
+            self.state().store(seq | WRITING, Ordering::Relaxed);
+            fence(Ordering::Release);
+        }
+        if data.len() <= INLINE {
+            // A few word stores into the exchange line (atomics: the
+            // reader may be looking at them), no call to memcpy.
+            for (k, chunk) in data.chunks(4).enumerate() {
+                let mut w = [0u8; 4];
+                w[..chunk.len()].copy_from_slice(chunk);
+                word(self.map, self.inline + 4 * k).store(u32::from_le_bytes(w), Ordering::Relaxed);
+            }
+        } else {
+            let ok = self.map.write(self.area, data);
+            debug_assert!(ok, "length checked against capacity");
+        }
         self.len().store(data.len() as u32, Ordering::Relaxed);
-        self.seq().store(seq, Ordering::Relaxed);
-        publish(self.state(), self.waiters(), FULL);
+        publish_to(self.state(), self.waiters(), reader_sleepy, seq);
     }
 
-    /// Copies a published message out (validating its length), returning its sequence number.
-    fn take(&self, out: &mut Vec<u8>) -> Result<u32, Fault> {
+    /// Copies out the message published as `seen` (validating its length).
+    /// `Ok(false)`: the word changed while copying (a torn copy: read again).
+    fn take(&self, seen: u32, out: &mut Vec<u8>) -> Result<bool, Fault> {
         let len = self.len().load(Ordering::Relaxed) as usize;
-        let seq = self.seq().load(Ordering::Relaxed);
         if len > self.cap {
-            // A peer wrote nonsense: drop the message, keep the slot usable.
-            publish(self.state(), self.waiters(), EMPTY);
             return Err(Fault::Frame(crate::FrameError::TooLarge { len, max: self.cap }));
         }
         out.clear();
-        out.resize(len, 0);
-        let ok = self.map.read(self.at + SLOT_HEADER, out);
-        debug_assert!(ok, "length checked against capacity");
-        publish(self.state(), self.waiters(), EMPTY);
-        Ok(seq)
+        if len <= INLINE {
+            for k in 0..len.div_ceil(4) {
+                let w = word(self.map, self.inline + 4 * k).load(Ordering::Relaxed).to_le_bytes();
+                out.extend_from_slice(&w[..(len - 4 * k).min(4)]);
+            }
+        } else {
+            out.resize(len, 0);
+            let ok = self.map.read(self.area, out);
+            debug_assert!(ok, "length checked against capacity");
+        }
+        fence(Ordering::Acquire);
+        Ok(self.state().load(Ordering::Relaxed) == seen)
     }
 }
 
@@ -159,6 +244,8 @@ pub struct RpcServer {
     mode: WaitMode,
     /// Sequence number of the request being answered.
     current: Option<u32>,
+    /// The request word's value when this server last took a request.
+    last: u32,
 }
 
 impl RpcServer {
@@ -175,12 +262,14 @@ impl RpcServer {
         let layout = Layout::new(max_message);
         let seg = Segment::create_kind(name, layout.total(), mode, SegmentKind::TwoSlotRpc)?;
         word(seg.mapping(), CAPACITY).store(max_message as u32, Ordering::Relaxed);
+        set_sleepy(seg.mapping(), SERVER_SLEEPY, WaitMode::default());
         word(seg.mapping(), SERVER_PID).store(sys::pid(), Ordering::Release);
-        Ok(RpcServer { seg, layout, mode: WaitMode::default(), current: None })
+        Ok(RpcServer { seg, layout, mode: WaitMode::default(), current: None, last: 0 })
     }
 
     /// Sets how the server waits for requests (default: spin then block).
     pub fn with_wait(mut self, mode: WaitMode) -> Self {
+        set_sleepy(self.seg.mapping(), SERVER_SLEEPY, mode);
         self.mode = mode;
         self
     }
@@ -188,10 +277,6 @@ impl RpcServer {
     /// The segment underneath.
     pub fn segment(&self) -> &Segment {
         &self.seg
-    }
-
-    fn slot(&self, at: usize) -> Slot<'_> {
-        Slot { map: self.seg.mapping(), at, cap: self.layout.cap }
     }
 
     recv_forms!(Vec<u8>);
@@ -206,36 +291,51 @@ impl RpcServer {
         buf: &mut Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<(), crate::RecvTimeoutError> {
-        let deadline = timeout.map_or(Deadline::Never, Deadline::after);
-        self.recv_inner_into(buf, deadline).map_err(crate::RecvTimeoutError::from_fault)
+        self.recv_inner_into(buf, Due::after(timeout)).map_err(crate::RecvTimeoutError::from_fault)
     }
 
     fn recv_inner(&mut self, deadline: Deadline) -> Result<Vec<u8>, Fault> {
         let mut buf = Vec::new();
-        self.recv_inner_into(&mut buf, deadline)?;
+        self.recv_inner_into(&mut buf, Due::At(deadline))?;
         Ok(buf)
     }
 
-    fn recv_inner_into(&mut self, buf: &mut Vec<u8>, deadline: Deadline) -> Result<(), Fault> {
-        let map = self.seg.mapping().clone();
-        let req = self.slot(self.layout.request);
+    fn recv_inner_into(&mut self, buf: &mut Vec<u8>, mut due: Due) -> Result<(), Fault> {
+        let map: &Mapping = self.seg.mapping();
+        let req = Slot::request(self.seg.mapping(), &self.layout);
         // A client that is gone ends its session; a new one may attach.
         let client_gone = || {
-            let pid = word(&map, CLIENT_PID).load(Ordering::Acquire);
+            let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
             pid == 0 || sys::process_alive(pid)
         };
-        match wait_for(req.state(), req.waiters(), FULL, self.mode, deadline, client_gone) {
-            Ok(()) => {}
-            Err(Fault::Disconnected) => {
-                let pid = word(&map, CLIENT_PID).load(Ordering::Acquire);
-                let _ = word(&map, CLIENT_PID).compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
-                return Err(Fault::Disconnected);
+        let last = self.last;
+        let fresh = |w: u32| w != last && w & WRITING == 0;
+        loop {
+            let seen = match wait_until(req.state(), req.waiters(), self.mode, &mut due, fresh, client_gone) {
+                Ok(seen) => seen,
+                Err(Fault::Disconnected) => {
+                    let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
+                    let _ =
+                        word(map, CLIENT_PID).compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+                    return Err(Fault::Disconnected);
+                }
+                Err(e) => return Err(e),
+            };
+            match req.take(seen, buf) {
+                Ok(true) => {
+                    self.last = seen;
+                    self.current = Some(seen);
+                    return Ok(());
+                }
+                // The client started its next request while we copied: read that one.
+                Ok(false) => continue,
+                Err(e) => {
+                    // A peer wrote nonsense: drop the request, keep the slot usable.
+                    self.last = seen;
+                    return Err(e);
+                }
             }
-            Err(e) => return Err(e),
         }
-        let seq = req.take(buf)?;
-        self.current = Some(seq);
-        Ok(())
     }
 
     /// Answers the request last received. Never blocks for long: the reply
@@ -254,20 +354,11 @@ impl RpcServer {
             self.current = Some(seq);
             return Err(ReplyError::TooLarge { len: data.len(), max: self.layout.cap });
         }
-        let rep = self.slot(self.layout.reply);
-        // The client empties the slot when it reads; an unread (late) reply
-        // it is about to discard gets a moment, then is overwritten.
-        if rep.state().load(Ordering::Acquire) != EMPTY {
-            let _ = wait_for(
-                rep.state(),
-                rep.waiters(),
-                EMPTY,
-                WaitMode::Spin,
-                Deadline::after(LIVENESS_CHECK),
-                || true,
-            );
-        }
-        rep.put(data, seq);
+        // The client reads a reply only while the word holds its call's
+        // number, and makes its next call only after that: nobody reads
+        // the slot while it is overwritten.
+        let client_sleepy = word(self.seg.mapping(), CLIENT_SLEEPY);
+        Slot::reply(self.seg.mapping(), &self.layout).put(data, seq, false, client_sleepy);
         Ok(())
     }
 }
@@ -290,6 +381,9 @@ pub struct RpcClient {
     layout: Layout,
     mode: WaitMode,
     seq: u32,
+    /// Whether the last request may still be being read by the server
+    /// (its call did not complete, or this client is new).
+    unfinished: bool,
     timeout: Duration,
 }
 
@@ -318,14 +412,23 @@ impl RpcClient {
                 break;
             }
         }
-        // Start clean: nothing of an earlier client's is ours to read.
-        let rep = Slot { map, at: layout.reply, cap: layout.cap };
-        publish(rep.state(), rep.waiters(), EMPTY);
-        Ok(RpcClient { seg, layout, mode: WaitMode::default(), seq: 0, timeout: crate::rpc::DEFAULT_TIMEOUT })
+        set_sleepy(map, CLIENT_SLEEPY, WaitMode::default());
+        // Continue the sequence where an earlier client left it, so no
+        // reply meant for it can be taken for one of ours.
+        let seq = word(map, layout.request).load(Ordering::Acquire) & !WRITING;
+        Ok(RpcClient {
+            seg,
+            layout,
+            mode: WaitMode::default(),
+            seq,
+            unfinished: true,
+            timeout: crate::rpc::DEFAULT_TIMEOUT,
+        })
     }
 
     /// Sets how the client waits for replies (default: spin then block).
     pub fn with_wait(mut self, mode: WaitMode) -> Self {
+        set_sleepy(self.seg.mapping(), CLIENT_SLEEPY, mode);
         self.mode = mode;
         self
     }
@@ -359,7 +462,7 @@ impl RpcClient {
     /// As [`RpcClient::call`].
     pub fn call_timeout(&mut self, request: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
         let mut out = Vec::new();
-        self.call_inner(request, &mut out, Deadline::after(timeout)).map_err(CallError::from_fault)?;
+        self.call_inner(request, &mut out, Due::After(timeout)).map_err(CallError::from_fault)?;
         Ok(out)
     }
 
@@ -370,7 +473,7 @@ impl RpcClient {
     /// As [`RpcClient::call`].
     pub fn call_deadline(&mut self, request: &[u8], deadline: Instant) -> Result<Vec<u8>, CallError> {
         let mut out = Vec::new();
-        self.call_inner(request, &mut out, Deadline::At(deadline)).map_err(CallError::from_fault)?;
+        self.call_inner(request, &mut out, Due::At(Deadline::At(deadline))).map_err(CallError::from_fault)?;
         Ok(out)
     }
 
@@ -386,29 +489,31 @@ impl RpcClient {
         out: &mut Vec<u8>,
         timeout: Duration,
     ) -> Result<(), CallError> {
-        self.call_inner(request, out, Deadline::after(timeout)).map_err(CallError::from_fault)
+        self.call_inner(request, out, Due::After(timeout)).map_err(CallError::from_fault)
     }
 
-    fn call_inner(&mut self, request: &[u8], out: &mut Vec<u8>, deadline: Deadline) -> Result<(), Fault> {
+    fn call_inner(&mut self, request: &[u8], out: &mut Vec<u8>, mut due: Due) -> Result<(), Fault> {
         if request.len() > self.layout.cap {
             return Err(Fault::TooLarge { len: request.len(), max: self.layout.cap });
         }
-        let map = self.seg.mapping().clone();
-        let server = || alive(&map, SERVER_PID);
-        let req = Slot { map: &map, at: self.layout.request, cap: self.layout.cap };
-        let rep = Slot { map: &map, at: self.layout.reply, cap: self.layout.cap };
-        // The request slot is free unless an earlier call timed out before
-        // the server took its request: then wait for the server to take it.
-        wait_for(req.state(), req.waiters(), EMPTY, self.mode, deadline, server)?;
-        self.seq = self.seq.wrapping_add(1);
-        req.put(request, self.seq);
+        let map: &Mapping = self.seg.mapping();
+        let server = || alive(map, SERVER_PID);
+        let req = Slot::request(map, &self.layout);
+        let rep = Slot::reply(map, &self.layout);
+        self.seq = next_seq(self.seq);
+        let seq = self.seq;
+        // Until the reply is in, this request counts as possibly being read.
+        let guard = std::mem::replace(&mut self.unfinished, true);
+        req.put(request, seq, guard, word(map, SERVER_SLEEPY));
         loop {
-            wait_for(rep.state(), rep.waiters(), FULL, self.mode, deadline, server)?;
-            if rep.take(out)? == self.seq {
+            // A reply to a call that already gave up has another number: it
+            // is never taken (the next reply overwrites it).
+            wait_until(rep.state(), rep.waiters(), self.mode, &mut due, |w| w == seq, server)?;
+            if rep.take(seq, out)? {
+                self.unfinished = false;
                 return Ok(());
             }
-            // A reply to a call that already gave up: drop it, keep waiting.
-            tracing::debug!("dropping a late reply");
+            tracing::debug!("the reply word changed while the reply was copied: reading again");
         }
     }
 }

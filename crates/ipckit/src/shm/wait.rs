@@ -10,8 +10,8 @@
 //! `futex(FUTEX_WAKE)` only when it is non-zero. Every sleep is at most
 //! [`LIVENESS_CHECK`] long, so a sleeper notices a dead peer in bounded time.
 //!
-//! - [`wait_for`]/[`publish`]: one status word that holds the condition
-//!   itself (the two-slot RPC's `EMPTY`/`FULL`).
+//! - [`wait_until`]/[`publish`]: one status word that holds the condition
+//!   itself (the two-slot RPC's sequence numbers).
 //! - [`Event`]/[`wait_event`]: a condition spread over several words (a
 //!   ring's head, tail and slot sequences); the futex word is a counter the
 //!   notifier bumps.
@@ -24,9 +24,6 @@ use crate::sys::{self, Deadline};
 
 /// How often a waiting side checks that the other side is still alive.
 pub const LIVENESS_CHECK: Duration = Duration::from_millis(10);
-
-pub(crate) const EMPTY: u32 = 0;
-pub(crate) const FULL: u32 = 1;
 
 /// How a side waits for the other's message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,32 +70,65 @@ pub(crate) fn publish(state: &AtomicU32, waiters: &AtomicU32, value: u32) {
     }
 }
 
-/// Waits until `state` holds `want`, as `mode` says, until `deadline`,
-/// failing with `Disconnected` once `peer_alive` says the other side is gone.
-pub(crate) fn wait_for(
+/// A deadline that may still be a timeout not yet started: the clock is
+/// read the first time the deadline matters (a wait that is over at once
+/// reads no clock), so a timeout counts from a few microseconds late.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Due {
+    /// A deadline already fixed.
+    At(Deadline),
+    /// This long from when it is first needed.
+    After(Duration),
+}
+
+impl Due {
+    /// `timeout` (`None`: never).
+    pub(crate) fn after(timeout: Option<Duration>) -> Due {
+        match timeout {
+            Some(t) => Due::After(t),
+            None => Due::At(Deadline::Never),
+        }
+    }
+
+    fn resolve(&mut self) -> Deadline {
+        match *self {
+            Due::At(d) => d,
+            Due::After(t) => {
+                let d = if t.is_zero() { Deadline::Now } else { Deadline::after(t) };
+                *self = Due::At(d);
+                d
+            }
+        }
+    }
+}
+
+/// Waits until `done(state)`, as `mode` says, until `deadline`, failing
+/// with `Disconnected` once `peer_alive` says the other side is gone;
+/// returns the value that satisfied `done`.
+pub(crate) fn wait_until(
     state: &AtomicU32,
     waiters: &AtomicU32,
-    want: u32,
     mode: WaitMode,
-    deadline: Deadline,
+    due: &mut Due,
+    mut done: impl FnMut(u32) -> bool,
     mut peer_alive: impl FnMut() -> bool,
-) -> Result<(), Fault> {
-    // The fast path (the word is already there) reads no clock.
-    if state.load(Ordering::Acquire) == want {
-        return Ok(());
+) -> Result<u32, Fault> {
+    // Neither the fast path (the word is already there) nor the first 256
+    // spins read the clock.
+    let seen = state.load(Ordering::Acquire);
+    if done(seen) {
+        return Ok(seen);
+    }
+    if matches!(*due, Due::At(Deadline::Now)) {
+        return Err(Fault::Timeout);
     }
     let spins = mode.spins();
-    let mut next_check = Instant::now() + LIVENESS_CHECK;
+    let mut next_check: Option<Instant> = None;
     let mut spun = 0u32;
     loop {
         let seen = state.load(Ordering::Acquire);
-        if seen == want {
-            return Ok(());
-        }
-        if seen != EMPTY && seen != FULL {
-            return Err(Fault::Frame(crate::FrameError::BadHandles(
-                "slot state word is neither EMPTY nor FULL",
-            )));
+        if done(seen) {
+            return Ok(seen);
         }
         if spun < spins {
             spun += 1;
@@ -111,41 +141,67 @@ pub(crate) fn wait_for(
             // publish between the check and the sleep cannot be missed.
             waiters.fetch_add(1, Ordering::SeqCst);
             if state.load(Ordering::SeqCst) == seen {
-                let nap = nap(deadline);
+                let nap = nap(due.resolve());
                 if !nap.is_zero() {
                     sys::futex_wait(state, seen, Some(nap));
                 }
             }
             waiters.fetch_sub(1, Ordering::SeqCst);
-            if state.load(Ordering::Acquire) == want {
-                return Ok(());
+            let now = state.load(Ordering::Acquire);
+            if done(now) {
+                return Ok(now);
             }
         }
         let now = Instant::now();
-        if deadline.expired() {
+        if due.resolve().expired() {
             return Err(Fault::Timeout);
         }
-        if now >= next_check {
+        let check_at = *next_check.get_or_insert(now + LIVENESS_CHECK);
+        if now >= check_at {
             if !peer_alive() {
                 return Err(Fault::Disconnected);
             }
-            next_check = now + LIVENESS_CHECK;
+            next_check = Some(now + LIVENESS_CHECK);
         }
     }
 }
 
+/// As [`publish`], for a status word whose reader never sleeps
+/// (`peer_sleepy == 0`, read from the peer's flag): then a plain Release
+/// store, no fence and no look at the waiter count.
+pub(crate) fn publish_to(state: &AtomicU32, waiters: &AtomicU32, peer_sleepy: &AtomicU32, value: u32) {
+    if peer_sleepy.load(Ordering::Relaxed) == 0 {
+        state.store(value, Ordering::Release);
+    } else {
+        publish(state, waiters, value);
+    }
+}
+
 /// A condition another side can wait for: a futex word the notifier bumps,
-/// and the number of sleepers.
+/// the number of sleepers, and the number of waiting parties that may
+/// sleep at all (not [`WaitMode::Spin`]).
 #[derive(Clone, Copy)]
 pub(crate) struct Event<'a> {
     pub(crate) word: &'a AtomicU32,
     pub(crate) waiters: &'a AtomicU32,
+    pub(crate) sleepy: &'a AtomicU32,
 }
 
 impl Event<'_> {
     /// Wakes every sleeper, if there is any. Call after making the
-    /// condition true; with no sleeper this is a fence and a load.
+    /// condition true. When no party of the waiting side may sleep (all
+    /// are [`WaitMode::Spin`]) this is one load of a read-mostly word;
+    /// otherwise a fence and a load, and a system call only when somebody
+    /// sleeps.
+    ///
+    /// The `sleepy` count is read without a fence: a party that switches
+    /// from `Spin` to a sleeping mode announces itself first, but a notify
+    /// racing with that switch may miss it, and that party then sees the
+    /// condition at the end of its first nap ([`LIVENESS_CHECK`]) at worst.
     pub(crate) fn notify(&self) {
+        if self.sleepy.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         fence(Ordering::SeqCst);
         if self.waiters.load(Ordering::Relaxed) > 0 {
             self.word.fetch_add(1, Ordering::Release);
@@ -187,6 +243,7 @@ pub(crate) fn wait_event<T>(
     let spins = mode.spins();
     let mut spun = 0u32;
     let mut busy = 0u32;
+    let mut failed = 0u32;
     let mut check = false;
     loop {
         let state = match attempt(check) {
@@ -194,14 +251,20 @@ pub(crate) fn wait_event<T>(
             other => other,
         };
         check = false;
-        let now = Instant::now();
-        if now.duration_since(*last_check) >= LIVENESS_CHECK {
-            *last_check = now;
-            check = true;
-            continue;
-        }
-        if deadline.expired() {
-            return Err(Fault::Timeout);
+        failed = failed.wrapping_add(1);
+        // The clock is read on the `try_` path, before sleeping, and every
+        // 64 failed attempts: a spinning wait stays a tight loop.
+        let sleeping_next = matches!(state, Attempt::Wait) && spun >= spins;
+        if matches!(deadline, Deadline::Now) || sleeping_next || failed % 64 == 0 {
+            let now = Instant::now();
+            if now.duration_since(*last_check) >= LIVENESS_CHECK {
+                *last_check = now;
+                check = true;
+                continue;
+            }
+            if deadline.expired() {
+                return Err(Fault::Timeout);
+            }
         }
         if matches!(state, Attempt::Busy) {
             busy += 1;
