@@ -16,6 +16,8 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use ipckit::shm::channel::{Config, Flavor, ShmChannel};
 use ipckit::shm::{Offset, Segment, WaitMode};
 use ipckit::{Error, RecvTimeoutError, SendTimeoutError, TryRecvError, TrySendError};
@@ -782,34 +784,7 @@ fn random_bytes_over_a_live_ring() {
         .run(&strategy, |(writes, spsc)| {
             let config = if spsc { Config::spsc(8, 48) } else { Config::mpmc(8, 48) };
             let (chan, _c) = create("scribble", &config);
-            let stop = Arc::new(AtomicBool::new(false));
-            let mut tx = chan.sender().unwrap().with_wait(WaitMode::SpinThenBlock(50));
-            let mut rx = chan.receiver().unwrap().with_wait(WaitMode::Block);
-            let st = stop.clone();
-            let p = thread::spawn(move || {
-                let mut s = 0;
-                while !st.load(Ordering::Relaxed) {
-                    let _ = tx.send_timeout(encode(3, s), Duration::from_millis(5));
-                    s += 1;
-                }
-            });
-            let st = stop.clone();
-            let c = thread::spawn(move || {
-                while !st.load(Ordering::Relaxed) {
-                    if let Ok(m) = rx.recv_timeout(Duration::from_millis(5)) {
-                        assert!(m.bytes().len() <= 48);
-                    }
-                }
-            });
-            let seg = chan.segment().clone();
-            for (off, bytes) in &writes {
-                let _ = seg.write(Offset::new(*off), bytes);
-                thread::sleep(Duration::from_micros(200));
-            }
-            thread::sleep(Duration::from_millis(20));
-            stop.store(true, Ordering::Relaxed);
-            p.join().unwrap();
-            c.join().unwrap();
+            support::scribble_under_traffic(&chan, &writes, 48, |s| encode(3, u64::from(s)));
             // New ends on the scribbled ring behave too.
             if let Ok(other) = ShmChannel::open(chan.segment().name()) {
                 if let Ok(mut tx) = other.sender() {

@@ -385,34 +385,7 @@ fn random_bytes_over_the_offer_table() {
     runner
         .run(&strategy, |writes| {
             let (chan, _c) = create();
-            let stop = Arc::new(AtomicBool::new(false));
-            let mut tx = chan.sender().unwrap().with_wait(WaitMode::SpinThenBlock(50));
-            let mut rx = chan.receiver().unwrap().with_wait(WaitMode::Block);
-            let st = stop.clone();
-            let p = thread::spawn(move || {
-                let mut s = 0;
-                while !st.load(Ordering::Relaxed) {
-                    let _ = tx.send_timeout(msg(1, s), Duration::from_millis(5));
-                    s += 1;
-                }
-            });
-            let st = stop.clone();
-            let c = thread::spawn(move || {
-                while !st.load(Ordering::Relaxed) {
-                    if let Ok(m) = rx.recv_timeout(Duration::from_millis(5)) {
-                        assert!(m.bytes().len() <= 64);
-                    }
-                }
-            });
-            let seg = chan.segment().clone();
-            for (off, bytes) in &writes {
-                let _ = seg.write(Offset::new(*off), bytes);
-                thread::sleep(Duration::from_micros(200));
-            }
-            thread::sleep(Duration::from_millis(20));
-            stop.store(true, Ordering::Relaxed);
-            p.join().unwrap();
-            c.join().unwrap();
+            support::scribble_under_traffic(&chan, &writes, 64, |s| msg(1, s));
             Ok(())
         })
         .unwrap();

@@ -109,10 +109,9 @@ impl ReadMapping {
         if end > self.len || off % 8 != 0 {
             return None;
         }
-        // SAFETY: `off + 8 <= len` and `off` is 8-aligned (the base is
-        // page-aligned), so the word lies inside the mapping, which lives as
-        // long as `&self`; AtomicU64 has u64's layout and every bit pattern
-        // is valid; only a load is made, which read-only memory allows.
+        // SAFETY: `off + 8 <= len`, `off` 8-aligned, page-aligned base: the word is inside
+        // the mapping, which lives as long as `&self`; AtomicU64 has u64's layout, every
+        // bit pattern is valid, and only a load is made, which read-only memory allows.
         let word = unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(off).cast()) };
         Some(word.load(order))
     }

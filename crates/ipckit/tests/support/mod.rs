@@ -59,3 +59,49 @@ impl Drop for Kid {
         let _ = self.0.wait();
     }
 }
+
+/// Writes `writes` (offset, bytes) over `chan`'s segment, 200 us apart, while
+/// a sender thread sends `make(seq)` and a receiver thread receives, each call
+/// with a 5 ms timeout: every call must return (an error or a message of at
+/// most `max_len` bytes); nothing may panic or hang.
+pub fn scribble_under_traffic(
+    chan: &ipckit::shm::channel::ShmChannel,
+    writes: &[(usize, Vec<u8>)],
+    max_len: usize,
+    make: impl Fn(u32) -> Vec<u8> + Send + 'static,
+) {
+    use ipckit::shm::rpc::WaitMode;
+    use ipckit::shm::Offset;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::thread;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tx = chan.sender().unwrap().with_wait(WaitMode::SpinThenBlock(50));
+    let mut rx = chan.receiver().unwrap().with_wait(WaitMode::Block);
+    let st = stop.clone();
+    let p = thread::spawn(move || {
+        let mut s = 0;
+        while !st.load(Ordering::Relaxed) {
+            let _ = tx.send_timeout(make(s), Duration::from_millis(5));
+            s = s.wrapping_add(1);
+        }
+    });
+    let st = stop.clone();
+    let c = thread::spawn(move || {
+        while !st.load(Ordering::Relaxed) {
+            if let Ok(m) = rx.recv_timeout(Duration::from_millis(5)) {
+                assert!(m.bytes().len() <= max_len);
+            }
+        }
+    });
+    let seg = chan.segment().clone();
+    for (off, bytes) in writes {
+        let _ = seg.write(Offset::new(*off), bytes);
+        thread::sleep(Duration::from_micros(200));
+    }
+    thread::sleep(Duration::from_millis(20));
+    stop.store(true, Ordering::Relaxed);
+    p.join().unwrap();
+    c.join().unwrap();
+}
