@@ -120,21 +120,6 @@ impl Guard<'_> {
             .ok_or_else(corrupt)
     }
 
-    pub(super) fn alloc(&self) -> Option<u32> {
-        let free = self.get(FREE);
-        if free != 0 {
-            let next = self.chunk(free, C_NEXT)?.load(Ordering::Relaxed);
-            self.put(FREE, next);
-            return Some(free);
-        }
-        let bump = self.get(BUMP);
-        if (bump as usize) < self.q.chunks {
-            self.put(BUMP, bump + 1);
-            return Some(bump + 1);
-        }
-        None
-    }
-
     pub(super) fn release(&self, i: u32) {
         if let Some(w) = self.chunk(i, C_NEXT) {
             w.store(self.get(FREE), Ordering::Relaxed);
@@ -144,29 +129,65 @@ impl Guard<'_> {
 
     /// Builds a message in chunks, not linked anywhere; returns its header chunk.
     pub(super) fn build(&self, mtype: i64, data: &[u8]) -> Option<u32> {
-        let need = 1 + data.len().div_ceil(DATA);
+        let mut chunks = Vec::new();
+        let head = self.alloc_chain(mtype, data.len(), &mut chunks)?;
+        let m = self.q.map();
+        for (&c, part) in chunks[1..].iter().zip(data.chunks(DATA)) {
+            m.write(self.base(c) + C_DATA, part);
+        }
+        Some(head)
+    }
+
+    /// Allocates and links the chunks of a `len`-byte message of type
+    /// `mtype` without its text, not linked anywhere; returns its header
+    /// chunk, and puts it and its data chunks, in order, in `chunks`.
+    pub(super) fn alloc_chain(&self, mtype: i64, len: usize, chunks: &mut Vec<u32>) -> Option<u32> {
+        let need = 1 + len.div_ceil(DATA);
         let used = self.get(USED) as usize;
         if used + need > self.q.chunks {
             return None;
         }
-        let head = self.alloc()?;
-        let m = self.q.map();
+        chunks.clear();
+        chunks.reserve(need);
+        // The free list's head and the bump are kept here and stored once:
+        // they share the lock's line, which waiters keep reading (a death
+        // before the store leaves the chunks free, as they were).
+        let (mut free, mut bump) = (self.get(FREE), self.get(BUMP));
+        for _ in 0..need {
+            let c = if free != 0 {
+                let c = free;
+                self.touch(c.wrapping_add(LOOKAHEAD as u32));
+                free = self.link(c, C_NEXT).ok()?;
+                c
+            } else if (bump as usize) < self.q.chunks {
+                bump += 1;
+                bump
+            } else {
+                return None;
+            };
+            chunks.push(c);
+        }
+        self.put(FREE, free);
+        self.put(BUMP, bump);
+        let head = chunks[0];
         let (mut prev, mut first) = (head, 0);
-        for part in data.chunks(DATA) {
-            let c = self.alloc()?;
-            m.write(self.base(c) + C_DATA, part);
-            self.set_link(c, C_NEXT, 0);
+        for &c in &chunks[1..] {
             if first == 0 {
                 first = c;
-            } else {
+            } else if self.link(prev, C_NEXT).ok() != Some(c) {
+                // Chunks freed as one message come off the free list
+                // already linked in order: their lines are not written.
                 self.set_link(prev, C_NEXT, c);
             }
             prev = c;
         }
+        if prev != head {
+            self.set_link(prev, C_NEXT, 0);
+        }
         self.set_link(head, C_NEXT, 0);
         self.set_link(head, C_DATA, first);
-        m.u64_at(self.base(head) + C_TYPE)?.store(mtype as u64, Ordering::Relaxed);
-        self.set_link(head, C_LEN, data.len() as u32);
+        self.q.map().u64_at(self.base(head) + C_TYPE)?.store(mtype as u64, Ordering::Relaxed);
+        self.set_link(head, C_LEN, len as u32);
         self.set_link(head, C_FROM, 0);
         self.put(USED, (used + need) as u32);
         Some(head)
@@ -182,6 +203,13 @@ impl Guard<'_> {
             if c == 0 || chunks.len() > self.q.chunks {
                 return Err(corrupt());
             }
+            // Each chunk is found through the one before it, so each line
+            // would be fetched only when the last one arrived; a message's
+            // chunks are mostly consecutive (see `free_chunks`): ask for
+            // the line a few chunks ahead now, so they arrive in parallel.
+            if left > LOOKAHEAD * DATA {
+                self.touch(c + LOOKAHEAD as u32);
+            }
             let n = left.min(DATA);
             if at < out.len() {
                 let k = n.min(out.len() - at);
@@ -195,23 +223,53 @@ impl Guard<'_> {
         Ok(chunks)
     }
 
-    pub(super) fn free_chunks(&self, chunks: &[u32]) {
-        self.put(USED, (self.get(USED) as usize).saturating_sub(chunks.len()) as u32);
-        for &c in chunks {
-            self.release(c);
+    /// Frees a message's chunks as [`Guard::read_message`] returned them
+    /// (the header, then the data chunks, each linked to the next).
+    ///
+    /// The whole message goes onto the free list at once, in its own
+    /// order, with two writes (the header now leads to its first data
+    /// chunk, the last data chunk to the old free list): the data chunks'
+    /// lines are only read here, never written, and the next message of
+    /// the same size gets the same chunks in the same order (ascending,
+    /// when they came from the bump), which the next copy in and out
+    /// streams through instead of chasing scattered lines.
+    /// Reads chunk `i`'s first word, if it exists, for its line to be in
+    /// the cache when it is needed (a prefetch).
+    fn touch(&self, i: u32) {
+        if let Some(w) = self.chunk(i, C_NEXT) {
+            std::hint::black_box(w.load(Ordering::Relaxed));
         }
     }
 
-    /// A send under the lock: a text too long for a slot, built in chunks
-    /// and queued by reference (`inline == false`), or a short one after
-    /// every slot was taken (`inline == true`); either way the ring is
-    /// drained into the list first if it has no free slot.
-    pub(super) fn push_chained(&self, mtype: i64, data: &[u8], inline: bool) -> Result<Pushed, Fault> {
+    pub(super) fn free_chunks(&self, chunks: &[u32]) {
+        self.put(USED, (self.get(USED) as usize).saturating_sub(chunks.len()) as u32);
+        let (Some(&first), Some(&last)) = (chunks.first(), chunks.last()) else { return };
+        self.set_link(last, C_NEXT, self.get(FREE));
+        if let Some(&data) = chunks.get(1) {
+            self.set_link(first, C_NEXT, data);
+        }
+        self.put(FREE, first);
+    }
+
+    /// A send under the lock: a text too long for a slot, queued by
+    /// reference to chunks allocated for it (`inline == false`: the ring
+    /// position is only reserved, see [`Pushed::Reserved`], and `chunks`
+    /// holds the message's chunks, header first, for the caller to copy
+    /// the text into once the lock is released), or a short one after
+    /// every slot was taken (`inline == true`, sent at once); either way
+    /// the ring is drained into the list first if it has no free slot.
+    pub(super) fn push_chained(
+        &self,
+        mtype: i64,
+        data: &[u8],
+        inline: bool,
+        chunks: &mut Vec<u32>,
+    ) -> Result<Pushed, Fault> {
         self.check(Access::Write)?;
         let chain = if inline {
             0
         } else {
-            match self.build(mtype, data) {
+            match self.alloc_chain(mtype, data.len(), chunks) {
                 Some(c) => c,
                 None => return Ok(Pushed::Full(self.q.snap())),
             }
@@ -221,9 +279,9 @@ impl Guard<'_> {
             self.drain_all(Deadline::Never)?;
             pushed = self.q.push(mtype, data.len(), data, chain);
         }
-        if pushed != Pushed::Sent && chain != 0 {
-            let chunks = self.read_message(chain, data.len(), &mut [])?;
-            self.free_chunks(&chunks);
+        if !matches!(pushed, Pushed::Sent | Pushed::Reserved(_)) && chain != 0 {
+            self.free_chunks(chunks);
+            chunks.clear();
         }
         Ok(pushed)
     }
@@ -595,6 +653,9 @@ impl Guard<'_> {
         self.changed();
     }
 }
+
+/// How many chunks ahead [`Guard::read_message`] fetches.
+const LOOKAHEAD: usize = 8;
 
 pub(super) fn corrupt() -> Fault {
     Fault::Frame(FrameError::BadHandles("the queue's message list is corrupted"))
