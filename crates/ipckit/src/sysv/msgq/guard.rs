@@ -153,36 +153,34 @@ impl Guard<'_> {
         // they share the lock's line, which waiters keep reading (a death
         // before the store leaves the chunks free, as they were).
         let (mut free, mut bump) = (self.get(FREE), self.get(BUMP));
-        for _ in 0..need {
-            let c = if free != 0 {
+        // What the last chunk taken links to already (`None`: fresh from
+        // the bump): chunks freed as one message come off the free list
+        // linked in order, and their lines are not written again.
+        let mut linked: Option<u32> = None;
+        for i in 0..need {
+            let (c, next) = if free != 0 {
                 let c = free;
                 self.touch(c.wrapping_add(LOOKAHEAD as u32));
                 free = self.link(c, C_NEXT).ok()?;
-                c
+                (c, Some(free))
             } else if (bump as usize) < self.q.chunks {
                 bump += 1;
-                bump
+                (bump, None)
             } else {
                 return None;
             };
+            // The header's own link is the list's, set below.
+            if i >= 2 && linked != Some(c) {
+                self.set_link(chunks[i - 1], C_NEXT, c);
+            }
+            linked = next;
             chunks.push(c);
         }
         self.put(FREE, free);
         self.put(BUMP, bump);
-        let head = chunks[0];
-        let (mut prev, mut first) = (head, 0);
-        for &c in &chunks[1..] {
-            if first == 0 {
-                first = c;
-            } else if self.link(prev, C_NEXT).ok() != Some(c) {
-                // Chunks freed as one message come off the free list
-                // already linked in order: their lines are not written.
-                self.set_link(prev, C_NEXT, c);
-            }
-            prev = c;
-        }
-        if prev != head {
-            self.set_link(prev, C_NEXT, 0);
+        let (head, first, last) = (chunks[0], chunks.get(1).copied().unwrap_or(0), chunks[need - 1]);
+        if last != head {
+            self.set_link(last, C_NEXT, 0);
         }
         self.set_link(head, C_NEXT, 0);
         self.set_link(head, C_DATA, first);
@@ -194,13 +192,14 @@ impl Guard<'_> {
     }
 
     /// Reads message `msg` (`len` bytes, as many as fit kept in `out`);
-    /// returns every chunk it occupies.
-    pub(super) fn read_message(&self, msg: u32, len: usize, out: &mut [u8]) -> Result<Vec<u32>, Fault> {
-        let mut chunks = vec![msg];
+    /// returns the chunks it occupies.
+    pub(super) fn read_message(&self, msg: u32, len: usize, out: &mut [u8]) -> Result<Chain, Fault> {
+        let mut chain = Chain { head: msg, first: 0, last: msg, count: 1 };
         let mut c = self.link(msg, C_DATA)?;
         let (mut left, mut at) = (len, 0);
+        let map = self.q.map();
         while left > 0 {
-            if c == 0 || chunks.len() > self.q.chunks {
+            if c == 0 || chain.count > self.q.chunks {
                 return Err(corrupt());
             }
             // Each chunk is found through the one before it, so each line
@@ -208,31 +207,25 @@ impl Guard<'_> {
             // chunks are mostly consecutive (see `free_chunks`): ask for
             // the line a few chunks ahead now, so they arrive in parallel.
             if left > LOOKAHEAD * DATA {
-                self.touch(c + LOOKAHEAD as u32);
+                self.touch(c.wrapping_add(LOOKAHEAD as u32));
             }
             let n = left.min(DATA);
             if at < out.len() {
                 let k = n.min(out.len() - at);
-                self.q.map().read(self.base(c) + C_DATA, &mut out[at..at + k]);
+                map.read(self.base(c) + C_DATA, &mut out[at..at + k]);
                 at += k;
             }
-            chunks.push(c);
+            if chain.first == 0 {
+                chain.first = c;
+            }
+            chain.last = c;
+            chain.count += 1;
             left -= n;
             c = self.link(c, C_NEXT)?;
         }
-        Ok(chunks)
+        Ok(chain)
     }
 
-    /// Frees a message's chunks as [`Guard::read_message`] returned them
-    /// (the header, then the data chunks, each linked to the next).
-    ///
-    /// The whole message goes onto the free list at once, in its own
-    /// order, with two writes (the header now leads to its first data
-    /// chunk, the last data chunk to the old free list): the data chunks'
-    /// lines are only read here, never written, and the next message of
-    /// the same size gets the same chunks in the same order (ascending,
-    /// when they came from the bump), which the next copy in and out
-    /// streams through instead of chasing scattered lines.
     /// Reads chunk `i`'s first word, if it exists, for its line to be in
     /// the cache when it is needed (a prefetch).
     fn touch(&self, i: u32) {
@@ -241,14 +234,26 @@ impl Guard<'_> {
         }
     }
 
-    pub(super) fn free_chunks(&self, chunks: &[u32]) {
-        self.put(USED, (self.get(USED) as usize).saturating_sub(chunks.len()) as u32);
-        let (Some(&first), Some(&last)) = (chunks.first(), chunks.last()) else { return };
-        self.set_link(last, C_NEXT, self.get(FREE));
-        if let Some(&data) = chunks.get(1) {
-            self.set_link(first, C_NEXT, data);
+    /// Frees a message's chunks as [`Guard::read_message`] found them (the
+    /// header, then the data chunks, each linked to the next).
+    ///
+    /// The whole message goes onto the free list at once, in its own
+    /// order, with two writes (the header now leads to its first data
+    /// chunk, the last data chunk to the old free list): the data chunks'
+    /// lines are only read here, never written, and the next message of
+    /// the same size gets the same chunks in the same order (ascending,
+    /// when they came from the bump), which the next copy in and out
+    /// streams through instead of chasing scattered lines.
+    pub(super) fn free_chunks(&self, chain: &Chain) {
+        if chain.count == 0 {
+            return;
         }
-        self.put(FREE, first);
+        self.put(USED, (self.get(USED) as usize).saturating_sub(chain.count) as u32);
+        self.set_link(chain.last, C_NEXT, self.get(FREE));
+        if chain.first != 0 {
+            self.set_link(chain.head, C_NEXT, chain.first);
+        }
+        self.put(FREE, chain.head);
     }
 
     /// A send under the lock: a text too long for a slot, queued by
@@ -280,7 +285,7 @@ impl Guard<'_> {
             pushed = self.q.push(mtype, data.len(), data, chain);
         }
         if !matches!(pushed, Pushed::Sent | Pushed::Reserved(_)) && chain != 0 {
-            self.free_chunks(chunks);
+            self.free_chunks(&Chain::of(chunks));
             chunks.clear();
         }
         Ok(pushed)
@@ -358,7 +363,7 @@ impl Guard<'_> {
         let dst = out.room(keep);
         let chunks = if chain == 0 {
             ring.read(hpos, dst);
-            Vec::new()
+            Chain::NONE
         } else {
             self.read_message(chain, len, dst)?
         };
@@ -651,6 +656,34 @@ impl Guard<'_> {
             }
         }
         self.changed();
+    }
+}
+
+/// A message's chunks: its header, first and last data chunks (0 and the
+/// header when it has none), and how many there are in all.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Chain {
+    pub(super) head: u32,
+    pub(super) first: u32,
+    pub(super) last: u32,
+    pub(super) count: usize,
+}
+
+impl Chain {
+    /// No chunks (a text inline in its ring slot).
+    pub(super) const NONE: Chain = Chain { head: 0, first: 0, last: 0, count: 0 };
+
+    /// The chunks [`Guard::alloc_chain`] listed, header first.
+    pub(super) fn of(chunks: &[u32]) -> Chain {
+        match chunks {
+            [] => Chain::NONE,
+            [head, rest @ ..] => Chain {
+                head: *head,
+                first: rest.first().copied().unwrap_or(0),
+                last: rest.last().copied().unwrap_or(*head),
+                count: chunks.len(),
+            },
+        }
     }
 }
 
