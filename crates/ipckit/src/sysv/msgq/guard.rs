@@ -153,28 +153,30 @@ impl Guard<'_> {
         // they share the lock's line, which waiters keep reading (a death
         // before the store leaves the chunks free, as they were).
         let (mut free, mut bump) = (self.get(FREE), self.get(BUMP));
-        // What the last chunk taken links to already (`None`: fresh from
-        // the bump): chunks freed as one message come off the free list
-        // linked in order, and their lines are not written again.
-        let mut linked: Option<u32> = None;
-        for i in 0..need {
-            let (c, next) = if free != 0 {
+        // Taken off the free list first (`popped` of them), then from the
+        // bump. Chunks freed as one message come off the free list linked
+        // in order: each links to the next one taken already, as long as
+        // that one came off the free list too; only the other links are
+        // written, once every chunk was found.
+        let mut popped = 0;
+        for _ in 0..need {
+            let c = if free != 0 {
                 let c = free;
                 self.touch(c.wrapping_add(LOOKAHEAD as u32));
                 free = self.link(c, C_NEXT).ok()?;
-                (c, Some(free))
+                popped += 1;
+                c
             } else if (bump as usize) < self.q.chunks {
                 bump += 1;
-                (bump, None)
+                bump
             } else {
                 return None;
             };
-            // The header's own link is the list's, set below.
-            if i >= 2 && linked != Some(c) {
-                self.set_link(chunks[i - 1], C_NEXT, c);
-            }
-            linked = next;
             chunks.push(c);
+        }
+        // The header's own link is the list's, set below.
+        for i in popped.max(2) - 1..need.saturating_sub(1) {
+            self.set_link(chunks[i], C_NEXT, chunks[i + 1]);
         }
         self.put(FREE, free);
         self.put(BUMP, bump);
