@@ -209,9 +209,12 @@ pub struct QueueSet {
 /// never leaves its CPU, and takes the ring's head directly when its
 /// selection matches it and nothing older waits in the locked list.
 /// Otherwise it moves the ring's messages, in order, to the list and
-/// selects there, as `msgrcv` does. Longer texts are built in the list's
-/// chunks under the lock and queued through the ring by reference, so the
-/// order of all messages is the order of the ring. The counts (`msg_qnum`,
+/// selects there, as `msgrcv` does. Longer texts go in the list's chunks,
+/// queued through the ring by reference, so the order of all messages is
+/// the order of the ring: the sender takes the chunks and reserves the ring
+/// position under the lock, then copies the text in and publishes the slot
+/// without it; a received message's chunks go back as one piece, in order,
+/// so the next text of that size gets the same consecutive chunks. The counts (`msg_qnum`,
 /// `msg_cbytes`) are exact: senders and receivers keep their counters on
 /// separate cache lines and read each other's only when their cached view
 /// says the queue is full. A party about to sleep first spins a little
