@@ -14,8 +14,11 @@ use crate::error::Fault;
 use crate::sys::{self, Deadline};
 
 const NAP: Duration = Duration::from_millis(10);
-/// Spins before the first sleep on a held lock.
-const SPINS: u32 = 100;
+/// Spins (reads of the lock word, a `pause` each) before the first sleep
+/// on a held lock: about 10-40 us, less than a futex wake-up across CPUs
+/// costs, and more than the lock is held (a few hundred nanoseconds, a few
+/// microseconds while a long text is copied).
+const SPINS: u32 = 256;
 
 /// A robust lock: the lock word and its waiter count, both in shared memory.
 pub(crate) struct RobustLock<'a> {
@@ -46,10 +49,29 @@ impl RobustLock<'_> {
         // for a whole nap is checked for life (a check costs ~10 us).
         let mut seen: Option<(u32, Instant)> = None;
         loop {
-            let owner = match self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Ok(Taken::Clean),
-                Err(owner) => owner,
-            };
+            // Test, then test-and-set: a waiter that only reads leaves the
+            // line (which holds the data the holder works on) with the
+            // holder until the unlocking store; a CAS per spin would pull
+            // it away on every iteration.
+            let mut owner = self.word.load(Ordering::Relaxed);
+            if owner == 0 {
+                match self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
+                    Ok(_) => return Ok(Taken::Clean),
+                    Err(o) => owner = o,
+                }
+                if owner == 0 {
+                    continue;
+                }
+            }
+            // Spin first (with more than one CPU): the clock is read only
+            // every 64 rounds, the holder's life only after a nap.
+            if spins < SPINS && spin_pays() {
+                spins += 1;
+                std::hint::spin_loop();
+                if spins % 64 != 0 {
+                    continue;
+                }
+            }
             match seen {
                 Some((o, since)) if o == owner => {
                     if owner != me && since.elapsed() >= NAP && !sys::process_alive(owner) {
@@ -63,11 +85,7 @@ impl RobustLock<'_> {
                 }
                 _ => seen = Some((owner, Instant::now())),
             }
-            // Locks are held for a few hundred nanoseconds: spin a little
-            // before sleeping (pointless on one CPU, so keep it short).
-            if spins < SPINS {
-                spins += 1;
-                std::hint::spin_loop();
+            if spins < SPINS && spin_pays() {
                 continue;
             }
             if deadline.expired() {

@@ -209,9 +209,12 @@ pub struct QueueSet {
 /// never leaves its CPU, and takes the ring's head directly when its
 /// selection matches it and nothing older waits in the locked list.
 /// Otherwise it moves the ring's messages, in order, to the list and
-/// selects there, as `msgrcv` does. Longer texts are built in the list's
-/// chunks under the lock and queued through the ring by reference, so the
-/// order of all messages is the order of the ring. The counts (`msg_qnum`,
+/// selects there, as `msgrcv` does. Longer texts go in the list's chunks,
+/// queued through the ring by reference, so the order of all messages is
+/// the order of the ring: the sender takes the chunks and reserves the ring
+/// position under the lock, then copies the text in and publishes the slot
+/// without it; a received message's chunks go back as one piece, in order,
+/// so the next text of that size gets the same consecutive chunks. The counts (`msg_qnum`,
 /// `msg_cbytes`) are exact: senders and receivers keep their counters on
 /// separate cache lines and read each other's only when their cached view
 /// says the queue is full. A party about to sleep first spins a little
@@ -295,6 +298,10 @@ fn file_mode(mode: u32) -> u32 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pushed {
     Sent,
+    /// A chained message's ring position was taken (the tail moved past
+    /// it, the slot names the chain and the sender's pid) but not yet
+    /// published: its text is still to be copied in, without the lock.
+    Reserved(u32),
     /// Not within `msg_qbytes` (bytes or messages), as the queue was in
     /// this snapshot (what a sleeping sender waits to see change).
     Full(Snap),
@@ -689,19 +696,42 @@ impl MessageQueue {
                 ring.unclaim(tpos);
                 continue;
             }
-            ring.publish(tpos, if chain == 0 { data } else { &[] });
-            let lspid = u32_at(m, LSPID);
-            if lspid.load(Ordering::Relaxed) != me {
-                lspid.store(me, Ordering::Relaxed);
+            if chain != 0 {
+                return Pushed::Reserved(tpos);
             }
-            let now = sys::coarse_now_secs();
-            let stime = u64_at(m, STIME);
-            if stime.load(Ordering::Relaxed) != now {
-                stime.store(now, Ordering::Relaxed);
-            }
+            ring.publish(tpos, data);
+            self.sent_by(me);
             return Pushed::Sent;
         }
         Pushed::Busy { pos: unpack(tailw.load(Ordering::Relaxed)).0, pid: 0 }
+    }
+
+    /// Finishes a chained send that [`MessageQueue::push`] reserved at
+    /// `pos`: copies the text into the data chunks allocated for it (under
+    /// the lock, which is not held now: the reserved slot names them, so no
+    /// repair frees them, and a receiver reaching the slot waits for it as
+    /// for any slot being filled), then publishes the slot.
+    fn fill_and_publish(&self, pos: u32, data_chunks: &[u32], data: &[u8]) {
+        let m = self.map();
+        for (&c, part) in data_chunks.iter().zip(data.chunks(DATA)) {
+            m.write(self.chunks_at + (c as usize - 1) * CHUNK + C_DATA, part);
+        }
+        self.ring().publish(pos, &[]);
+        self.sent_by(sys::pid());
+    }
+
+    /// Records a send by `me`: `msg_lspid`, `msg_stime`.
+    fn sent_by(&self, me: u32) {
+        let m = self.map();
+        let lspid = u32_at(m, LSPID);
+        if lspid.load(Ordering::Relaxed) != me {
+            lspid.store(me, Ordering::Relaxed);
+        }
+        let now = sys::coarse_now_secs();
+        let stime = u64_at(m, STIME);
+        if stime.load(Ordering::Relaxed) != now {
+            stime.store(now, Ordering::Relaxed);
+        }
     }
 
     /// `msgsnd(2)`: sends `data` with type `mtype` (> 0), blocking while the queue is full.
@@ -767,15 +797,24 @@ impl MessageQueue {
             if data.len() > max {
                 return Err(Fault::TooLarge { len: data.len(), max });
             }
+            // A long text: chunks and a ring position under the lock; the
+            // text is copied in once it is released (the guard is a temporary).
+            let mut chunks = Vec::new();
             let pushed = if data.len() <= INLINE {
                 match self.push(mtype, data.len(), data, 0) {
-                    Pushed::NoSlot => self.lock(deadline)?.push_chained(mtype, data, true)?,
+                    Pushed::NoSlot => self.lock(deadline)?.push_chained(mtype, data, true, &mut chunks)?,
                     other => other,
                 }
             } else {
-                self.lock(deadline)?.push_chained(mtype, data, false)?
+                self.lock(deadline)?.push_chained(mtype, data, false, &mut chunks)?
             };
             match pushed {
+                Pushed::Reserved(pos) => {
+                    self.fill_and_publish(pos, chunks.get(1..).unwrap_or(&[]), data);
+                    self.durable_commit();
+                    self.notify_after_barrier(Ev::Msg);
+                    return Ok(());
+                }
                 Pushed::Sent => {
                     self.durable_commit();
                     self.notify_after_barrier(Ev::Msg);

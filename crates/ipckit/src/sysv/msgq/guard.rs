@@ -120,21 +120,6 @@ impl Guard<'_> {
             .ok_or_else(corrupt)
     }
 
-    pub(super) fn alloc(&self) -> Option<u32> {
-        let free = self.get(FREE);
-        if free != 0 {
-            let next = self.chunk(free, C_NEXT)?.load(Ordering::Relaxed);
-            self.put(FREE, next);
-            return Some(free);
-        }
-        let bump = self.get(BUMP);
-        if (bump as usize) < self.q.chunks {
-            self.put(BUMP, bump + 1);
-            return Some(bump + 1);
-        }
-        None
-    }
-
     pub(super) fn release(&self, i: u32) {
         if let Some(w) = self.chunk(i, C_NEXT) {
             w.store(self.get(FREE), Ordering::Relaxed);
@@ -144,74 +129,154 @@ impl Guard<'_> {
 
     /// Builds a message in chunks, not linked anywhere; returns its header chunk.
     pub(super) fn build(&self, mtype: i64, data: &[u8]) -> Option<u32> {
-        let need = 1 + data.len().div_ceil(DATA);
+        let mut chunks = Vec::new();
+        let head = self.alloc_chain(mtype, data.len(), &mut chunks)?;
+        let m = self.q.map();
+        for (&c, part) in chunks[1..].iter().zip(data.chunks(DATA)) {
+            m.write(self.base(c) + C_DATA, part);
+        }
+        Some(head)
+    }
+
+    /// Allocates and links the chunks of a `len`-byte message of type
+    /// `mtype` without its text, not linked anywhere; returns its header
+    /// chunk, and puts it and its data chunks, in order, in `chunks`.
+    pub(super) fn alloc_chain(&self, mtype: i64, len: usize, chunks: &mut Vec<u32>) -> Option<u32> {
+        let need = 1 + len.div_ceil(DATA);
         let used = self.get(USED) as usize;
         if used + need > self.q.chunks {
             return None;
         }
-        let head = self.alloc()?;
-        let m = self.q.map();
-        let (mut prev, mut first) = (head, 0);
-        for part in data.chunks(DATA) {
-            let c = self.alloc()?;
-            m.write(self.base(c) + C_DATA, part);
-            self.set_link(c, C_NEXT, 0);
-            if first == 0 {
-                first = c;
+        chunks.clear();
+        chunks.reserve(need);
+        // The free list's head and the bump are kept here and stored once:
+        // they share the lock's line, which waiters keep reading (a death
+        // before the store leaves the chunks free, as they were).
+        let (mut free, mut bump) = (self.get(FREE), self.get(BUMP));
+        // Taken off the free list first (`popped` of them), then from the
+        // bump. Chunks freed as one message come off the free list linked
+        // in order: each links to the next one taken already, as long as
+        // that one came off the free list too; only the other links are
+        // written, once every chunk was found.
+        let mut popped = 0;
+        for _ in 0..need {
+            let c = if free != 0 {
+                let c = free;
+                self.touch(c.wrapping_add(LOOKAHEAD as u32));
+                free = self.link(c, C_NEXT).ok()?;
+                popped += 1;
+                c
+            } else if (bump as usize) < self.q.chunks {
+                bump += 1;
+                bump
             } else {
-                self.set_link(prev, C_NEXT, c);
-            }
-            prev = c;
+                return None;
+            };
+            chunks.push(c);
+        }
+        // The header's own link is the list's, set below.
+        for i in popped.max(2) - 1..need.saturating_sub(1) {
+            self.set_link(chunks[i], C_NEXT, chunks[i + 1]);
+        }
+        self.put(FREE, free);
+        self.put(BUMP, bump);
+        let (head, first, last) = (chunks[0], chunks.get(1).copied().unwrap_or(0), chunks[need - 1]);
+        if last != head {
+            self.set_link(last, C_NEXT, 0);
         }
         self.set_link(head, C_NEXT, 0);
         self.set_link(head, C_DATA, first);
-        m.u64_at(self.base(head) + C_TYPE)?.store(mtype as u64, Ordering::Relaxed);
-        self.set_link(head, C_LEN, data.len() as u32);
+        self.q.map().u64_at(self.base(head) + C_TYPE)?.store(mtype as u64, Ordering::Relaxed);
+        self.set_link(head, C_LEN, len as u32);
         self.set_link(head, C_FROM, 0);
         self.put(USED, (used + need) as u32);
         Some(head)
     }
 
     /// Reads message `msg` (`len` bytes, as many as fit kept in `out`);
-    /// returns every chunk it occupies.
-    pub(super) fn read_message(&self, msg: u32, len: usize, out: &mut [u8]) -> Result<Vec<u32>, Fault> {
-        let mut chunks = vec![msg];
+    /// returns the chunks it occupies.
+    pub(super) fn read_message(&self, msg: u32, len: usize, out: &mut [u8]) -> Result<Chain, Fault> {
+        let mut chain = Chain { head: msg, first: 0, last: msg, count: 1 };
         let mut c = self.link(msg, C_DATA)?;
         let (mut left, mut at) = (len, 0);
+        let map = self.q.map();
         while left > 0 {
-            if c == 0 || chunks.len() > self.q.chunks {
+            if c == 0 || chain.count > self.q.chunks {
                 return Err(corrupt());
+            }
+            // Each chunk is found through the one before it, so each line
+            // would be fetched only when the last one arrived; a message's
+            // chunks are mostly consecutive (see `free_chunks`): ask for
+            // the line a few chunks ahead now, so they arrive in parallel.
+            if left > LOOKAHEAD * DATA {
+                self.touch(c.wrapping_add(LOOKAHEAD as u32));
             }
             let n = left.min(DATA);
             if at < out.len() {
                 let k = n.min(out.len() - at);
-                self.q.map().read(self.base(c) + C_DATA, &mut out[at..at + k]);
+                map.read(self.base(c) + C_DATA, &mut out[at..at + k]);
                 at += k;
             }
-            chunks.push(c);
+            if chain.first == 0 {
+                chain.first = c;
+            }
+            chain.last = c;
+            chain.count += 1;
             left -= n;
             c = self.link(c, C_NEXT)?;
         }
-        Ok(chunks)
+        Ok(chain)
     }
 
-    pub(super) fn free_chunks(&self, chunks: &[u32]) {
-        self.put(USED, (self.get(USED) as usize).saturating_sub(chunks.len()) as u32);
-        for &c in chunks {
-            self.release(c);
+    /// Reads chunk `i`'s first word, if it exists, for its line to be in
+    /// the cache when it is needed (a prefetch).
+    fn touch(&self, i: u32) {
+        if let Some(w) = self.chunk(i, C_NEXT) {
+            std::hint::black_box(w.load(Ordering::Relaxed));
         }
     }
 
-    /// A send under the lock: a text too long for a slot, built in chunks
-    /// and queued by reference (`inline == false`), or a short one after
-    /// every slot was taken (`inline == true`); either way the ring is
-    /// drained into the list first if it has no free slot.
-    pub(super) fn push_chained(&self, mtype: i64, data: &[u8], inline: bool) -> Result<Pushed, Fault> {
+    /// Frees a message's chunks as [`Guard::read_message`] found them (the
+    /// header, then the data chunks, each linked to the next).
+    ///
+    /// The whole message goes onto the free list at once, in its own
+    /// order, with two writes (the header now leads to its first data
+    /// chunk, the last data chunk to the old free list): the data chunks'
+    /// lines are only read here, never written, and the next message of
+    /// the same size gets the same chunks in the same order (ascending,
+    /// when they came from the bump), which the next copy in and out
+    /// streams through instead of chasing scattered lines.
+    pub(super) fn free_chunks(&self, chain: &Chain) {
+        if chain.count == 0 {
+            return;
+        }
+        self.put(USED, (self.get(USED) as usize).saturating_sub(chain.count) as u32);
+        self.set_link(chain.last, C_NEXT, self.get(FREE));
+        if chain.first != 0 {
+            self.set_link(chain.head, C_NEXT, chain.first);
+        }
+        self.put(FREE, chain.head);
+    }
+
+    /// A send under the lock: a text too long for a slot, queued by
+    /// reference to chunks allocated for it (`inline == false`: the ring
+    /// position is only reserved, see [`Pushed::Reserved`], and `chunks`
+    /// holds the message's chunks, header first, for the caller to copy
+    /// the text into once the lock is released), or a short one after
+    /// every slot was taken (`inline == true`, sent at once); either way
+    /// the ring is drained into the list first if it has no free slot.
+    pub(super) fn push_chained(
+        &self,
+        mtype: i64,
+        data: &[u8],
+        inline: bool,
+        chunks: &mut Vec<u32>,
+    ) -> Result<Pushed, Fault> {
         self.check(Access::Write)?;
         let chain = if inline {
             0
         } else {
-            match self.build(mtype, data) {
+            match self.alloc_chain(mtype, data.len(), chunks) {
                 Some(c) => c,
                 None => return Ok(Pushed::Full(self.q.snap())),
             }
@@ -221,9 +286,9 @@ impl Guard<'_> {
             self.drain_all(Deadline::Never)?;
             pushed = self.q.push(mtype, data.len(), data, chain);
         }
-        if pushed != Pushed::Sent && chain != 0 {
-            let chunks = self.read_message(chain, data.len(), &mut [])?;
-            self.free_chunks(&chunks);
+        if !matches!(pushed, Pushed::Sent | Pushed::Reserved(_)) && chain != 0 {
+            self.free_chunks(&Chain::of(chunks));
+            chunks.clear();
         }
         Ok(pushed)
     }
@@ -300,7 +365,7 @@ impl Guard<'_> {
         let dst = out.room(keep);
         let chunks = if chain == 0 {
             ring.read(hpos, dst);
-            Vec::new()
+            Chain::NONE
         } else {
             self.read_message(chain, len, dst)?
         };
@@ -595,6 +660,37 @@ impl Guard<'_> {
         self.changed();
     }
 }
+
+/// A message's chunks: its header, first and last data chunks (0 and the
+/// header when it has none), and how many there are in all.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Chain {
+    pub(super) head: u32,
+    pub(super) first: u32,
+    pub(super) last: u32,
+    pub(super) count: usize,
+}
+
+impl Chain {
+    /// No chunks (a text inline in its ring slot).
+    pub(super) const NONE: Chain = Chain { head: 0, first: 0, last: 0, count: 0 };
+
+    /// The chunks [`Guard::alloc_chain`] listed, header first.
+    pub(super) fn of(chunks: &[u32]) -> Chain {
+        match chunks {
+            [] => Chain::NONE,
+            [head, rest @ ..] => Chain {
+                head: *head,
+                first: rest.first().copied().unwrap_or(0),
+                last: rest.last().copied().unwrap_or(*head),
+                count: chunks.len(),
+            },
+        }
+    }
+}
+
+/// How many chunks ahead [`Guard::read_message`] fetches.
+const LOOKAHEAD: usize = 8;
 
 pub(super) fn corrupt() -> Fault {
     Fault::Frame(FrameError::BadHandles("the queue's message list is corrupted"))

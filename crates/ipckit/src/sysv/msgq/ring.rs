@@ -43,7 +43,12 @@
 //!
 //! A sender: claims the slot (CAS `(pos, 0) -> (pos, pid)`), writes the
 //! length, chain and type, moves `TAILW` (CAS, with the byte count), writes
-//! the text, publishes (`(pos + 1, 0)`).
+//! the text, publishes (`(pos + 1, 0)`). For a chained text the chunks are
+//! taken and the position reserved under the lock, and the text is copied
+//! into the chunks after the lock is released, before publishing: the
+//! reserved slot names the chain, so a repair meanwhile keeps its chunks,
+//! and a sender killed while copying leaves a slot that is skipped as
+//! below (the repair that follows frees its chunks).
 //!
 //! # Deaths
 //!

@@ -156,3 +156,40 @@ fn long_texts_go_through_the_ring_by_reference_in_order() {
     assert_eq!(q.try_recv(Select::ANY, 300).unwrap(), (3, vec![5u8; 300]));
     q.remove().unwrap();
 }
+
+/// A long text's sender reserves its ring position and chunks under the
+/// lock and copies the text in after releasing it: killed before it
+/// publishes, its slot is skipped and its chunks come back; a repair by
+/// the next lock holder while it copies (alive) keeps them.
+#[test]
+fn a_long_text_whose_sender_died_copying_it_in_is_skipped_and_its_chunks_freed() {
+    let q = queue("longdead");
+    let deadline = || Deadline::after(Duration::from_secs(20));
+    q.send(1, b"before").unwrap();
+    let pos = {
+        let g = q.lock(deadline()).unwrap();
+        let mut chunks = Vec::new();
+        let Pushed::Reserved(pos) = g.push_chained(2, &[7u8; 500], false, &mut chunks).unwrap() else {
+            panic!("a long text is reserved, not sent");
+        };
+        assert_eq!(g.get(USED) as usize, chunks.len());
+        pos
+    };
+    // Still alive and copying: a repair keeps its chunks.
+    die_holding_the_lock(&q);
+    assert_eq!(counts(&q), (2, 506));
+    assert_eq!(q.lock(deadline()).unwrap().get(USED) as usize, 1 + 500usize.div_ceil(DATA));
+    // Now it dies before publishing.
+    q.ring().word(pos).store(pack(pos, dead_pid()), Ordering::SeqCst);
+    q.send(3, &[8u8; 300]).unwrap();
+    assert_eq!(q.try_recv(Select::ANY, 1000).unwrap(), (1, b"before".to_vec()));
+    assert_eq!(q.recv_timeout(Select::ANY, 1000, Duration::from_secs(5)).unwrap(), (3, vec![8u8; 300]));
+    assert_eq!(counts(&q), (0, 0));
+    assert_eq!(q.lock(deadline()).unwrap().get(USED), 0, "the dead sender's chunks are free");
+    // And they are used again, whole.
+    for i in 0..20u8 {
+        q.send(1, &[i; 700]).unwrap();
+        assert_eq!(q.try_recv(Select::ANY, 1000).unwrap(), (1, vec![i; 700]));
+    }
+    q.remove().unwrap();
+}
