@@ -278,7 +278,7 @@ fn quick_loan_run_carries_a_mebibyte() {
 #[test]
 fn naming_rows_run_the_server_in_the_peer_process() {
     let results = quick_results("naming", &["--placement", "pinned,unpinned"]);
-    for m in ["ipckit-naming-stat", "ipckit-naming-lookup"] {
+    for m in ["ipckit-naming-stat", "ipckit-naming-stat-server", "ipckit-naming-lookup"] {
         assert!(results.iter().any(|r| r["mechanism"] == m), "no {m} row: {results:?}");
     }
 }

@@ -164,7 +164,15 @@ pub const ALL: &[Mechanism] = &[
         8,
         true,
         false,
-        "NameClient::stat round trip to the naming server in the peer process",
+        "NameClient::stat: read from the client's name table (no server round trip)",
+    ),
+    m(
+        "ipckit-naming-stat-server",
+        Class::Blocking,
+        8,
+        true,
+        false,
+        "NameClient::stat asked of the naming server in the peer process (with_table(false))",
     ),
     m(
         "ipckit-naming-lookup",
@@ -514,7 +522,7 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             let rx = down.receiver().context("ring receiver")?.with_wait(WaitMode::Block);
             Some(Box::new(Loans { pool, tx, rx, buf: Vec::new(), _keep: (up, down) }))
         }
-        "ipckit-naming-stat" | "ipckit-naming-lookup" => {
+        "ipckit-naming-stat" | "ipckit-naming-stat-server" | "ipckit-naming-lookup" => {
             // The server runs in the child (placed like every other peer), with
             // the service it registers; this process is only the client.
             let path = std::env::temp_dir().join(format!("{}.sock", unique("naming")));
@@ -522,8 +530,11 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             let p = path.clone();
             cleanup.push(Box::new(move || drop(std::fs::remove_file(&p))));
             let lookup = mech.name.ends_with("lookup");
+            let table = mech.name != "ipckit-naming-stat-server";
             pending = Some(Box::new(move |_| {
-                let client = NameClient::connect(&path).context("connecting to the naming server")?;
+                let client = NameClient::connect(&path)
+                    .context("connecting to the naming server")?
+                    .with_table(table);
                 Ok(Box::new(Naming { client, lookup }) as Box<dyn Link>)
             }));
             None
@@ -1293,7 +1304,7 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
                 }
             }
         }
-        "ipckit-naming-stat" | "ipckit-naming-lookup" => {
+        "ipckit-naming-stat" | "ipckit-naming-stat-server" | "ipckit-naming-lookup" => {
             // The server's thread inherits this process's CPU.
             let _server = EmbeddedServer::start(&args.name, ServerConfig::default())
                 .context("starting the naming server")?;
