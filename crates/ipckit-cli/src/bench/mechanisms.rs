@@ -532,9 +532,8 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             let lookup = mech.name.ends_with("lookup");
             let table = mech.name != "ipckit-naming-stat-server";
             pending = Some(Box::new(move |_| {
-                let client = NameClient::connect(&path)
-                    .context("connecting to the naming server")?
-                    .with_table(table);
+                let client =
+                    NameClient::connect(&path).context("connecting to the naming server")?.with_table(table);
                 Ok(Box::new(Naming { client, lookup }) as Box<dyn Link>)
             }));
             None
