@@ -349,22 +349,7 @@ pub fn verdict_json(v: &Verdict) -> serde_json::Value {
 
 /// verdicts.csv: a header of [`COLUMNS`], then one line per verdict.
 pub fn csv(verdicts: &[Verdict]) -> String {
-    let mut s = COLUMNS.join(",");
-    s.push('\n');
-    for v in verdicts {
-        let j = verdict_json(v);
-        let cells: Vec<String> = COLUMNS
-            .iter()
-            .map(|c| match &j[c] {
-                serde_json::Value::Null => String::new(),
-                serde_json::Value::String(t) => t.replace([',', '\n', '"'], " "),
-                other => other.to_string(),
-            })
-            .collect();
-        s.push_str(&cells.join(","));
-        s.push('\n');
-    }
-    s
+    super::output::csv_of(COLUMNS, verdicts.iter().map(verdict_json))
 }
 
 #[cfg(test)]

@@ -218,11 +218,17 @@ pub fn json(records: &[Record], verdicts: &[Verdict], machine: &str, duration: f
 /// results.csv: a header of [`COLUMNS`], then one line per record (empty
 /// cells for what was not measured).
 pub fn csv(records: &[Record]) -> String {
-    let mut s = COLUMNS.join(",");
+    csv_of(COLUMNS, records.iter().map(record_json))
+}
+
+/// A CSV text: a header of `columns`, then one line per JSON object, its
+/// values in column order (empty for null; commas, newlines and quotes in
+/// strings become spaces).
+pub fn csv_of(columns: &[&str], rows: impl Iterator<Item = serde_json::Value>) -> String {
+    let mut s = columns.join(",");
     s.push('\n');
-    for r in records {
-        let v = record_json(r);
-        let cells: Vec<String> = COLUMNS
+    for v in rows {
+        let cells: Vec<String> = columns
             .iter()
             .map(|c| match &v[c] {
                 serde_json::Value::Null => String::new(),
