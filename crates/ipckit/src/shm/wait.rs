@@ -245,6 +245,7 @@ pub(crate) fn wait_event<T>(
     let mut busy = 0u32;
     let mut failed = 0u32;
     let mut check = false;
+    let mut checked = false;
     loop {
         let state = match attempt(check) {
             Attempt::Ready(r) => return r,
@@ -257,12 +258,19 @@ pub(crate) fn wait_event<T>(
         let sleeping_next = matches!(state, Attempt::Wait) && spun >= spins;
         if matches!(deadline, Deadline::Now) || sleeping_next || failed % 64 == 0 {
             let now = Instant::now();
-            if now.duration_since(*last_check) >= LIVENESS_CHECK {
+            let expired = deadline.expired();
+            // One periodic check even on the `try_` path; after that an
+            // expired deadline wins, so a wait that stays busy (a word a
+            // hostile peer forged) cannot skip its deadline by landing on a
+            // liveness check every time (64 slow attempts can take longer
+            // than LIVENESS_CHECK on a loaded machine).
+            if now.duration_since(*last_check) >= LIVENESS_CHECK && !(expired && checked) {
                 *last_check = now;
                 check = true;
+                checked = true;
                 continue;
             }
-            if deadline.expired() {
+            if expired {
                 return Err(Fault::Timeout);
             }
         }
