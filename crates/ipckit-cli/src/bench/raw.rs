@@ -12,6 +12,17 @@
 // Raw System V semaphores (libc)
 // ---------------------------------------------------------------------------
 
+/// After a failed timed wait: `Ok(true)` for EINTR (retry), `Ok(false)` for
+/// EAGAIN (the time ran out), the error otherwise.
+fn interrupted_or_timed_out() -> std::io::Result<bool> {
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINTR) => Ok(true),
+        Some(libc::EAGAIN) => Ok(false),
+        _ => Err(e),
+    }
+}
+
 #[allow(unsafe_code)]
 pub mod sysv_sem {
     use std::io;
@@ -54,11 +65,9 @@ pub mod sysv_sem {
             if r == 0 {
                 return Ok(true);
             }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Ok(false),
-                _ => return Err(e),
+            match super::interrupted_or_timed_out()? {
+                true => continue,
+                false => return Ok(false),
             }
         }
     }
@@ -143,11 +152,9 @@ pub mod raw_sig {
             if r == sig {
                 return Ok(true);
             }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Ok(false),
-                _ => return Err(e),
+            match super::interrupted_or_timed_out()? {
+                true => continue,
+                false => return Ok(false),
             }
         }
     }

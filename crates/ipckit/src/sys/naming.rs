@@ -132,16 +132,21 @@ pub(crate) fn monotonic_ns() -> u64 {
     (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
 
-/// `socket(2)` + `bind(2)` + `listen(2)` on abstract address `name` (no
-/// filesystem entry; gone when the socket closes): non-blocking, close-on-exec.
-pub(crate) fn abstract_listen(name: &[u8], backlog: i32) -> io::Result<OwnedFd> {
-    let addr = SocketAddrUnix::new_abstract_name(name)?;
-    let fd = rustix::net::socket_with(
+/// A non-blocking, close-on-exec UNIX stream socket (`socket(2)`).
+fn nonblocking_stream_socket() -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::STREAM,
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
-    )?;
+    )?)
+}
+
+/// `socket(2)` + `bind(2)` + `listen(2)` on abstract address `name` (no
+/// filesystem entry; gone when the socket closes): non-blocking, close-on-exec.
+pub(crate) fn abstract_listen(name: &[u8], backlog: i32) -> io::Result<OwnedFd> {
+    let addr = SocketAddrUnix::new_abstract_name(name)?;
+    let fd = nonblocking_stream_socket()?;
     rustix::net::bind(&fd, &addr)?;
     rustix::net::listen(&fd, backlog)?;
     Ok(fd)
@@ -170,12 +175,7 @@ pub(crate) fn abstract_name_of_listener(fd: BorrowedFd<'_>) -> io::Result<Vec<u8
 pub(crate) fn abstract_connect(name: &[u8], wait: std::time::Duration) -> io::Result<OwnedFd> {
     use rustix::net::sockopt::{set_socket_timeout, Timeout};
     let addr = SocketAddrUnix::new_abstract_name(name)?;
-    let fd = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
+    let fd = nonblocking_stream_socket()?;
     let mut waited = false;
     loop {
         match rustix::net::connect(&fd, &addr) {
