@@ -523,7 +523,7 @@ impl MessageQueue {
         let lock = RobustLock { word: u32_at(m, LOCK), waiters: u32_at(m, LOCK_WAITERS) };
         let taken = lock.lock(deadline)?;
         // Every receive that finds nothing reads the tail (`Guard::tail`).
-        let g = Guard { q: self, lock, wake: std::cell::Cell::new(0), tail_seen: std::cell::Cell::new(0) };
+        let g = Guard { q: self, lock, wake: std::cell::Cell::new(0), quick: std::cell::Cell::new(false) };
         if taken == Taken::FromTheDead {
             g.repair(false);
         }
@@ -560,15 +560,15 @@ impl MessageQueue {
         }
     }
 
-    /// Waits until the queue changes from `seen` (or 10 ms, or the
-    /// deadline): a short adaptive spin until `moved()` says something
-    /// changed (it reads only what the waiting side needs, so that the
-    /// spin pulls no cache line the other side is writing), then a futex
-    /// sleep.
+    /// Waits until the queue changes (or the deadline): a short adaptive
+    /// spin until `moved()` says something changed (it reads only what the
+    /// waiting side needs, so that the spin pulls no cache line the other
+    /// side is writing), then a futex sleep if `unchanged()` still says
+    /// nothing that the waiter waits for changed since it looked.
     fn wait_change(
         &self,
         ev: Ev,
-        seen: Snap,
+        unchanged: impl FnOnce() -> bool,
         deadline: Deadline,
         moved: impl FnMut() -> bool,
     ) -> Result<(), Fault> {
@@ -586,7 +586,7 @@ impl MessageQueue {
         let c = word.load(Ordering::SeqCst);
         waiters.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if self.snap() == seen {
+        if unchanged() {
             // No periodic wake-up without a deadline: nothing a sleeper
             // waits for depends on another process staying alive (a dead
             // sender's half-filled slot is waited out by a receiver that is
@@ -838,7 +838,7 @@ impl MessageQueue {
                             || u32_at(m, QBYTES).load(Ordering::Relaxed) as u64 != seen[3] >> 1
                             || u32_at(m, REMOVED).load(Ordering::Relaxed) != 0
                     };
-                    self.wait_change(Ev::Room, seen, deadline, room)?;
+                    self.wait_change(Ev::Room, || self.snap() == seen, deadline, room)?;
                 }
                 Pushed::NoSlot => {}
                 Pushed::Busy { pos, pid } => {
@@ -855,7 +855,12 @@ impl MessageQueue {
     /// claim back, or take the lock (which repairs after a dead receiver).
     fn unstick(&self, pos: u32, pid: u32, deadline: Deadline) -> Result<(), Fault> {
         if pid != 0 {
-            if !sys::process_alive(pid) {
+            // Only a claim whose (dead) sender never moved the tail is
+            // given back: behind the tail, a free and unclaimed slot would
+            // read as the end of the ring (see `Ring::head`); the receiver
+            // skips such a slot instead.
+            let tail = || unpack(u64_at(self.map(), TAILW).load(Ordering::SeqCst)).0;
+            if !sys::process_alive(pid) && tail() == pos {
                 self.ring()
                     .word(pos)
                     .compare_exchange(pack(pos, pid), pack(pos, 0), Ordering::AcqRel, Ordering::Relaxed)
@@ -991,31 +996,43 @@ impl MessageQueue {
         deadline: Deadline,
         out: &mut Out<'_>,
     ) -> Result<(i64, usize), Fault> {
+        let m = self.map();
+        let ring = self.ring();
+        let mut quick = true;
         loop {
             let g = self.lock(deadline)?;
+            g.quick.set(quick);
             g.check(Access::Read)?;
             if let Some(found) = g.take(select, max_len, deadline, out)? {
                 return Ok(found);
             }
-            // The tail as it was when the ring was found empty (or
-            // drained): a message whose sender moved the tail since must
-            // not be slept through.
-            let mut seen = self.snap();
-            seen[0] = g.tail_seen.get();
-            let m = self.map();
-            let hpos = unpack(seen[1]).0;
-            let head = self.ring().word(hpos).load(Ordering::Relaxed);
+            // What the receive found: the head slot (the next message
+            // there changes its word: a sender claims it, then publishes
+            // it) and the list. A slot published since is taken at once.
+            let hpos = g.headw().0;
+            let list = u64_at(m, LISTW).load(Ordering::Relaxed);
+            let head = ring.word(hpos).load(Ordering::Acquire);
             drop(g);
+            if unpack(head).0 == hpos.wrapping_add(1) {
+                continue;
+            }
             if deadline == Deadline::Now {
                 return Err(Fault::Timeout);
             }
             // Spin on the head slot (the line the sender writes anyway), not the tail.
             let arrived = || {
-                self.ring().word(hpos).load(Ordering::Relaxed) != head
-                    || u64_at(m, LISTW).load(Ordering::Relaxed) != seen[2]
+                ring.word(hpos).load(Ordering::Relaxed) != head
+                    || u64_at(m, LISTW).load(Ordering::Relaxed) != list
                     || u32_at(m, REMOVED).load(Ordering::Relaxed) != 0
             };
-            self.wait_change(Ev::Msg, seen, deadline, arrived)?;
+            // Before sleeping, also the tail: it is at the head when the
+            // ring is empty (a tail ahead of an unchanged, unpublished
+            // head slot is a sender filling it, or a forged word).
+            let unchanged = || !arrived() && unpack(u64_at(m, TAILW).load(Ordering::SeqCst)).0 == hpos;
+            self.wait_change(Ev::Msg, unchanged, deadline, arrived)?;
+            // Woken or spun out with the head slot as it was: look at the
+            // tail too on the next round (the rare case above).
+            quick = ring.word(hpos).load(Ordering::Relaxed) != head;
         }
     }
 

@@ -25,8 +25,9 @@ pub(super) struct Guard<'a> {
     /// woken while we still hold the lock would only go back to sleep on it).
     /// (Bits: 1 messages arrived, 2 room was freed.)
     pub(super) wake: std::cell::Cell<u8>,
-    /// The senders' counter as last read under this lock.
-    pub(super) tail_seen: std::cell::Cell<u64>,
+    /// Whether an empty-looking head slot is trusted without reading the
+    /// senders' counter (see [`super::ring::Ring::head`]).
+    pub(super) quick: std::cell::Cell<bool>,
 }
 
 impl Drop for Guard<'_> {
@@ -293,12 +294,10 @@ impl Guard<'_> {
         Ok(pushed)
     }
 
-    /// Reads the senders' counter (only when the ring looks empty, or to
-    /// drain it), and remembers what it read.
+    /// Reads the senders' counter (only when the ring may hold a message
+    /// the head slot does not show yet, or to drain it).
     pub(super) fn tail(&self) -> u64 {
-        let t = u64_at(self.q.map(), TAILW).load(Ordering::SeqCst);
-        self.tail_seen.set(t);
-        t
+        u64_at(self.q.map(), TAILW).load(Ordering::SeqCst)
     }
 
     pub(super) fn headw(&self) -> (u32, u32) {
@@ -314,7 +313,7 @@ impl Guard<'_> {
         loop {
             let (hpos, _) = self.headw();
             let tail = || unpack(self.tail()).0;
-            match ring.head(hpos, tail, max) {
+            match ring.head(hpos, tail, max, self.quick.get()) {
                 Err(why) => return Err(Fault::Frame(FrameError::BadHandles(why))),
                 Ok(Head::Filling(pid)) => {
                     if busy.wait(deadline)? && !sys::process_alive(pid) {
@@ -427,13 +426,26 @@ impl Guard<'_> {
     /// Moves every message the ring holds now to the list, in order.
     pub(super) fn drain_all(&self, deadline: Deadline) -> Result<(), Fault> {
         let until = unpack(self.tail()).0;
+        // Up to a tail it has read: every slot before it is looked at.
+        let quick = self.quick.replace(false);
+        let mut drained = Ok(());
         while self.headw().0 != until {
-            match self.settle_head(deadline)? {
-                Head::Empty => break,
-                head => self.drain_one(head)?,
+            match self.settle_head(deadline) {
+                Ok(Head::Empty) => break,
+                Ok(head) => {
+                    if let Err(e) = self.drain_one(head) {
+                        drained = Err(e);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    drained = Err(e);
+                    break;
+                }
             }
         }
-        Ok(())
+        self.quick.set(quick);
+        drained
     }
 
     /// Takes the message `select` picks, if any: from the list (the oldest

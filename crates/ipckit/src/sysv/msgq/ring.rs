@@ -145,12 +145,23 @@ impl<'a> Ring<'a> {
     }
 
     /// The head slot's state, for the lock holder; `tail` is read only
-    /// when the slot is not published. `max` bounds a valid length.
+    /// when the slot is not published, and with `quick` not when it is
+    /// free and unclaimed. `max` bounds a valid length.
+    ///
+    /// `quick`: a sender claims a slot before it moves the tail past it,
+    /// so a free, unclaimed head slot means an empty ring without a look
+    /// at the senders' line (which the sender's next tail CAS would
+    /// otherwise have to fetch back, once per message when the receiver
+    /// keeps up). Only a forged slot word says otherwise: a caller that
+    /// must know (a drain, or a receiver that saw the tail ahead of an
+    /// unchanged head before it slept) passes `quick == false`, and then
+    /// such a slot is [`Head::Filling`] by pid 0, never alive, and skipped.
     pub(super) fn head(
         &self,
         head: u32,
         tail: impl FnOnce() -> u32,
         max: usize,
+        quick: bool,
     ) -> Result<Head, &'static str> {
         let (seq, claim) = unpack(self.word(head).load(Ordering::Acquire));
         if seq == head.wrapping_add(1) {
@@ -159,6 +170,9 @@ impl<'a> Ring<'a> {
                 return Err("a ring slot announces a length over the maximum");
             }
             return Ok(Head::Ready { mtype: self.mtype(head), len, chain });
+        }
+        if quick && seq == head && claim == 0 {
+            return Ok(Head::Empty);
         }
         let t = tail();
         if t == head {
