@@ -673,16 +673,19 @@ impl MessageQueue {
                 }
                 return Pushed::NoSlot;
             }
-            let (seq, claim) = unpack(ring.word(tpos).load(Ordering::Acquire));
-            if seq != tpos || claim != 0 {
+            // The head has passed `tpos - N` (`in_ring < N`): the slot is
+            // free unless another sender claimed it for `tpos`.
+            let w = ring.word(tpos).load(Ordering::Acquire);
+            if !ring.free_for(tpos, w) {
                 if tailw.load(Ordering::Acquire) != t {
                     continue;
                 }
-                // A receiver between moving the head and releasing the
-                // slot (pid 0), or a sender claiming it.
+                // A sender claiming it (or a forged word: pid 0, and
+                // the lock holder's repair is asked to look).
+                let (seq, claim) = unpack(w);
                 return Pushed::Busy { pos: tpos, pid: if seq == tpos { claim } else { 0 } };
             }
-            if !ring.claim(tpos, me, 0) {
+            if !ring.claim_free(tpos, w, me) {
                 continue;
             }
             // Under the claim, nobody else moves the tail from `tpos`.
@@ -998,7 +1001,9 @@ impl MessageQueue {
     ) -> Result<(i64, usize), Fault> {
         let m = self.map();
         let ring = self.ring();
-        let mut quick = true;
+        // A receive that does not wait also waits out a sender that moved
+        // the tail and is filling the head slot (see `Ring::head`).
+        let mut quick = deadline != Deadline::Now;
         loop {
             let g = self.lock(deadline)?;
             g.quick.set(quick);
@@ -1019,20 +1024,24 @@ impl MessageQueue {
             if deadline == Deadline::Now {
                 return Err(Fault::Timeout);
             }
-            // Spin on the head slot (the line the sender writes anyway), not the tail.
+            // Spin on the head slot (the line the sender writes anyway),
+            // not the tail, until it is published: a sender's claim is
+            // not waited on (looking again then would only pull the line
+            // away from the sender filling it).
+            let published = || unpack(ring.word(hpos).load(Ordering::Relaxed)).0 == hpos.wrapping_add(1);
             let arrived = || {
-                ring.word(hpos).load(Ordering::Relaxed) != head
+                published()
                     || u64_at(m, LISTW).load(Ordering::Relaxed) != list
                     || u32_at(m, REMOVED).load(Ordering::Relaxed) != 0
             };
             // Before sleeping, also the tail: it is at the head when the
-            // ring is empty (a tail ahead of an unchanged, unpublished
-            // head slot is a sender filling it, or a forged word).
+            // ring is empty (a tail ahead of an unpublished head slot is a
+            // sender filling it, or a forged word: not slept on).
             let unchanged = || !arrived() && unpack(u64_at(m, TAILW).load(Ordering::SeqCst)).0 == hpos;
             self.wait_change(Ev::Msg, unchanged, deadline, arrived)?;
-            // Woken or spun out with the head slot as it was: look at the
-            // tail too on the next round (the rare case above).
-            quick = ring.word(hpos).load(Ordering::Relaxed) != head;
+            // Spun out or woken without a message at the head: look at the
+            // tail too on the next round (see `Ring::head`).
+            quick = published();
         }
     }
 

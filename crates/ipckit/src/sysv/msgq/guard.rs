@@ -335,10 +335,8 @@ impl Guard<'_> {
         tracing::warn!(dead = pid, "skipping a queue slot whose sender died filling it");
         let (_, hbytes) = self.headw();
         let (len, chain) = (ring.len(hpos), ring.chain(hpos));
-        // The head first: a death between the two leaves a slot that the
-        // repair releases (`seq == pos` just behind the head).
+        // The slot stays as it is: free for the next lap once the head is past it.
         self.put64(HEADW, hpos.wrapping_add(1), hbytes.wrapping_add(len));
-        ring.release(hpos);
         if chain != 0 {
             // Its chunks are referenced by nothing now.
             self.repair(false);
@@ -368,9 +366,8 @@ impl Guard<'_> {
         } else {
             self.read_message(chain, len, dst)?
         };
-        // Release, then commit by moving the head (a death between the two
-        // is undone by the repair: the message stays queued).
-        ring.release(hpos);
+        // Commit by moving the head: the slot is free for the next lap
+        // from then on (receivers never write it).
         self.put64(HEADW, hpos.wrapping_add(1), hbytes.wrapping_add(len as u32));
         self.free_chunks(&chunks);
         self.received();
@@ -408,8 +405,8 @@ impl Guard<'_> {
         self.set_link(c, C_NEXT, 0);
         self.set_link(c, C_ORIG, hpos);
         self.set_link(c, C_FROM, 1);
-        // Commit: link it in, count it, then move the head and release the
-        // slot (a death in between is finished by the repair).
+        // Commit: link it in, count it, then move the head (a death in
+        // between is finished by the repair).
         let tail = self.get(TAIL);
         match self.chunk(tail, C_NEXT) {
             Some(t) => t.store(c, Ordering::Relaxed),
@@ -419,7 +416,6 @@ impl Guard<'_> {
         let (ln, lb) = self.get64(LISTW);
         self.put64(LISTW, ln + 1, lb + len as u32);
         self.put64(HEADW, hpos.wrapping_add(1), hbytes.wrapping_add(len as u32));
-        ring.release(hpos);
         Ok(())
     }
 
@@ -596,16 +592,6 @@ impl Guard<'_> {
             hbytes = hbytes.wrapping_add(ring.len(hpos));
             hpos = hpos.wrapping_add(1);
             self.put64(HEADW, hpos, hbytes);
-            ring.release(hpos.wrapping_sub(1));
-        } else if hpos != tpos && seq(hpos) == hpos.wrapping_add(self.q.slots) {
-            // A receive that released the head but did not move the head:
-            // the message is still queued.
-            ring.word(hpos).store(pack(hpos.wrapping_add(1), 0), Ordering::Release);
-        }
-        // A drain or skip that moved the head but did not release the slot behind it.
-        let behind = hpos.wrapping_sub(1);
-        if seq(behind) == behind || seq(behind) == hpos {
-            ring.release(behind);
         }
         // The list.
         let mut seen = vec![false; n + 1];

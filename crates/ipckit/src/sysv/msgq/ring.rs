@@ -37,28 +37,36 @@
 //! Slot `pos % N` has a word `seq | claim << 32`, a length, a chain (0: the
 //! text is inline; else the first chunk of a message built in the chunk
 //! area under the lock, for text longer than [`INLINE`]), the type and the
-//! inline text. For position `pos`: `seq == pos` free (with `claim` the pid
-//! of a sender that is filling it), `seq == pos + 1` published, `seq == pos
-//! + N` released (free for `pos + N`).
+//! inline text. For position `pos`: `seq == pos + 1` (claim 0) published;
+//! `seq == pos` with `claim` the pid of a sender that is filling it (0:
+//! free, on the ring's first lap or after a sender gave its claim up).
 //!
-//! A sender: claims the slot (CAS `(pos, 0) -> (pos, pid)`), writes the
-//! length, chain and type, moves `TAILW` (CAS, with the byte count), writes
-//! the text, publishes (`(pos + 1, 0)`). For a chained text the chunks are
-//! taken and the position reserved under the lock, and the text is copied
-//! into the chunks after the lock is released, before publishing: the
-//! reserved slot names the chain, so a repair meanwhile keeps its chunks,
-//! and a sender killed while copying leaves a slot that is skipped as
-//! below (the repair that follows frees its chunks).
+//! Receivers never write a slot: a slot is free for `pos` once the head
+//! has passed `pos - N`, which senders know from `HEADW` (their cached
+//! view, which only ever overestimates what is queued), whatever the
+//! previous lap left in it: `(pos - N + 1, 0)` (a message taken) or
+//! `(pos - N, pid)` (skipped after its sender died filling it). So the
+//! slot's lines travel from sender to receiver, and only the receiver's
+//! reading copy is invalidated when the sender comes round again; the
+//! receiver's only per-message write is `HEADW`, on its own line.
+//!
+//! A sender: claims the slot (CAS from the free word it found to `(pos,
+//! pid)`), writes the length, chain and type, moves `TAILW` (CAS, with the
+//! byte count), writes the text, publishes (`(pos + 1, 0)`). For a chained
+//! text the chunks are taken and the position reserved under the lock, and
+//! the text is copied into the chunks after the lock is released, before
+//! publishing: the reserved slot names the chain, so a repair meanwhile
+//! keeps its chunks, and a sender killed while copying leaves a slot that
+//! is skipped as below (the repair that follows frees its chunks).
 //!
 //! # Deaths
 //!
 //! | died | left behind | who repairs | message |
 //! |---|---|---|---|
 //! | sender, slot claimed, `TAILW` not moved | claim = dead pid | the next sender takes the claim over | never sent |
-//! | sender after moving `TAILW` | `seq == pos`, claim = dead pid | the receiver reaching it skips it, counting its bytes as taken | never sent (`send` had not returned) |
-//! | receiver taking the head, released the slot, `HEADW` not moved | `seq == head + N` | the next lock holder (repair) re-publishes it | still queued |
-//! | receiver draining, linked into the list, `HEADW` not moved | list tail records `head` as its origin | repair moves `HEADW`, releases the slot | in the list, once |
-//! | receiver draining, `HEADW` moved, slot not released | `seq == head` for `head - 1` | repair releases it | in the list |
+//! | sender after moving `TAILW` | `seq == pos`, claim = dead pid | the receiver reaching it skips it (moves `HEADW` past it, counting its bytes as taken) | never sent (`send` had not returned) |
+//! | receiver taking the head, `HEADW` not moved | nothing: the slot was only read | - | still queued |
+//! | receiver draining, linked into the list, `HEADW` not moved | list tail records `head` as its origin | repair moves `HEADW` | in the list, once |
 //!
 //! Receivers hold the robust lock, so their deaths are always seen by the
 //! next lock holder.
@@ -145,17 +153,19 @@ impl<'a> Ring<'a> {
     }
 
     /// The head slot's state, for the lock holder; `tail` is read only
-    /// when the slot is not published, and with `quick` not when it is
-    /// free and unclaimed. `max` bounds a valid length.
+    /// when the slot is not published, and never with `quick`. `max`
+    /// bounds a valid length.
     ///
-    /// `quick`: a sender claims a slot before it moves the tail past it,
-    /// so a free, unclaimed head slot means an empty ring without a look
-    /// at the senders' line (which the sender's next tail CAS would
-    /// otherwise have to fetch back, once per message when the receiver
-    /// keeps up). Only a forged slot word says otherwise: a caller that
-    /// must know (a drain, or a receiver that saw the tail ahead of an
-    /// unchanged head before it slept) passes `quick == false`, and then
-    /// such a slot is [`Head::Filling`] by pid 0, never alive, and skipped.
+    /// `quick`: an unpublished head slot is reported [`Head::Empty`]
+    /// without a look at the senders' line (which the sender's next tail
+    /// CAS would otherwise have to fetch back, once per message when the
+    /// receiver keeps up): either nothing is queued (a sender claims a
+    /// slot before it moves the tail past it), or a sender is filling the
+    /// slot, and a receiver waits for the slot's word to change either
+    /// way. A receiver that waited for it in vain (a sender descheduled
+    /// or dead while filling it, or a forged word) passes `quick ==
+    /// false`: then such a slot is [`Head::Filling`] (by pid 0, never
+    /// alive, when the word is not a claim), waited out or skipped.
     pub(super) fn head(
         &self,
         head: u32,
@@ -171,7 +181,7 @@ impl<'a> Ring<'a> {
             }
             return Ok(Head::Ready { mtype: self.mtype(head), len, chain });
         }
-        if quick && seq == head && claim == 0 {
+        if quick {
             return Ok(Head::Empty);
         }
         let t = tail();
@@ -187,9 +197,19 @@ impl<'a> Ring<'a> {
         Err("a ring slot's sequence is neither free nor published")
     }
 
-    /// Releases the slot of `pos` for the next lap.
-    pub(super) fn release(&self, pos: u32) {
-        self.word(pos).store(pack(pos.wrapping_add(self.n), 0), Ordering::Release);
+    /// Whether slot word `w` is free for position `pos`, given that the
+    /// head has passed `pos - N` (see the module doc): what the previous
+    /// lap left, or a free or given-up word for `pos` itself.
+    pub(super) fn free_for(&self, pos: u32, w: u64) -> bool {
+        let (seq, claim) = unpack(w);
+        let prev = pos.wrapping_sub(self.n);
+        (claim == 0 && (seq == pos || seq == prev.wrapping_add(1))) || (seq == prev && claim != 0)
+    }
+
+    /// Claims the slot of `pos` for `me` if it still holds `free` (a word
+    /// [`Ring::free_for`] accepted). Returns whether it did.
+    pub(super) fn claim_free(&self, pos: u32, free: u64, me: u32) -> bool {
+        self.word(pos).compare_exchange(free, pack(pos, me), Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 
     /// Claims the slot of `pos` for `me` if it is free and unclaimed (or,

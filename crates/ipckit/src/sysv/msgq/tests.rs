@@ -34,7 +34,8 @@ fn half_send(q: &MessageQueue, pid: u32, mtype: i64, len: usize, move_tail: bool
     let ring = q.ring();
     let t = u64_at(m, TAILW).load(Ordering::Acquire);
     let (tpos, tbytes) = unpack(t);
-    assert!(ring.claim(tpos, pid, 0));
+    let w = ring.word(tpos).load(Ordering::Acquire);
+    assert!(ring.free_for(tpos, w) && ring.claim_free(tpos, w, pid));
     ring.describe(tpos, mtype, len, 0);
     if move_tail {
         u64_at(m, TAILW).store(pack(tpos + 1, tbytes + len as u32), Ordering::SeqCst);
@@ -85,11 +86,18 @@ fn die_holding_the_lock(q: &MessageQueue) {
 }
 
 #[test]
-fn a_receive_that_released_the_slot_but_did_not_move_the_head_is_undone() {
+fn a_receive_that_read_the_message_but_did_not_move_the_head_leaves_it_queued() {
     let q = queue("pop");
     q.send(1, b"keep me").unwrap();
-    let (hpos, _) = unpack(u64_at(q.map(), HEADW).load(Ordering::Acquire));
-    q.ring().release(hpos);
+    {
+        let g = q.lock(Deadline::after(Duration::from_secs(20))).unwrap();
+        let head = g.settle_head(Deadline::after(Duration::from_secs(20))).unwrap();
+        assert!(matches!(head, Head::Ready { mtype: 1, len: 7, .. }), "{head:?}");
+        let mut text = [0u8; 7];
+        q.ring().read(g.headw().0, &mut text);
+        assert_eq!(&text, b"keep me");
+        std::mem::forget(g);
+    }
     die_holding_the_lock(&q);
     assert_eq!(q.recv_timeout(Select::ANY, 64, Duration::from_secs(5)).unwrap(), (1, b"keep me".to_vec()));
     assert_eq!(counts(&q), (0, 0));
@@ -117,7 +125,7 @@ fn a_drain_interrupted_at_each_step_delivers_the_message_once() {
             g.put(TAIL, c);
             g.put64(LISTW, 1, len as u32);
             if step == 1 {
-                // Also moved the head, but did not release the slot.
+                // Also moved the head (all but the unlock).
                 g.put64(HEADW, hpos + 1, hbytes + len as u32);
             }
             std::mem::forget(g);
@@ -190,6 +198,39 @@ fn a_long_text_whose_sender_died_copying_it_in_is_skipped_and_its_chunks_freed()
     for i in 0..20u8 {
         q.send(1, &[i; 700]).unwrap();
         assert_eq!(q.try_recv(Select::ANY, 1000).unwrap(), (1, vec![i; 700]));
+    }
+    q.remove().unwrap();
+}
+
+/// Receivers never write a slot: the next lap's senders take whatever the
+/// last one left (a taken message, a dead sender's skipped slot, a slot
+/// drained into the list), lap after lap, and every message arrives once.
+#[test]
+fn slots_left_by_every_kind_of_receive_are_reused_on_the_next_laps() {
+    let q = queue("laps");
+    let n = q.slots;
+    for lap in 0..3u32 {
+        // A dead sender's slot at a different position each lap.
+        for i in 0..n {
+            if i == lap * 5 {
+                half_send(&q, dead_pid(), 9, 4, true);
+            } else {
+                q.send_timeout(1 + i64::from(i % 2), &i.to_le_bytes(), Duration::from_secs(5)).unwrap();
+            }
+        }
+        let mut got = Vec::new();
+        for k in 0..n - 1 {
+            // Type 2 first now and then: the type-1 messages before it are drained into the list.
+            let want = if k % 7 == 3 { Select::of(2) } else { Select::ANY };
+            let (t, text) = q.recv_timeout(want, 8, Duration::from_secs(5)).unwrap();
+            let i = u32::from_le_bytes(text.try_into().unwrap());
+            assert_eq!(t, 1 + i64::from(i % 2));
+            got.push(i);
+        }
+        got.sort_unstable();
+        let want: Vec<u32> = (0..n).filter(|&i| i != lap * 5).collect();
+        assert_eq!(got, want, "lap {lap}");
+        assert_eq!(counts(&q), (0, 0), "lap {lap}");
     }
     q.remove().unwrap();
 }
