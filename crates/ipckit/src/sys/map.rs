@@ -86,6 +86,27 @@ impl Mapping {
         Some(unsafe { AtomicU64::from_ptr(p.cast()) })
     }
 
+    /// Asks the CPU to fetch the cache line at `off` for writing, without
+    /// waiting for it (`prefetchw`, where the CPU has it; else nothing): a
+    /// later store or locked instruction on that line then finds it owned
+    /// instead of waiting for another CPU to give it up. A hint only: no
+    /// memory changes, and out of bounds it does nothing.
+    pub(crate) fn prefetch_write(&self, off: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if has_prefetchw() {
+            if let Some(p) = self.check(off, 1, 1) {
+                // SAFETY: `prefetchw` (present on this CPU, checked above)
+                // only moves a cache line: it never faults, reads or writes
+                // nothing architecturally, and `p` is inside the mapping.
+                unsafe {
+                    std::arch::asm!("prefetchw byte ptr [{0}]", in(reg) p, options(nostack, preserves_flags, readonly));
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = off;
+    }
+
     /// Copies `dst.len()` bytes out of the mapping at `off`; `false` if out of bounds.
     pub(crate) fn read(&self, off: usize, dst: &mut [u8]) -> bool {
         let Some(p) = self.check(off, dst.len(), 1) else { return false };
@@ -150,4 +171,14 @@ impl Mapping {
         // SAFETY: in bounds (checked); uniqueness is the caller's promise.
         Some(unsafe { std::slice::from_raw_parts_mut(p, len) })
     }
+}
+
+/// Whether the CPU has `prefetchw` (CPUID 0x8000_0001, ECX bit 8), asked once.
+#[cfg(target_arch = "x86_64")]
+fn has_prefetchw() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        let max = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+        max >= 0x8000_0001 && std::arch::x86_64::__cpuid(0x8000_0001).ecx & (1 << 8) != 0
+    })
 }

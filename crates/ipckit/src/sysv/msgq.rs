@@ -674,19 +674,27 @@ impl MessageQueue {
                 return Pushed::NoSlot;
             }
             // The head has passed `tpos - N` (`in_ring < N`): the slot is
-            // free unless another sender claimed it for `tpos`.
-            let w = ring.word(tpos).load(Ordering::Acquire);
-            if !ring.free_for(tpos, w) {
-                if tailw.load(Ordering::Acquire) != t {
+            // free unless another sender claimed it for `tpos`. The claim
+            // is tried at once on what the last lap most likely left (a
+            // message taken): a load first would fetch the line shared,
+            // then the CAS would have to fetch it again, exclusive.
+            let likely = ring.taken_word(tpos);
+            if chain == 0 {
+                ring.prefetch_text(tpos, len);
+            }
+            if let Err(w) = ring.claim_from(tpos, likely, me) {
+                if !ring.free_for(tpos, w) {
+                    if tailw.load(Ordering::Acquire) != t {
+                        continue;
+                    }
+                    // A sender claiming it (or a forged word: pid 0, and
+                    // the lock holder's repair is asked to look).
+                    let (seq, claim) = unpack(w);
+                    return Pushed::Busy { pos: tpos, pid: if seq == tpos { claim } else { 0 } };
+                }
+                if ring.claim_from(tpos, w, me).is_err() {
                     continue;
                 }
-                // A sender claiming it (or a forged word: pid 0, and
-                // the lock holder's repair is asked to look).
-                let (seq, claim) = unpack(w);
-                return Pushed::Busy { pos: tpos, pid: if seq == tpos { claim } else { 0 } };
-            }
-            if !ring.claim_free(tpos, w, me) {
-                continue;
             }
             // Under the claim, nobody else moves the tail from `tpos`.
             if tailw.load(Ordering::Acquire) != t {

@@ -206,10 +206,27 @@ impl<'a> Ring<'a> {
         (claim == 0 && (seq == pos || seq == prev.wrapping_add(1))) || (seq == prev && claim != 0)
     }
 
+    /// Starts fetching, for writing, the slot's second line when an
+    /// inline text of `len` bytes reaches into it (a 64-byte text does),
+    /// so that it arrives while the claim waits for the first (see
+    /// [`Mapping::prefetch_write`]).
+    pub(super) fn prefetch_text(&self, pos: u32, len: usize) {
+        if S_DATA + len > 64 {
+            self.m.prefetch_write(self.off(pos, 64));
+        }
+    }
+
+    /// The word a slot holds for `pos` when the previous lap's message
+    /// was taken: free for `pos` (see [`Ring::free_for`]).
+    pub(super) fn taken_word(&self, pos: u32) -> u64 {
+        pack(pos.wrapping_sub(self.n).wrapping_add(1), 0)
+    }
+
     /// Claims the slot of `pos` for `me` if it still holds `free` (a word
-    /// [`Ring::free_for`] accepted). Returns whether it did.
-    pub(super) fn claim_free(&self, pos: u32, free: u64, me: u32) -> bool {
-        self.word(pos).compare_exchange(free, pack(pos, me), Ordering::Acquire, Ordering::Relaxed).is_ok()
+    /// [`Ring::free_for`] accepts); else returns the word it holds.
+    pub(super) fn claim_from(&self, pos: u32, free: u64, me: u32) -> Result<u64, u64> {
+        debug_assert!(self.free_for(pos, free));
+        self.word(pos).compare_exchange(free, pack(pos, me), Ordering::Acquire, Ordering::Acquire)
     }
 
     /// Claims the slot of `pos` for `me` if it is free and unclaimed (or,

@@ -35,7 +35,7 @@ fn half_send(q: &MessageQueue, pid: u32, mtype: i64, len: usize, move_tail: bool
     let t = u64_at(m, TAILW).load(Ordering::Acquire);
     let (tpos, tbytes) = unpack(t);
     let w = ring.word(tpos).load(Ordering::Acquire);
-    assert!(ring.free_for(tpos, w) && ring.claim_free(tpos, w, pid));
+    assert!(ring.free_for(tpos, w) && ring.claim_from(tpos, w, pid).is_ok());
     ring.describe(tpos, mtype, len, 0);
     if move_tail {
         u64_at(m, TAILW).store(pack(tpos + 1, tbytes + len as u32), Ordering::SeqCst);
