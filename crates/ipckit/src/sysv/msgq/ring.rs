@@ -164,8 +164,9 @@ impl<'a> Ring<'a> {
     /// slot, and a receiver waits for the slot's word to change either
     /// way. A receiver that waited for it in vain (a sender descheduled
     /// or dead while filling it, or a forged word) passes `quick ==
-    /// false`: then such a slot is [`Head::Filling`] (by pid 0, never
-    /// alive, when the word is not a claim), waited out or skipped.
+    /// false`: then such a slot is [`Head::Filling`], waited out (or
+    /// skipped once its sender is dead), and a word that is neither a
+    /// claim nor published behind the tail is an error.
     pub(super) fn head(
         &self,
         head: u32,
@@ -173,13 +174,9 @@ impl<'a> Ring<'a> {
         max: usize,
         quick: bool,
     ) -> Result<Head, &'static str> {
-        let (seq, claim) = unpack(self.word(head).load(Ordering::Acquire));
+        let seq = unpack(self.word(head).load(Ordering::Acquire)).0;
         if seq == head.wrapping_add(1) {
-            let (len, chain) = (self.len(head) as usize, self.chain(head));
-            if len > max || (chain == 0 && len > INLINE) {
-                return Err("a ring slot announces a length over the maximum");
-            }
-            return Ok(Head::Ready { mtype: self.mtype(head), len, chain });
+            return self.ready(head, max);
         }
         if quick {
             return Ok(Head::Empty);
@@ -191,10 +188,26 @@ impl<'a> Ring<'a> {
         if t.wrapping_sub(head) > self.n {
             return Err("the ring's tail is more than a lap past its head");
         }
+        // The word again, after the tail: the sender that moved the tail
+        // past `head` had claimed the slot first, so the claim (or the
+        // message) is seen now, even if the first look came before it.
+        let (seq, claim) = unpack(self.word(head).load(Ordering::Acquire));
+        if seq == head.wrapping_add(1) {
+            return self.ready(head, max);
+        }
         if seq == head {
             return Ok(Head::Filling(claim));
         }
         Err("a ring slot's sequence is neither free nor published")
+    }
+
+    /// The published message at `head`, checked against `max`.
+    fn ready(&self, head: u32, max: usize) -> Result<Head, &'static str> {
+        let (len, chain) = (self.len(head) as usize, self.chain(head));
+        if len > max || (chain == 0 && len > INLINE) {
+            return Err("a ring slot announces a length over the maximum");
+        }
+        Ok(Head::Ready { mtype: self.mtype(head), len, chain })
     }
 
     /// Whether slot word `w` is free for position `pos`, given that the

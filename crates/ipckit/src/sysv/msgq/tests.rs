@@ -234,3 +234,30 @@ fn slots_left_by_every_kind_of_receive_are_reused_on_the_next_laps() {
     }
     q.remove().unwrap();
 }
+
+/// A receiver that looks at the head slot, then at the tail, can see the
+/// last lap's word and a tail a sender moved in between: it looks at the
+/// word again (the claim came before the tail's move) and waits for the
+/// message instead of calling the slot corrupted.
+#[test]
+fn a_claim_made_between_the_receivers_two_looks_is_seen() {
+    let q = queue("race");
+    let n = q.slots;
+    // A lap, so that the head slot holds the last lap's (taken) word.
+    for i in 0..n {
+        q.send(1, &i.to_le_bytes()).unwrap();
+        assert_eq!(q.try_recv(Select::ANY, 8).unwrap().1, i.to_le_bytes());
+    }
+    let hpos = unpack(u64_at(q.map(), HEADW).load(Ordering::Acquire)).0;
+    assert_eq!(q.ring().word(hpos).load(Ordering::Acquire), q.ring().taken_word(hpos));
+    let me = sys::pid();
+    let sender = || {
+        half_send(&q, me, 5, 3, true);
+        unpack(u64_at(q.map(), TAILW).load(Ordering::SeqCst)).0
+    };
+    assert_eq!(q.ring().head(hpos, sender, 1 << 20, false), Ok(Head::Filling(me)));
+    q.ring().publish(hpos, b"abc");
+    assert_eq!(q.try_recv(Select::ANY, 8).unwrap(), (5, b"abc".to_vec()));
+    assert_eq!(counts(&q), (0, 0));
+    q.remove().unwrap();
+}
