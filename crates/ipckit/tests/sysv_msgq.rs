@@ -112,17 +112,22 @@ impl Rng {
 fn the_same_operations_give_the_same_results_as_the_kernel() {
     let n = name("diff");
     let _c = Cleanup(n.clone());
-    let config = QueueConfig { capacity: 2048, max_message: 8192, max_capacity: 4096, mode: 0o600 };
+    // Texts up to msgmax (8192) and capacities up to msgmnb (16384), so
+    // that long texts fill the queue, cross the end of ipckit's arena and
+    // get drained into its list by selective receives.
+    let config = QueueConfig { capacity: 2048, max_message: 8192, max_capacity: 16384, mode: 0o600 };
     let ours = MessageQueue::create(&n, config).unwrap();
     let theirs = Kernel::new(2048);
     let mut rng = Rng(0x1d1f_f5ee_d0ff_1ce5);
-    let mut counts = [0usize; 6];
+    // Sends, full, receives, empty, too long, capacity changes, texts of
+    // over 1 KiB received.
+    let mut counts = [0usize; 7];
     for step in 0..20_000 {
         match rng.below(10) {
             0..=4 => {
                 let mtype = 1 + rng.below(5) as i64;
-                let big = rng.below(10) == 0;
-                let len = rng.below(if big { 2500 } else { 200 }) as usize;
+                let big = rng.below(4) == 0;
+                let len = rng.below(if big { 8193 } else { 200 }) as usize;
                 let data: Vec<u8> = (0..len).map(|i| (i as u64 ^ step) as u8).collect();
                 let k = theirs.send(mtype, &data);
                 let o = ours.try_send(mtype, &data);
@@ -136,13 +141,15 @@ fn the_same_operations_give_the_same_results_as_the_kernel() {
                 let t = rng.below(11) as i64 - 5;
                 let sel =
                     Select { mtype: t, except: t > 0 && rng.below(3) == 0, truncate: rng.below(3) == 0 };
-                let max = rng.below(250) as usize;
+                let limit = if rng.below(3) == 0 { 8193 } else { 250 };
+                let max = rng.below(limit) as usize;
                 let k = theirs.recv(sel, max);
                 let o = ours.try_recv(sel, max);
                 match (&k, &o) {
                     (Ok(a), Ok(b)) => {
                         assert_eq!(a, b, "step {step}: recv({sel:?}, {max})");
                         counts[2] += 1;
+                        counts[6] += usize::from(a.1.len() > 1024);
                     }
                     (Err(libc::ENOMSG), Err(TryRecvError::Empty)) => counts[3] += 1,
                     (Err(libc::E2BIG), Err(TryRecvError::Frame(ipckit::FrameError::TooLarge { .. }))) => {
@@ -152,7 +159,7 @@ fn the_same_operations_give_the_same_results_as_the_kernel() {
                 }
             }
             _ => {
-                let cap = 256 + rng.below(4096 - 256) as usize;
+                let cap = 256 + rng.below(16384 - 256) as usize;
                 theirs.set_qbytes(cap);
                 ours.set(QueueSet { capacity: Some(cap), ..QueueSet::default() }).unwrap();
                 counts[5] += 1;
