@@ -1,12 +1,14 @@
 //! System V-style typed message queues, in shared memory.
 //!
-//! Two parts share one segment: a lock-free ring that senders append to
-//! (`msgq/ring.rs`, where the protocol and its crash cases are described)
-//! and a list of 64-byte chunks under a robust lock (`msgq/guard.rs`),
-//! where messages go when a receive selects past the ring's head. Receivers
-//! hold the lock; senders never do, except for texts longer than a ring
-//! slot holds. Here: the layout, the public type, the senders' lock-free
-//! path and the waiting. `msgq/tests.rs` makes each crash state by hand.
+//! Three parts share one segment: a lock-free ring that senders append to
+//! (`msgq/ring.rs`, where the protocol and its crash cases are described),
+//! a circular byte arena for the texts too long for a ring slot
+//! (`msgq/arena.rs`), and a list of 64-byte chunks under a robust lock
+//! (`msgq/guard.rs`), where messages go when a receive selects past the
+//! ring's head. Receivers hold the lock; senders never do, except when
+//! every ring slot is taken. Here: the layout, the public type, the
+//! senders' lock-free path and the waiting. `msgq/tests.rs` makes each
+//! crash state by hand.
 
 mod arena;
 mod guard;
@@ -213,12 +215,12 @@ pub struct QueueSet {
 /// never leaves its CPU, and takes the ring's head directly when its
 /// selection matches it and nothing older waits in the locked list.
 /// Otherwise it moves the ring's messages, in order, to the list and
-/// selects there, as `msgrcv` does. Longer texts go in the list's chunks,
-/// queued through the ring by reference, so the order of all messages is
-/// the order of the ring: the sender takes the chunks and reserves the ring
-/// position under the lock, then copies the text in and publishes the slot
-/// without it; a received message's chunks go back as one piece, in order,
-/// so the next text of that size gets the same consecutive chunks. The counts (`msg_qnum`,
+/// selects there, as `msgrcv` does. Longer texts take the same lock-free
+/// path: the ring slot holds the type and length, the text goes in one
+/// contiguous run of a circular byte arena at the position the senders'
+/// byte counter gives it (the CAS that admits the message allots its
+/// bytes; the head's counter moving past it frees them), so a 4 KiB text is
+/// one copy in and one copy out. The counts (`msg_qnum`,
 /// `msg_cbytes`) are exact: senders and receivers keep their counters on
 /// separate cache lines and read each other's only when their cached view
 /// says the queue is full. A party about to sleep first spins a little
