@@ -69,6 +69,9 @@ const MSG_WAITERS: usize = Q + 260;
 /// Bumped when room is freed (senders sleep on it), and its sleepers.
 const ROOM_EVT: usize = Q + 264;
 const ROOM_WAITERS: usize = Q + 268;
+/// The CPU (+ 1; 0: none yet) a receiver, and a sender, last waited on.
+const MSG_CPU: usize = Q + 272;
+const ROOM_CPU: usize = Q + 276;
 const SLOTS: usize = Q + 320;
 
 // Chunks: 64 bytes. A message is a header chunk plus a chain of data chunks.
@@ -590,15 +593,25 @@ impl MessageQueue {
         ev: Ev,
         seen: Snap,
         deadline: Deadline,
-        moved: impl FnMut() -> bool,
+        mut moved: impl FnMut() -> bool,
     ) -> Result<(), Fault> {
         if deadline.expired() {
             return Err(Fault::Timeout);
         }
-        if self.spin.spin(moved) {
+        let m = self.map();
+        if self.peer_here(ev) {
+            // The other side last waited on this CPU: it is most likely
+            // runnable here, and can neither be spun for nor needs a
+            // wake-up to run. Yielding lets it work through the whole
+            // queue now; sleeping instead (and being woken, which on one
+            // CPU preempts the waker) would hand over one message at a time.
+            std::thread::yield_now();
+            if moved() {
+                return Ok(());
+            }
+        } else if self.spin.spin(&mut moved) {
             return Ok(());
         }
-        let m = self.map();
         let (word, waiters) = ev.words(m);
         // The word before announcing ourselves: a waker that resets the
         // count we add to bumps the word after that, so the sleep below
@@ -625,6 +638,22 @@ impl MessageQueue {
             }
         }
         Ok(())
+    }
+
+    /// Records the CPU this waiter is on; says whether the other side
+    /// (senders for a receiver, receivers for a sender) last waited on it too.
+    fn peer_here(&self, ev: Ev) -> bool {
+        let Some(cpu) = sys::current_cpu() else { return false };
+        let m = self.map();
+        let (mine, peers) = match ev {
+            Ev::Msg => (u32_at(m, MSG_CPU), u32_at(m, ROOM_CPU)),
+            Ev::Room => (u32_at(m, ROOM_CPU), u32_at(m, MSG_CPU)),
+        };
+        let me = cpu.wrapping_add(1);
+        if mine.load(Ordering::Relaxed) != me {
+            mine.store(me, Ordering::Relaxed);
+        }
+        peers.load(Ordering::Relaxed) == me
     }
 
     /// Reads `HEADW`, then `LISTW` (in that order: see `msgq/ring.rs`) and
