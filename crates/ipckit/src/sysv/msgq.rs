@@ -689,7 +689,12 @@ impl MessageQueue {
         let ring = self.ring();
         let me = sys::pid();
         let tailw = u64_at(m, TAILW);
-        let qbytes = u64::from(u32_at(m, QBYTES).load(Ordering::Acquire));
+        let mut qbytes = u64::from(u32_at(m, QBYTES).load(Ordering::Acquire));
+        if len > INLINE {
+            // What keeps a long text off every queued one (`msgq/arena.rs`),
+            // also when a forged `msg_qbytes` exceeds the arena.
+            qbytes = qbytes.min(self.arena as u64);
+        }
         let mut fresh = false;
         for _ in 0..1000 {
             // The view first, then the tail: the head never passes the tail.

@@ -22,8 +22,10 @@
 //! `sent - taken + list bytes + len <= msg_qbytes`, with a view of `taken`
 //! that can only be stale (smaller). So the new text's end is at most
 //! `msg_qbytes <= max_capacity <= A` bytes past the oldest byte still in
-//! the ring: it overlaps nothing a receiver may still read. A receiver
-//! copies a text out before it moves `HEADW` past it.
+//! the ring: it overlaps nothing a receiver may still read. (A sender of a
+//! long text checks against `min(msg_qbytes, A)`, so a forged `msg_qbytes`
+//! changes nothing.) A receiver copies a text out before it moves `HEADW`
+//! past it.
 //!
 //! # Crashes
 //!

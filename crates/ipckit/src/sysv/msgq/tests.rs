@@ -280,3 +280,19 @@ fn a_forged_long_slot_is_an_error() {
         q.remove().unwrap();
     }
 }
+
+/// A forged `msg_qbytes` beyond the arena admits no long text that would
+/// overwrite a queued one: the arena bounds them.
+#[test]
+fn a_forged_capacity_beyond_the_arena_overwrites_nothing() {
+    let q = queue("forgedcap");
+    u32_at(q.map(), QBYTES).store(1 << 20, Ordering::Relaxed);
+    for i in 0..4 {
+        q.try_send(1, &text(i, 4096)).unwrap();
+    }
+    assert!(matches!(q.try_send(1, &text(9, 4096)), Err(TrySendError::Full(_))), "the arena is full");
+    for i in 0..4 {
+        assert_eq!(q.try_recv(Select::ANY, 8192).unwrap(), (1, text(i, 4096)));
+    }
+    q.remove().unwrap();
+}
