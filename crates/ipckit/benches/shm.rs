@@ -38,6 +38,11 @@
 //! skips criterion and performs exactly N (default 20000) round trips of one
 //! case (placement default `pinned`), e.g.
 //! `IPCKIT_SHM_BENCH_PROBE=d:20000 perf stat -e raw_syscalls:sys_enter -a target/release/deps/shm-* --bench`.
+//! `IPCKIT_SHM_BENCH_PROBE=c/a[:ROUNDS[:placement]]` (cases separated by `/`)
+//! runs the summary loop for those cases only (default 400 rounds of 0.5 ms
+//! batches, interleaved as in the summary) and prints their medians, 10th
+//! percentiles and the ratios of the first to the second: a quick,
+//! load-tolerant check of one ratio (a few seconds).
 
 use std::error::Error;
 use std::io::{self, BufRead, BufReader};
@@ -86,6 +91,10 @@ const NAP: Timespec = Timespec { tv_sec: 0, tv_nsec: 10_000_000 };
 const ROUNDS: usize = 50;
 const BATCH_TIME: Duration = Duration::from_millis(5);
 const WARMUP_RTTS: usize = 2_000;
+/// The interleaved probe: shorter batches (fewer of them hit by a preemption
+/// on a loaded machine), more rounds.
+const PROBE_ROUNDS: usize = 400;
+const PROBE_BATCH_TIME: Duration = Duration::from_micros(500);
 
 /// The 8-byte request the ipckit cases send (and get back).
 const PAYLOAD: [u8; 8] = *b"ping-8by";
@@ -547,10 +556,16 @@ impl Row {
     }
 }
 
-/// ROUNDS rounds, each timing one batch per case (rotating which goes first).
-fn measure_placement(place: Placement, original: &CpuSet) -> Result<Row, Box<dyn Error>> {
+/// `rounds` rounds, each timing one batch per case (rotating which goes first).
+fn measure_placement(
+    place: Placement,
+    original: &CpuSet,
+    wanted: &[Case],
+    rounds: usize,
+    batch_time: Duration,
+) -> Result<Row, Box<dyn Error>> {
     common::place_self(place, original);
-    let cases: Vec<Case> = SUMMARY_CASES.into_iter().filter(|c| c.runs_in(place)).collect();
+    let cases: Vec<Case> = wanted.iter().copied().filter(|c| c.runs_in(place)).collect();
     let mut peers = Vec::new();
     for &case in &cases {
         let mut peer = Peer::spawn(case, place)?;
@@ -570,12 +585,12 @@ fn measure_placement(place: Placement, original: &CpuSet) -> Result<Row, Box<dyn
         }
         let per = t0.elapsed().as_secs_f64() / 500.0;
         peer.pause();
-        batch.push(((BATCH_TIME.as_secs_f64() / per) as usize).clamp(50, 200_000));
+        batch.push(((batch_time.as_secs_f64() / per) as usize).clamp(50, 200_000));
     }
     let n = cases.len();
-    let mut means = vec![Vec::with_capacity(ROUNDS); n];
+    let mut means = vec![Vec::with_capacity(rounds); n];
     let mut same = vec![0usize; n];
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for k in 0..n {
             let i = (round + k) % n;
             let peer = &mut peers[i];
@@ -593,7 +608,7 @@ fn measure_placement(place: Placement, original: &CpuSet) -> Result<Row, Box<dyn
         }
     }
     drop(peers);
-    let same_cpu = same.iter().map(|&s| s as f64 / ROUNDS as f64).collect();
+    let same_cpu = same.iter().map(|&s| s as f64 / rounds as f64).collect();
     Ok(Row { place, cases, means, same_cpu })
 }
 
@@ -605,7 +620,10 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     let load_before = common::load_note();
     let rows: Vec<Row> = placements
         .iter()
-        .map(|&p| measure_placement(p, original).unwrap_or_else(|e| panic!("summary ({}): {e}", p.name())))
+        .map(|&p| {
+            measure_placement(p, original, &SUMMARY_CASES, ROUNDS, BATCH_TIME)
+                .unwrap_or_else(|e| panic!("summary ({}): {e}", p.name()))
+        })
         .collect();
     common::restore_affinity(original);
     let load_after = common::load_note();
@@ -681,14 +699,64 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     );
 }
 
-/// `IPCKIT_SHM_BENCH_PROBE=<a|b|bt|c|d|e>[:N[:placement]]`: exactly N round trips.
-fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
-    let mut parts = spec.split(':');
-    let tag = parts.next().unwrap_or_default();
-    let case = *SUMMARY_CASES
+/// The `q` quantile (0..=1, nearest rank) of `xs` (NaN when empty).
+fn percentile(xs: &[f64], q: f64) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n => v[((n - 1) as f64 * q).round() as usize],
+    }
+}
+
+/// The case named `tag` (short or long name).
+fn find_case(tag: &str) -> Case {
+    *SUMMARY_CASES
         .iter()
         .find(|c| c.tag() == tag || c.name() == tag)
-        .unwrap_or_else(|| panic!("{PROBE_VAR}: unknown case {tag:?}"));
+        .unwrap_or_else(|| panic!("{PROBE_VAR}: unknown case {tag:?}"))
+}
+
+/// `IPCKIT_SHM_BENCH_PROBE=<a|b|bt|c|d|e>[:N[:placement]]`: exactly N round trips;
+/// `<case>/<case>[/...][:ROUNDS[:placement]]`: the summary loop's interleaved
+/// batches for those cases only, with the medians and the paired ratio of the
+/// first to the second.
+fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
+    let mut parts = spec.split(':');
+    let tags = parts.next().unwrap_or_default();
+    if tags.contains('/') {
+        let cases: Vec<Case> = tags.split('/').map(find_case).collect();
+        assert!(cases.len() >= 2, "{PROBE_VAR}: give at least two cases, as in c/a");
+        let rounds: usize = parts.next().map_or(PROBE_ROUNDS, |s| s.parse().expect("round count"));
+        let place = common::find_placement(placements, parts.next().unwrap_or("pinned"), PROBE_VAR);
+        let load_before = common::load_note();
+        let row =
+            measure_placement(place, original, &cases, rounds, PROBE_BATCH_TIME).expect("interleaved probe");
+        common::restore_affinity(original);
+        let load_after = common::load_note();
+        // By position: the same case may be given twice (two peers, two
+        // segments: how much the placement of the shared line alone matters).
+        let med: Vec<f64> = row.means.iter().map(|m| median(m)).collect();
+        // On a loaded machine a batch in which a spinning side was preempted
+        // is slow: the 10th percentile of the batch means is the figure least
+        // touched by that.
+        let low: Vec<f64> = row.means.iter().map(|m| percentile(m, 0.1)).collect();
+        let meds: Vec<String> = (0..row.cases.len())
+            .map(|i| format!("{} {:.3} (p10 {:.3}) us", row.cases[i].tag(), med[i] / 1e3, low[i] / 1e3))
+            .collect();
+        let paired: Vec<f64> = row.means[0].iter().zip(&row.means[1]).map(|(x, y)| x / y).collect();
+        eprintln!(
+            "probe {spec} ({}): {rounds} rounds: {}; first/second: medians {:.3}, paired {:.3}, p10 {:.3}; \
+             load {load_before} / {load_after}",
+            place.name(),
+            meds.join(", "),
+            med[0] / med[1],
+            median(&paired),
+            low[0] / low[1],
+        );
+        return;
+    }
+    let case = find_case(tags);
     let n: usize = parts.next().map_or(20_000, |s| s.parse().expect("round trip count"));
     let place_name = parts.next().unwrap_or("pinned");
     let place = common::find_placement(placements, place_name, PROBE_VAR);
