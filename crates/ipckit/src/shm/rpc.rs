@@ -42,6 +42,17 @@
 //! call that timed out) is recognised by its sequence number and dropped.
 //! Every length read from the segment is validated (a state word is only
 //! compared, never used as an index).
+//!
+//! The hot path (measured with `IPCKIT_SHM_BENCH_PROBE=c/a`, see
+//! `benches/shm.rs`): each side checks the bounds of the header line and
+//! of the exchange line once per call and then indexes their words with
+//! constants (a check per word access, plus a `memcpy` call per 4-byte
+//! chunk, were most of what the call cost above the floor); a small message
+//! is gathered into registers first and then its words, its length and the
+//! state word are stored back to back, no branch or load between them, so
+//! the reader, which spins on this very line, has the shortest possible
+//! window in which to take the line away between them; the reader copies
+//! the inline words out as one fixed-size block and cuts it to the length.
 
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -211,13 +222,12 @@ impl<'a> Slot<'a> {
         // Whether the reader may sleep, read before the first store.
         let sleepy = reader_sleepy.load(Ordering::Relaxed) != 0;
         if data.len() <= INLINE {
-            // The reader spins on this very line: every cycle between the
-            // first store into it and the state store is a window in which
-            // the reader's next look takes the line away (then it comes
-            // back for the rest, then goes again: two more transfers, about
-            // half a round trip). So the words are made first, and then
-            // all of them (the unused ones too), the length and the state
-            // are stored back to back, with no branch or load in between.
+            // The reader spins on this very line: between the first store
+            // into it and the state store, its next look may take the line
+            // away (and it then comes back for the rest). So the words are
+            // made first, and then all of them (the unused ones too), the
+            // length and the state are stored back to back, with no branch
+            // or load in between.
             let mut words = [0u32; INLINE / 4];
             let mut chunks = data.chunks_exact(4);
             for (w, chunk) in words.iter_mut().zip(&mut chunks) {
