@@ -228,18 +228,17 @@ impl<'a> Slot<'a> {
             // made first, and then all of them (the unused ones too), the
             // length and the state are stored back to back, with no branch
             // or load in between.
+            // Word by word with a fixed trip count (a loop over the
+            // whole words would be turned into a `memcpy` call).
             let mut words = [0u32; INLINE / 4];
-            let mut chunks = data.chunks_exact(4);
-            for (w, chunk) in words.iter_mut().zip(&mut chunks) {
-                *w = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-            }
-            let tail = chunks.remainder();
-            if !tail.is_empty() {
-                let mut last = [0u8; 4];
-                for (d, &b) in last.iter_mut().zip(tail) {
-                    *d = b;
+            for (k, w) in words.iter_mut().enumerate() {
+                let at = 4 * k;
+                if let Some(b) = data.get(at..at + 4) {
+                    *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                } else if let Some(tail) = data.get(at..) {
+                    // The last 1 to 3 bytes, little-endian, zero-padded.
+                    *w = tail.iter().rev().fold(0, |v, &b| v << 8 | u32::from(b));
                 }
-                words[data.len() / 4] = u32::from_le_bytes(last);
             }
             for (cell, w) in self.inline.iter().zip(words) {
                 cell.store(w, Ordering::Relaxed);
