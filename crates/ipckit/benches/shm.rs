@@ -28,7 +28,10 @@
 //! summary loop of its own interleaves batches of every case of a placement
 //! (the spinning children are parked on a futex while another case is timed,
 //! so they do not steal the CPU) and prints medians and the ratios
-//! (c)/(a) (goal <= 1.5), (d)/(b) (goal <= 1.3), (e)/(a) and (e)/(b).
+//! (c)/(a) (goal <= 1.5), (d)/(b) (goal <= 1.3), (e)/(a) and (e)/(b). The
+//! spinning cases (a) and (c) each run on three segments (three pairs of
+//! processes) in that loop, and their figure is the mean of the three
+//! medians: the latency of one pair depends on where its cache line lands.
 //!
 //! ```text
 //! cargo bench -p ipckit --bench shm
@@ -88,7 +91,12 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 const NAP: Timespec = Timespec { tv_sec: 0, tv_nsec: 10_000_000 };
 
 /// The summary loop: ROUNDS rounds of one batch per case, each batch about BATCH_TIME long.
+/// The spinning cases (a) and (c) run on SPIN_SEGMENTS segments each: the
+/// round trip of one pair depends on where its cache line lands (up to
+/// +-20 % from one segment to the next on this VM), and one segment per
+/// case made their ratio a draw.
 const ROUNDS: usize = 50;
+const SPIN_SEGMENTS: usize = 3;
 const BATCH_TIME: Duration = Duration::from_millis(5);
 const WARMUP_RTTS: usize = 2_000;
 /// The interleaved probe: shorter batches (fewer of them hit by a preemption
@@ -541,19 +549,51 @@ struct Row {
 }
 
 impl Row {
-    fn index(&self, case: Case) -> Option<usize> {
-        self.cases.iter().position(|&c| c == case)
+    /// Where `case` was measured (several segments for the spinning cases).
+    fn positions(&self, case: Case) -> Vec<usize> {
+        (0..self.cases.len()).filter(|&i| self.cases[i] == case).collect()
     }
 
+    /// The mean over `case`'s segments of `f(batch means of one segment)`.
+    fn over_segments(&self, case: Case, f: impl Fn(&[f64]) -> f64) -> Option<f64> {
+        let at = self.positions(case);
+        (!at.is_empty()).then(|| at.iter().map(|&i| f(&self.means[i])).sum::<f64>() / at.len() as f64)
+    }
+
+    /// The mean over `case`'s segments of their medians.
     fn median(&self, case: Case) -> Option<f64> {
-        self.index(case).map(|i| median(&self.means[i]))
+        self.over_segments(case, median)
+    }
+
+    /// Round by round, the mean over `case`'s segments of their batch means.
+    fn combined(&self, case: Case) -> Option<Vec<f64>> {
+        let at = self.positions(case);
+        let rounds = self.means.first()?.len();
+        (!at.is_empty()).then(|| {
+            (0..rounds).map(|r| at.iter().map(|&i| self.means[i][r]).sum::<f64>() / at.len() as f64).collect()
+        })
     }
 
     /// Median over rounds of the per-round ratio `num / den`.
     fn paired(&self, num: Case, den: Case) -> Option<f64> {
-        let (n, d) = (self.index(num)?, self.index(den)?);
-        Some(median(&self.means[n].iter().zip(&self.means[d]).map(|(x, y)| x / y).collect::<Vec<_>>()))
+        let (n, d) = (self.combined(num)?, self.combined(den)?);
+        Some(median(&n.iter().zip(&d).map(|(x, y)| x / y).collect::<Vec<_>>()))
     }
+
+    /// Share of `case`'s batches after which parent and child sat on one CPU.
+    fn same(&self, case: Case) -> Option<f64> {
+        let at = self.positions(case);
+        (!at.is_empty()).then(|| at.iter().map(|&i| self.same_cpu[i]).sum::<f64>() / at.len() as f64)
+    }
+}
+
+/// The summary's list: the spinning cases SPIN_SEGMENTS times (each a pair
+/// of processes with a segment of its own), the others once.
+fn summary_list() -> Vec<Case> {
+    SUMMARY_CASES
+        .iter()
+        .flat_map(|&c| std::iter::repeat_n(c, if c.spins_forever() { SPIN_SEGMENTS } else { 1 }))
+        .collect()
 }
 
 /// `rounds` rounds, each timing one batch per case (rotating which goes first).
@@ -621,7 +661,7 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     let rows: Vec<Row> = placements
         .iter()
         .map(|&p| {
-            measure_placement(p, original, &SUMMARY_CASES, ROUNDS, BATCH_TIME)
+            measure_placement(p, original, &summary_list(), ROUNDS, BATCH_TIME)
                 .unwrap_or_else(|e| panic!("summary ({}): {e}", p.name()))
         })
         .collect();
@@ -631,8 +671,8 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     println!();
     println!("machine load before / after the summary loop: {load_before} / {load_after}");
     println!(
-        "Shared-memory round trip between two processes, median of {ROUNDS} batch means (us); \
-         ipckit cases carry an 8-byte request and reply"
+        "Shared-memory round trip between two processes, median of {ROUNDS} batch means (us; a and c: \
+         the mean of the medians of {SPIN_SEGMENTS} segments each); ipckit cases carry an 8-byte request and reply"
     );
     print!("{:<26}", "case");
     for r in &rows {
@@ -642,9 +682,9 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     for case in SUMMARY_CASES {
         print!("{:<26}", case.name());
         for r in &rows {
-            match r.index(case) {
-                Some(i) => print!("|{:>10.3} {:>6.0}", median(&r.means[i]) / 1e3, r.same_cpu[i] * 100.0),
-                None => print!("|{:>10} {:>6}", "-", "-"),
+            match (r.median(case), r.same(case)) {
+                (Some(m), Some(same)) => print!("|{:>10.3} {:>6.0}", m / 1e3, same * 100.0),
+                _ => print!("|{:>10} {:>6}", "-", "-"),
             }
         }
         println!();
@@ -693,8 +733,8 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     // slow, and the median moves with the load: the 10th percentiles are the
     // figures least touched by it.
     for r in &rows {
-        if let (Some(c), Some(a)) = (r.index(Case::KitSpin), r.index(Case::SpinRaw)) {
-            let (pc, pa) = (percentile(&r.means[c], 0.1), percentile(&r.means[a], 0.1));
+        let low = |c: Case| r.over_segments(c, |m| percentile(m, 0.1));
+        if let (Some(pc), Some(pa)) = (low(Case::KitSpin), low(Case::SpinRaw)) {
             println!(
                 "c/a by the 10th percentiles of the batch means ({}): {:.3} / {:.3} us = {:.3}",
                 r.place.name(),

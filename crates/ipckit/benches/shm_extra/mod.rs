@@ -394,8 +394,14 @@ fn channel_pair(names: &mut Names, config: &Config) -> Res<(String, ShmChannel, 
 
 /// (e') 8-byte round trip over two MPMC channels.
 fn mpmc(cpu: Option<usize>, mode: WaitMode, role: &str) -> Res<f64> {
+    channel_rtt(cpu, mode, role, &Config::mpmc(8, 64))
+}
+
+/// An 8-byte round trip over two channels made with `config` (the child
+/// echoes whatever arrives, whatever the flavour).
+fn channel_rtt(cpu: Option<usize>, mode: WaitMode, role: &str, config: &Config) -> Res<f64> {
     let mut names = Names::default();
-    let (base, req, rep) = channel_pair(&mut names, &Config::mpmc(8, 64))?;
+    let (base, req, rep) = channel_pair(&mut names, config)?;
     let mut tx = req.sender()?.with_wait(mode);
     let mut rx = rep.receiver()?.with_wait(mode);
     let _kid = Kid::spawn(role, &base, cpu, &[])?;
@@ -561,6 +567,8 @@ pub fn run(original: &CpuSet) {
     let (c8, f_hdr) = (median(&c8s), median(&f_hdrs));
     let f_paired = median(&f_hdrs.iter().zip(&c8s).map(|(f, c)| f / c).collect::<Vec<_>>());
     let e_spin = us(mpmc(child_cpu, WaitMode::Spin, "mpmc-spin"), "e_mpmc_spin");
+    // The channels (f) sends its token and its answer over, without the loan.
+    let e_spsc = us(channel_rtt(child_cpu, WaitMode::Spin, "mpmc-spin", &Config::spsc(8, 16)), "e_spsc_spin");
     let e_block = us(mpmc(child_cpu, WaitMode::Block, "mpmc-block"), "e_mpmc_block");
     let f_touch = us(loan(child_cpu, Touch::Pages), "f_loan_touch");
     let f_full = us(loan(child_cpu, Touch::Full), "f_loan_full");
@@ -610,6 +618,7 @@ pub fn run(original: &CpuSet) {
     println!("  {:<44}{:>10.3}", "c8_rpc_spin   two-slot RPC, 8 B, Spin", c8);
     println!("  {:<44}{:>10.3}", "e_mpmc_spin   MPMC req+reply, 8 B, Spin", e_spin);
     println!("  {:<44}{:>10.3}", "e_mpmc_block  MPMC req+reply, 8 B, Block", e_block);
+    println!("  {:<44}{:>10.3}", "e_spsc_spin   SPSC req+reply, 8 B, Spin (f's rings)", e_spsc);
     println!("  {:<44}{:>10.3}", "f_loan_hdr    1 MiB loan, first 8 bytes w+r", f_hdr);
     println!("  {:<44}{:>10.3}", "f_loan_touch  1 MiB loan, 1 byte/page", f_touch);
     println!("  {:<44}{:>10.3}", "f_loan_full   1 MiB loan, every byte w+r", f_full);
