@@ -227,9 +227,9 @@ impl<'a> Slot<'a> {
             // away (and it then comes back for the rest). So the words are
             // made first, and then all of them (the unused ones too), the
             // length and the state are stored back to back, with no branch
-            // or load in between.
-            // Word by word with a fixed trip count (a loop over the
-            // whole words would be turned into a `memcpy` call).
+            // or load in between. The words are made one by one with a
+            // fixed trip count (LLVM turns a loop over the whole words into
+            // a `memcpy` call).
             let mut words = [0u32; INLINE / 4];
             for (k, w) in words.iter_mut().enumerate() {
                 let at = 4 * k;
