@@ -41,6 +41,8 @@
 //! cargo bench -p ipckit --bench sysv
 //! ```
 //!
+//! `IPCKIT_SYSV_BENCH_ONLY=ping` runs the round-trip scenarios only.
+//!
 //! For profiling, `IPCKIT_SYSV_BENCH_PROBE=<tput1|tsel|tput4|rtt|sem>:<kernel|ipckit>[:placement[:N]]`
 //! runs one scenario once (N: milliseconds of sending for the throughput
 //! kinds, default 1000; round trips for `rtt`/`sem`, default 20000) and
@@ -1058,7 +1060,9 @@ fn main() {
 
     let mut failed = Vec::new();
     let mut tput_rows = Vec::new();
-    for flow in FLOWS {
+    // `IPCKIT_SYSV_BENCH_ONLY=ping`: the round trips only (about 12 s).
+    let pings_only = std::env::var("IPCKIT_SYSV_BENCH_ONLY").is_ok_and(|v| v == "ping");
+    for flow in FLOWS.into_iter().filter(|_| !pings_only) {
         for &place in &placements {
             common::place_self(place, &original);
             match tput_scenario(flow, place, tput_rounds, send_for, &dog) {

@@ -593,3 +593,66 @@ fn more_blocked_callers_than_counted_are_all_woken() {
     }
     assert_eq!((set.value(0).unwrap(), set.waiting(0).unwrap()), (0, WaitCounts::default()));
 }
+
+#[test]
+fn lock_free_and_locked_operations_mix_exactly() {
+    // Single operations without undo take the lock-free path; several at
+    // once take the lock and freeze their semaphores. Mixed on the same
+    // semaphores, nothing is lost, and a GETALL snapshot is one moment's.
+    const TOTAL: u16 = 50;
+    const SINGLES: u16 = 4;
+    let n = name("mix");
+    let _c = Cleanup(n.clone());
+    let set = Arc::new(SemaphoreSet::create(&n, 2, 0, 0o600).unwrap());
+    set.set_all(&[TOTAL, 0]).unwrap();
+    let mut workers: Vec<_> = (0..2)
+        .map(|_| {
+            let set = set.clone();
+            thread::spawn(move || {
+                (0..400).try_for_each(|_| {
+                    set.op_timeout(&[SemOp::p(0), SemOp::v(1)], LONG)?;
+                    set.op_timeout(&[SemOp::p(1), SemOp::v(0)], LONG)
+                })
+            })
+        })
+        .collect();
+    workers.extend((0..SINGLES).map(|k| {
+        let set = set.clone();
+        thread::spawn(move || {
+            let i = usize::from(k % 2);
+            (0..400).try_for_each(|_| {
+                set.op_timeout(&[SemOp::p(i)], LONG)?;
+                set.op(&[SemOp::v(i)])
+            })
+        })
+    }));
+    for _ in 0..200 {
+        let v = set.values().unwrap();
+        let sum = v[0] + v[1];
+        assert!((TOTAL - SINGLES..=TOTAL).contains(&sum), "snapshot {v:?}");
+    }
+    for w in workers {
+        w.join().unwrap().unwrap();
+    }
+    let v = set.values().unwrap();
+    assert_eq!(v[0] + v[1], TOTAL, "{v:?}");
+    set.op_timeout(&[SemOp::new(0, -(v[0] as i16)), SemOp::new(1, -(v[1] as i16))], LONG).unwrap();
+    assert_eq!(set.values().unwrap(), [0, 0]);
+}
+
+#[test]
+fn a_stray_busy_bit_only_sends_operations_through_the_lock() {
+    // Bit 31 of a value word means "the lock holder works on this
+    // semaphore"; a stray one (no holder) must not block or corrupt anything.
+    let n = name("busy");
+    let _c = Cleanup(n.clone());
+    let set = SemaphoreSet::create(&n, 2, 1, 0o600).unwrap();
+    poke(&n, 64 + 128, &(1u32 | 1 << 31).to_ne_bytes());
+    assert_eq!(set.value(0).unwrap(), 1);
+    set.op_timeout(&[SemOp::p(0)], LONG).unwrap();
+    assert!(matches!(set.try_op(&[SemOp::p(0)]), Err(SemError::WouldBlock)));
+    set.op(&[SemOp::v(0)]).unwrap();
+    set.op(&[SemOp::v(0)]).unwrap();
+    assert_eq!(set.values().unwrap(), [2, 1]);
+    assert_eq!(set.stat().unwrap().last_pids, [std::process::id(), 0]);
+}

@@ -191,6 +191,55 @@ impl Spin {
     }
 }
 
+/// Giving the CPU away before sleeping, kept per process and object: for a
+/// partner that shares our CPU (where spinning cannot help, see [`Spin`]),
+/// `sched_yield(2)` lets it run at once, and when it has done its part the
+/// wait is over without either side making a futex call (a sleep and a
+/// wake-up are two system calls and a timer; a yield is one cheap call).
+/// At most [`Yield::TRIES`] yields per wait; after [`Yield::GIVE_UP`] waits
+/// in a row that yielding did not end, it only tries on every 16th wait,
+/// so a process whose partner is busy elsewhere soon goes straight to sleep.
+#[derive(Debug)]
+pub(crate) struct Yield {
+    misses: AtomicU32,
+    waits: AtomicU32,
+}
+
+impl Yield {
+    /// Yields per wait.
+    pub(crate) const TRIES: u32 = 2;
+    /// Misses in a row after which yielding is only probed.
+    pub(crate) const GIVE_UP: u32 = 4;
+
+    pub(crate) fn new() -> Yield {
+        // Not yet known to help.
+        Yield { misses: AtomicU32::new(1), waits: AtomicU32::new(0) }
+    }
+
+    /// Whether the last wait ended by yielding: the partner shares our CPU,
+    /// so spinning before yielding would only delay it.
+    pub(crate) fn helps(&self) -> bool {
+        self.misses.load(Ordering::Relaxed) == 0
+    }
+
+    /// Yields until `done()` says so (returns `true`), at most [`Yield::TRIES`] times.
+    pub(crate) fn wait(&self, mut done: impl FnMut() -> bool) -> bool {
+        let misses = self.misses.load(Ordering::Relaxed);
+        if misses >= Self::GIVE_UP && self.waits.fetch_add(1, Ordering::Relaxed) % 16 != 0 {
+            return false;
+        }
+        for _ in 0..Self::TRIES {
+            rustix::thread::sched_yield();
+            if done() {
+                self.misses.store(0, Ordering::Relaxed);
+                return true;
+            }
+        }
+        self.misses.store(misses.saturating_add(1), Ordering::Relaxed);
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::lock::{now_secs, RobustLock, Spin, Taken};
+use super::lock::{now_secs, RobustLock, Spin, Taken, Yield};
 use crate::error::{Error, Fault, Result};
 use crate::perm::{self, Access, Caller, Owner};
 use crate::shm::{Segment, SegmentKind, HEADER_LEN};
@@ -42,6 +42,11 @@ const NAP: Duration = Duration::from_millis(10);
 const PATIENCE: Duration = Duration::from_secs(5);
 /// A journal entry that means "clear every undo record" (for `SETALL`).
 const CLEAR_UNDO: u32 = u32::MAX;
+/// Set in a semaphore's value word while the lock holder works on it: the
+/// lock-free path (one compare-and-swap on the value word, see
+/// [`SemaphoreSet::fast_op`]) leaves such a semaphore alone and takes the
+/// lock instead, so a locked operation sees its semaphores stand still.
+const BUSY: u32 = 1 << 31;
 
 // Set header (offsets from the start of the mapping).
 const S: usize = HEADER_LEN;
@@ -93,6 +98,11 @@ impl Layout {
 
     fn val(&self, i: usize) -> usize {
         SEMS + 8 * i
+    }
+
+    /// Whether `off` is a semaphore's value word.
+    fn is_val(&self, off: usize) -> bool {
+        off >= SEMS && off < self.waits && (off - SEMS) % 8 == 0
     }
 
     fn spid(&self, i: usize) -> usize {
@@ -340,6 +350,8 @@ pub struct SemaphoreSet {
     me: u32,
     /// The adaptive spin of a blocked caller before it sleeps.
     spin: Spin,
+    /// Then its adaptive yielding, for a partner on the same CPU.
+    yielding: Yield,
 }
 
 /// The file mode that lets everyone who has any access map the set read-write.
@@ -391,7 +403,14 @@ impl SemaphoreSet {
         }
         word64(m, CTIME).store(now_secs(), Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
-        Ok(SemaphoreSet { seg, at, caller: Caller::current(), me: sys::pid(), spin: Spin::new() })
+        Ok(SemaphoreSet {
+            seg,
+            at,
+            caller: Caller::current(),
+            me: sys::pid(),
+            spin: Spin::new(),
+            yielding: Yield::new(),
+        })
     }
 
     /// `semget`: opens set `name` for `access` (checked against its owner
@@ -417,7 +436,14 @@ impl SemaphoreSet {
         if at.end > m.len() {
             return bad("its semaphore count does not fit its segment");
         }
-        let set = SemaphoreSet { seg, at, caller: Caller::current(), me: sys::pid(), spin: Spin::new() };
+        let set = SemaphoreSet {
+            seg,
+            at,
+            caller: Caller::current(),
+            me: sys::pid(),
+            spin: Spin::new(),
+            yielding: Yield::new(),
+        };
         if !perm::allowed(&set.owner(), &set.caller, access) {
             return Err(Error::PermissionDenied(name.to_owned()));
         }
@@ -558,13 +584,42 @@ impl SemaphoreSet {
         if let Some(bad) = ops.iter().find(|o| o.index >= self.at.n) {
             return Err(SemError::BadIndex { index: bad.index, count: self.at.n });
         }
+        // Whether to spin (once per sleep) before registering to sleep.
+        let mut spin = true;
+        let single = match ops {
+            [o] if !o.undo && o.op != 0 => Some(*o),
+            _ => None,
+        };
+        if let Some(o) = single {
+            loop {
+                match self.fast_op(o) {
+                    Fast::Done => return Ok(()),
+                    Fast::Locked => break,
+                    Fast::Blocked(_) if deadline == Deadline::Now => return Err(SemError::WouldBlock),
+                    Fast::Blocked(_) if deadline.expired() => return Err(SemError::Timeout),
+                    Fast::Blocked(seen) => {
+                        // Watch the value word for a short, adaptive while
+                        // (a ping-pong partner on another CPU changes it
+                        // within microseconds); nobody needs to wake a
+                        // spinner, so its partner makes no system call.
+                        spin = false;
+                        let value = self.w(self.at.val(o.index));
+                        let moved = || value.load(Ordering::Relaxed) != seen;
+                        // A partner that ran on our CPU last time will again:
+                        // then spinning only delays it.
+                        let spun = !self.yielding.helps() && self.spin.spin(moved);
+                        if !spun && !self.yielding.wait(moved) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
         let want = if ops.iter().any(|o| o.op != 0) { Access::Write } else { Access::Read };
         let mut slot = None;
         let mut first = true;
         let mut dead = Vec::new();
         let mut reaped_for_room = false;
-        // Whether to spin (once per sleep) before registering to sleep.
-        let mut spin = true;
         loop {
             // A `try_` call still waits for the lock: holders never sleep holding it.
             let locked = if deadline == Deadline::Now { self.lock_patiently() } else { self.lock(deadline) };
@@ -591,7 +646,7 @@ impl SemaphoreSet {
             })();
             first = false;
             dead.clear();
-            let (index, zero) = match step {
+            let blocked = match step {
                 Ok(None) => {
                     g.unregister(&mut slot);
                     return Ok(());
@@ -619,38 +674,126 @@ impl SemaphoreSet {
             if slot.is_none() && sys::pid() != self.me {
                 return Err(SemError::Invalid("a handle opened before fork(2) used in the child".into()));
             }
+            let value = self.w(self.at.val(blocked.index));
             if spin && slot.is_none() {
-                // The semaphore we wait for is likely to change within
-                // microseconds (a ping-pong partner on another CPU): watch
-                // its value word (not the lock's line) for a short,
-                // adaptive while before registering and sleeping. Nobody
-                // needs to wake a spinner, so a change costs no futex call.
-                let value = self.w(self.at.val(index));
-                let before = value.load(Ordering::Relaxed);
+                // As above: watch the value word (not the lock's line).
                 drop(g);
                 spin = self.spin.spin(|| {
-                    value.load(Ordering::Relaxed) != before || self.w(REMOVED).load(Ordering::Relaxed) != 0
+                    value.load(Ordering::Relaxed) != blocked.seen
+                        || self.w(REMOVED).load(Ordering::Relaxed) != 0
                 });
                 continue;
             }
             spin = true;
-            g.register(&mut slot, index, zero);
+            g.register(&mut slot, blocked.index, blocked.zero);
             let uncounted = slot.is_none();
             if uncounted {
                 // Atomic: sleepers leave SPILL without the lock.
-                self.w(SPILL).fetch_add(1, Ordering::Relaxed);
+                self.w(SPILL).fetch_add(1, Ordering::SeqCst);
             }
             let seen = g.get(CHANGE);
             drop(g);
-            self.sleep(seen, deadline, uncounted);
+            // After announcing ourselves (SeqCst), look at the value once
+            // more: a lock-free change made before it saw our announcement
+            // shows here, one made after wakes us (see `fast_op`).
+            if value.load(Ordering::SeqCst) == blocked.seen {
+                self.sleep(seen, deadline);
+            }
+            if uncounted {
+                let _ = self.w(SPILL).fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
+            }
             dead = self.nap_scan();
         }
     }
 
+    /// One operation on one semaphore without undo, lock-free: one
+    /// compare-and-swap on its value word, when the lock holder is not
+    /// working on that semaphore and no undo records are held (which a dead
+    /// holder's would need settling first).
+    ///
+    /// Crash safety: the change is the compare-and-swap, all or nothing;
+    /// the last pid and the operation time follow it (a process killed in
+    /// between leaves the previous pid, nothing else). Waking: after the
+    /// change, `WAITING` and `SPILL` are read (SeqCst, as a blocked caller
+    /// announces itself and then re-reads the value); if a blocked caller
+    /// may now proceed, `CHANGE` is bumped and the futex woken.
+    fn fast_op(&self, o: SemOp) -> Fast {
+        let d = i32::from(o.op);
+        let value = self.w(self.at.val(o.index));
+        let mut v = value.load(Ordering::Relaxed);
+        if self.w(REMOVED).load(Ordering::Relaxed) != 0
+            || self.w(USED).load(Ordering::Relaxed) != 0
+            || !perm::allowed(&self.owner(), &self.caller, Access::Write)
+        {
+            // Let the locked path settle, refuse or report it.
+            return Fast::Locked;
+        }
+        let r = loop {
+            if v & BUSY != 0 || v > VMX as u32 {
+                // Frozen by the lock holder, or corrupted.
+                return Fast::Locked;
+            }
+            let r = v as i32 + d;
+            if r < 0 {
+                return Fast::Blocked(v);
+            }
+            if r > VMX {
+                return Fast::Locked;
+            }
+            match value.compare_exchange_weak(v, r as u32, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => break r,
+                Err(now) => v = now,
+            }
+        };
+        let pid = self.w(self.at.spid(o.index));
+        if pid.load(Ordering::Relaxed) != self.me {
+            pid.store(self.me, Ordering::Relaxed);
+        }
+        let otime = word64(self.map(), OTIME);
+        let now = sys::coarse_now_secs();
+        if otime.load(Ordering::Relaxed) != now {
+            otime.store(now, Ordering::Relaxed);
+        }
+        if r > v as i32 || r == 0 {
+            self.wake_for(o.index, r);
+        }
+        Fast::Done
+    }
+
+    /// After a lock-free change left semaphore `index` at `val`: wakes the
+    /// blocked callers if one of them may now proceed (as
+    /// [`Guard::values_changed`]) or some are blocked uncounted.
+    fn wake_for(&self, index: usize, val: i32) {
+        let waiting = self.w(WAITING).load(Ordering::SeqCst);
+        let mut wake = self.w(SPILL).load(Ordering::SeqCst) > 0;
+        if !wake && waiting > 0 {
+            let mut left = waiting;
+            for s in 0..WAIT_SLOTS {
+                if self.w(self.at.slot(s)).load(Ordering::Acquire) == 0 {
+                    continue;
+                }
+                let info = self.w(self.at.slot(s) + 4).load(Ordering::Relaxed);
+                if (info & 0x7fff_ffff) as usize == index && if info >> 31 != 0 { val == 0 } else { val > 0 }
+                {
+                    wake = true;
+                    break;
+                }
+                left -= 1;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        if wake {
+            self.w(CHANGE).fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(self.w(CHANGE), u32::MAX);
+        }
+    }
+
     /// Sleeps until something changes (or 10 ms, or the deadline). The
-    /// caller announced itself under the lock (a waiter slot, or `SPILL`
-    /// when `uncounted`), so a change made after it saw `seen` wakes it.
-    fn sleep(&self, seen: u32, deadline: Deadline, uncounted: bool) {
+    /// caller announced itself under the lock (a waiter slot, or `SPILL`),
+    /// so a change made after it saw `seen` wakes it.
+    fn sleep(&self, seen: u32, deadline: Deadline) {
         let change = self.w(CHANGE);
         if change.load(Ordering::Relaxed) == seen {
             let mut nap = NAP;
@@ -660,9 +803,6 @@ impl SemaphoreSet {
             if !nap.is_zero() {
                 sys::futex_wait(change, seen, Some(nap));
             }
-        }
-        if uncounted {
-            let _ = self.w(SPILL).fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
         }
     }
 
@@ -719,7 +859,14 @@ impl SemaphoreSet {
     /// As [`SemaphoreSet::value`].
     pub fn values(&self) -> Result<Vec<u16>, SemError> {
         let g = self.control(Access::Read)?;
-        (0..self.at.n).map(|i| g.value(i).map(|v| v as u16)).collect()
+        // Frozen, so that the values are one moment's, as the kernel's are.
+        let frozen: Vec<_> = (0..self.at.n).map(|i| g.freeze(i)).collect();
+        for (i, v) in frozen.iter().enumerate() {
+            if v.is_ok() {
+                g.thaw(i);
+            }
+        }
+        frozen.into_iter().map(|v| v.map(|v| v as u16)).collect()
     }
 
     /// `semctl(SETVAL)`: sets semaphore `index` to `value`, clears every
@@ -752,6 +899,7 @@ impl SemaphoreSet {
             }
         }
         j.push((USED, used));
+        g.freeze_any(index);
         g.commit(&j);
         word64(self.map(), CTIME).store(now_secs(), Ordering::Relaxed);
         g.changed();
@@ -781,6 +929,7 @@ impl SemaphoreSet {
             j.push((self.at.spid(i), self.me));
         }
         j.push((CLEAR_UNDO as usize, 0));
+        (0..self.at.n).for_each(|i| g.freeze_any(i));
         g.commit(&j);
         word64(self.map(), CTIME).store(now_secs(), Ordering::Relaxed);
         g.changed();
@@ -962,6 +1111,26 @@ impl<T: Copy + Default, const N: usize> Buf<T, N> {
     }
 }
 
+/// What [`SemaphoreSet::fast_op`] did.
+#[derive(Clone, Copy, Debug)]
+enum Fast {
+    /// The operation is done.
+    Done,
+    /// It must wait: the value word was this.
+    Blocked(u32),
+    /// The locked path must do it (or report why not).
+    Locked,
+}
+
+/// Why an operation must wait: the semaphore, whether it waits for zero
+/// (else to decrease), and the value that made it wait.
+#[derive(Clone, Copy, Debug)]
+struct Blocked {
+    index: usize,
+    zero: bool,
+    seen: u32,
+}
+
 /// One semaphore an operation touches: before and after.
 #[derive(Clone, Copy, Default)]
 struct Touch {
@@ -981,12 +1150,36 @@ impl Guard<'_> {
         self.s.w(off).store(v, Ordering::Relaxed);
     }
 
+    /// Semaphore `i`'s value, as one load (the lock-free path may change it
+    /// at any time unless it is frozen).
     fn value(&self, i: usize) -> Result<i32, SemError> {
-        let v = self.get(self.s.at.val(i));
+        let v = self.s.w(self.s.at.val(i)).load(Ordering::Acquire) & !BUSY;
         if v > VMX as u32 {
             return Err(corrupt(format!("semaphore {i} holds {v}, above SEMVMX")));
         }
         Ok(v as i32)
+    }
+
+    /// Freezes semaphore `i` (sets [`BUSY`]: the lock-free path leaves it
+    /// alone until [`Guard::thaw`] or a commit writes it) and returns its value.
+    fn freeze(&self, i: usize) -> Result<i32, SemError> {
+        let raw = self.s.w(self.s.at.val(i)).fetch_or(BUSY, Ordering::Acquire);
+        let v = raw & !BUSY;
+        if v > VMX as u32 {
+            self.thaw(i);
+            return Err(corrupt(format!("semaphore {i} holds {v}, above SEMVMX")));
+        }
+        Ok(v as i32)
+    }
+
+    /// Freezes semaphore `i` whatever it holds (for a write of a new value).
+    fn freeze_any(&self, i: usize) {
+        self.s.w(self.s.at.val(i)).fetch_or(BUSY, Ordering::Acquire);
+    }
+
+    /// Lets the lock-free path at semaphore `i` again (its value unchanged).
+    fn thaw(&self, i: usize) {
+        self.s.w(self.s.at.val(i)).fetch_and(!BUSY, Ordering::Release);
     }
 
     fn adj(&self, r: usize, i: usize) -> Result<i32, SemError> {
@@ -1029,10 +1222,10 @@ impl Guard<'_> {
 
     /// Wakes every blocked caller (each re-checks its own operations), but
     /// only makes the system call if some caller is blocked. Blocked callers
-    /// announce themselves under the lock, which we hold, so plain loads and
-    /// stores suffice (`CHANGE` is only ever written under the lock).
+    /// announce themselves under the lock, which we hold (`CHANGE` is also
+    /// bumped by the lock-free path, hence the atomic add).
     fn changed(&self) {
-        self.put(CHANGE, self.get(CHANGE).wrapping_add(1));
+        self.s.w(CHANGE).fetch_add(1, Ordering::SeqCst);
         if self.get(WAITING) > 0 || self.get(SPILL) > 0 {
             self.wake.set(true);
         }
@@ -1070,7 +1263,9 @@ impl Guard<'_> {
         }
     }
 
-    /// Writes `stores` to the journal, commits it with one store, applies it.
+    /// Writes `stores` to the journal, commits it with one store, applies
+    /// it. Every semaphore whose value `stores` writes must be frozen; it is
+    /// thawed (written without [`BUSY`]) once the journal is retired.
     fn commit(&self, stores: &[(usize, u32)]) {
         let at = &self.s.at;
         debug_assert!(stores.len() <= at.jcap, "journal capacity");
@@ -1080,9 +1275,19 @@ impl Guard<'_> {
         }
         self.s.w(JLEN).store(stores.len() as u32, Ordering::Release);
         for &(off, v) in stores {
-            self.apply(off as u32, v);
+            // Values stay frozen until the journal is retired: a replay
+            // after our death must not overwrite a lock-free change made
+            // in between.
+            if at.is_val(off) {
+                self.put(off, v | BUSY);
+            } else {
+                self.apply(off as u32, v);
+            }
         }
         self.s.w(JLEN).store(0, Ordering::Release);
+        for &(off, v) in stores.iter().filter(|(off, _)| at.is_val(*off)) {
+            self.s.w(off).store(v, Ordering::Release);
+        }
     }
 
     fn apply(&self, off: u32, v: u32) {
@@ -1120,6 +1325,8 @@ impl Guard<'_> {
             }
         }
         self.s.w(JLEN).store(0, Ordering::Release);
+        // The dead holder may have left semaphores frozen.
+        (0..at.n).for_each(|i| self.thaw(i));
         let mut used = 0;
         for r in 0..SEM_UNDO_RECORDS {
             if self.get(at.rec_pid(r)) == 0 {
@@ -1135,7 +1342,7 @@ impl Guard<'_> {
         }
         self.put(USED, used);
         let waiting = (0..WAIT_SLOTS).filter(|&s| self.get(at.slot(s)) != 0).count();
-        self.put(WAITING, waiting as u32);
+        self.s.w(WAITING).store(waiting as u32, Ordering::SeqCst);
         self.changed();
         match bad {
             Some(why) => Err(corrupt(why)),
@@ -1147,12 +1354,27 @@ impl Guard<'_> {
     /// `0..=SEMVMX`, as `exit_sem` does) and frees it.
     fn apply_dead(&self, r: usize, pid: u32) -> Result<(), SemError> {
         let at = &self.s.at;
-        let mut j = Vec::new();
+        let mut adjs = Vec::new();
         for i in 0..at.n {
             let a = self.adj(r, i)?;
             if a != 0 {
-                let v = (self.value(i)? + a).clamp(0, VMX);
-                j.extend([(at.val(i), v as u32), (at.spid(i), pid), (at.adj(r, i), 0)]);
+                adjs.push((i, a));
+            }
+        }
+        // Freeze the semaphores, then compute their values (a bad value
+        // thaws what was frozen and fails).
+        let mut j = Vec::with_capacity(3 * adjs.len() + 3);
+        for (k, &(i, a)) in adjs.iter().enumerate() {
+            match self.freeze(i) {
+                Ok(v) => j.extend([
+                    (at.val(i), (v + a).clamp(0, VMX) as u32),
+                    (at.spid(i), pid),
+                    (at.adj(r, i), 0),
+                ]),
+                Err(e) => {
+                    adjs[..k].iter().for_each(|&(q, _)| self.thaw(q));
+                    return Err(e);
+                }
             }
         }
         tracing::debug!(pid, adjusted = j.len() / 3, "applying a dead process's semaphore undo record");
@@ -1197,7 +1419,7 @@ impl Guard<'_> {
         for s in 0..WAIT_SLOTS {
             if dead.contains(&self.get(at.slot(s))) {
                 self.put(at.slot(s), 0);
-                self.put(WAITING, self.get(WAITING).saturating_sub(1));
+                self.leave();
             }
         }
         Ok(())
@@ -1210,18 +1432,36 @@ impl Guard<'_> {
         (0..SEM_UNDO_RECORDS).find(|&r| self.get(self.s.at.rec_pid(r)) == pid)
     }
 
-    /// Applies `ops` if they can all proceed: `Ok(None)`; or `Ok(Some((index,
-    /// zero)))` naming the operation that must wait (and changing nothing).
-    fn attempt(&self, ops: &[SemOp]) -> Result<Option<(usize, bool)>, SemError> {
+    /// Applies `ops` if they can all proceed: `Ok(None)`; or `Ok(Some(_))`
+    /// naming the operation that must wait (and changing nothing). The
+    /// semaphores are frozen while it decides (see [`BUSY`]).
+    fn attempt(&self, ops: &[SemOp]) -> Result<Option<Blocked>, SemError> {
+        let mut touched: Buf<Touch, 8> = Buf::new();
+        let r = self.attempt_frozen(ops, &mut touched);
+        // A commit thawed the semaphores it changed; thaw the others.
+        let committed = matches!(r, Ok(None));
+        for x in touched.as_slice() {
+            if !committed || x.val == x.old {
+                self.thaw(x.index);
+            }
+        }
+        r
+    }
+
+    /// [`Guard::attempt`], freezing each semaphore it reads into `touched`.
+    fn attempt_frozen(
+        &self,
+        ops: &[SemOp],
+        touched: &mut Buf<Touch, 8>,
+    ) -> Result<Option<Blocked>, SemError> {
         let at = &self.s.at;
         let me = self.s.me;
         let mine = self.find_record(me);
-        let mut touched: Buf<Touch, 8> = Buf::new();
         for o in ops {
             let k = match touched.as_slice().iter().position(|x| x.index == o.index) {
                 Some(k) => k,
                 None => {
-                    let v = self.value(o.index)?;
+                    let v = self.freeze(o.index)?;
                     let a = match mine {
                         Some(r) => self.adj(r, o.index)?,
                         None => 0,
@@ -1234,13 +1474,13 @@ impl Guard<'_> {
             let op = i32::from(o.op);
             if op == 0 {
                 if x.val != 0 {
-                    return Ok(Some((o.index, true)));
+                    return Ok(Some(Blocked { index: o.index, zero: true, seen: x.old as u32 }));
                 }
                 continue;
             }
             let r = x.val + op;
             if r < 0 {
-                return Ok(Some((o.index, false)));
+                return Ok(Some(Blocked { index: o.index, zero: false, seen: x.old as u32 }));
             }
             if r > VMX {
                 return Err(SemError::OutOfRange { index: o.index, why: "the value would exceed 32767" });
@@ -1318,15 +1558,22 @@ impl Guard<'_> {
         if let Some(s) = *slot {
             self.put(at.slot(s) + 4, info);
             self.put(at.slot(s), self.s.me);
-            self.put(WAITING, self.get(WAITING).saturating_add(1));
+            // SeqCst, as the lock-free path's change and load of WAITING:
+            // either it sees us, or our re-check before sleeping sees it.
+            self.s.w(WAITING).fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// One counted waiter fewer.
+    fn leave(&self) {
+        let _ = self.s.w(WAITING).fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
     }
 
     fn unregister(&self, slot: &mut Option<usize>) {
         if let Some(s) = slot.take() {
             if self.get(self.s.at.slot(s)) == self.s.me {
                 self.put(self.s.at.slot(s), 0);
-                self.put(WAITING, self.get(WAITING).saturating_sub(1));
+                self.leave();
             }
         }
     }
