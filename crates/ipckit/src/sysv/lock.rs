@@ -196,13 +196,21 @@ impl Spin {
 /// `sched_yield(2)` lets it run at once, and when it has done its part the
 /// wait is over without either side making a futex call (a sleep and a
 /// wake-up are two system calls and a timer; a yield is one cheap call).
-/// At most [`Yield::TRIES`] yields per wait; after [`Yield::GIVE_UP`] waits
-/// in a row that yielding did not end, it only tries on every 16th wait,
-/// so a process whose partner is busy elsewhere soon goes straight to sleep.
+///
+/// Only for a process that can run on one CPU alone (one CPU online, or
+/// its affinity allows one; looked at again every 4096 waits): one that can
+/// run anywhere has its partner on another CPU as often as not, and a
+/// yield there hands the CPU to whatever else is runnable, for a whole
+/// time slice. At most [`Yield::TRIES`] yields per wait; after
+/// [`Yield::GIVE_UP`] waits in a row that yielding did not end, it only
+/// tries on every 16th wait, so a process whose partner is busy elsewhere
+/// soon goes straight to sleep.
 #[derive(Debug)]
 pub(crate) struct Yield {
     misses: AtomicU32,
     waits: AtomicU32,
+    /// 0: not known yet; 1: runs on one CPU alone; 2: on several.
+    one_cpu: AtomicU32,
 }
 
 impl Yield {
@@ -213,7 +221,19 @@ impl Yield {
 
     pub(crate) fn new() -> Yield {
         // Not yet known to help.
-        Yield { misses: AtomicU32::new(1), waits: AtomicU32::new(0) }
+        Yield { misses: AtomicU32::new(1), waits: AtomicU32::new(0), one_cpu: AtomicU32::new(0) }
+    }
+
+    /// Whether this process can only run on one CPU now.
+    fn confined(&self, waits: u32) -> bool {
+        let mut known = self.one_cpu.load(Ordering::Relaxed);
+        if known == 0 || waits % 4096 == 0 {
+            let one =
+                !spin_pays() || rustix::thread::sched_getaffinity(None).is_ok_and(|set| set.count() == 1);
+            known = if one { 1 } else { 2 };
+            self.one_cpu.store(known, Ordering::Relaxed);
+        }
+        known == 1
     }
 
     /// Whether the last wait ended by yielding: the partner shares our CPU,
@@ -224,8 +244,12 @@ impl Yield {
 
     /// Yields until `done()` says so (returns `true`), at most [`Yield::TRIES`] times.
     pub(crate) fn wait(&self, mut done: impl FnMut() -> bool) -> bool {
+        let waits = self.waits.fetch_add(1, Ordering::Relaxed);
+        if !self.confined(waits) {
+            return false;
+        }
         let misses = self.misses.load(Ordering::Relaxed);
-        if misses >= Self::GIVE_UP && self.waits.fetch_add(1, Ordering::Relaxed) % 16 != 0 {
+        if misses >= Self::GIVE_UP && waits % 16 != 0 {
             return false;
         }
         for _ in 0..Self::TRIES {
