@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use self::guard::Guard;
 use self::ring::{pack, unpack, Ring, INLINE, SLOT};
-use super::lock::{now_secs, spin_pays, RobustLock, Spin, Taken};
+use super::lock::{now_secs, spin_pays, RobustLock, Spin, Taken, Yield};
 use crate::error::{Error, Fault, FrameError, RecvError, RecvTimeoutError, Result, SendError};
 use crate::error::{SendTimeoutError, TryRecvError, TrySendError};
 use crate::perm::{self, Access, Caller, Owner};
@@ -266,6 +266,8 @@ pub struct MessageQueue {
     view: [AtomicU64; 3],
     /// The adaptive spin before sleeping.
     spin: Spin,
+    /// Then the adaptive yield, for a partner on the same CPU.
+    yielding: Yield,
 }
 
 /// When a durable queue's changes are written to its file.
@@ -404,6 +406,7 @@ impl MessageQueue {
             durable,
             view: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             spin: Spin::new(),
+            yielding: Yield::new(),
         }
     }
 
@@ -570,12 +573,14 @@ impl MessageQueue {
         ev: Ev,
         seen: Snap,
         deadline: Deadline,
-        moved: impl FnMut() -> bool,
+        mut moved: impl FnMut() -> bool,
     ) -> Result<(), Fault> {
         if deadline.expired() {
             return Err(Fault::Timeout);
         }
-        if self.spin.spin(moved) {
+        // A partner that ran on our CPU last time will again: then
+        // spinning only delays it, and yielding lets it run at once.
+        if (!self.yielding.helps() && self.spin.spin(&mut moved)) || self.yielding.wait(&mut moved) {
             return Ok(());
         }
         let m = self.map();
