@@ -47,6 +47,9 @@ const CLEAR_UNDO: u32 = u32::MAX;
 /// [`SemaphoreSet::fast_op`]) leaves such a semaphore alone and takes the
 /// lock instead, so a locked operation sees its semaphores stand still.
 const BUSY: u32 = 1 << 31;
+/// How many changes of its value a blocked lock-free caller watches for
+/// (spinning or yielding) before it registers and sleeps.
+const FAST_WATCHES: u32 = 4;
 
 // Set header (offsets from the start of the mapping).
 const S: usize = HEADER_LEN;
@@ -591,13 +594,18 @@ impl SemaphoreSet {
             _ => None,
         };
         if let Some(o) = single {
+            let mut watches = 0;
             loop {
                 match self.fast_op(o) {
                     Fast::Done => return Ok(()),
                     Fast::Locked => break,
                     Fast::Blocked(_) if deadline == Deadline::Now => return Err(SemError::WouldBlock),
                     Fast::Blocked(_) if deadline.expired() => return Err(SemError::Timeout),
+                    // The value keeps moving, never far enough for us (others
+                    // take and give back while we wait for more): sleep.
+                    Fast::Blocked(_) if watches == FAST_WATCHES => break,
                     Fast::Blocked(seen) => {
+                        watches += 1;
                         // Watch the value word for a short, adaptive while
                         // (a ping-pong partner on another CPU changes it
                         // within microseconds); nobody needs to wake a
