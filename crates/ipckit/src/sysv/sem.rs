@@ -11,6 +11,19 @@
 //! holding the lock leaves either nothing or a complete journal behind; the
 //! next process takes the lock from the dead and replays it, so an
 //! operation is never half applied.
+//!
+//! One operation on one semaphore without undo (the common P or V) does not
+//! take the lock while no process holds undo adjustments: it is one
+//! compare-and-swap on the semaphore's value word. The lock holder first
+//! freezes every semaphore it reads or writes by setting the value word's
+//! busy bit ([`BUSY`]), so those semaphores stand still for it; the
+//! lock-free path leaves a frozen semaphore alone and takes the lock
+//! instead. A commit writes the new values still frozen and thaws them only
+//! once the journal is retired, so a replay after the holder's death never
+//! overwrites a lock-free change; taking the lock from the dead thaws every
+//! semaphore. Waking stays exact: a blocked caller announces itself (SeqCst)
+//! and then looks at the value again before sleeping, and a lock-free
+//! change reads the announcements (SeqCst) after its compare-and-swap.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -328,7 +341,14 @@ pub struct WaitCounts {
 /// re-checks its own operations; other changes wake nobody. Before it
 /// sleeps, a blocked caller watches its semaphore's value for a short,
 /// adaptive while (at most 20 us, only with more than one CPU online), so a
-/// partner on another CPU hands over without a futex call.
+/// partner on another CPU hands over without a futex call; a caller that
+/// can only run on one CPU yields it instead (adaptively, twice at most),
+/// so a partner on the same CPU runs at once, again without a futex call.
+///
+/// A single operation without undo ([`SemOp::p`], [`SemOp::v`] or any
+/// other non-zero `op` alone) is one compare-and-swap on the semaphore
+/// while no process holds undo adjustments on the set; everything else
+/// takes the set's lock.
 ///
 /// # Examples
 ///
