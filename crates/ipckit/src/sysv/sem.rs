@@ -741,7 +741,8 @@ impl SemaphoreSet {
     ///
     /// Crash safety: the change is the compare-and-swap, all or nothing;
     /// the last pid and the operation time follow it (a process killed in
-    /// between leaves the previous pid, nothing else). Waking: after the
+    /// between leaves the previous pid, and a caller it should have woken
+    /// to its 10 ms nap, nothing else). Waking: after the
     /// change, `WAITING` and `SPILL` are read (SeqCst, as a blocked caller
     /// announces itself and then re-reads the value); if a blocked caller
     /// may now proceed, `CHANGE` is bumped and the futex woken.
