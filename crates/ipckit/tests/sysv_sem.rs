@@ -599,17 +599,23 @@ fn lock_free_and_locked_operations_mix_exactly() {
     // Single operations without undo take the lock-free path; several at
     // once take the lock and freeze their semaphores. Mixed on the same
     // semaphores, nothing is lost, and a GETALL snapshot is one moment's.
-    const TOTAL: u16 = 50;
+    // Both semaphores start with units, so the singles on semaphore 1 never
+    // depend on the movers still running.
+    const EACH: u16 = 25;
+    const TOTAL: u16 = 2 * EACH;
     const SINGLES: u16 = 4;
+    const ROUNDS: usize = 20_000;
     let n = name("mix");
     let _c = Cleanup(n.clone());
     let set = Arc::new(SemaphoreSet::create(&n, 2, 0, 0o600).unwrap());
-    set.set_all(&[TOTAL, 0]).unwrap();
+    set.set_all(&[EACH, EACH]).unwrap();
+    let start = Arc::new(std::sync::Barrier::new(2 + usize::from(SINGLES) + 1));
     let mut workers: Vec<_> = (0..2)
         .map(|_| {
-            let set = set.clone();
+            let (set, start) = (set.clone(), start.clone());
             thread::spawn(move || {
-                (0..400).try_for_each(|_| {
+                start.wait();
+                (0..ROUNDS).try_for_each(|_| {
                     set.op_timeout(&[SemOp::p(0), SemOp::v(1)], LONG)?;
                     set.op_timeout(&[SemOp::p(1), SemOp::v(0)], LONG)
                 })
@@ -617,16 +623,18 @@ fn lock_free_and_locked_operations_mix_exactly() {
         })
         .collect();
     workers.extend((0..SINGLES).map(|k| {
-        let set = set.clone();
+        let (set, start) = (set.clone(), start.clone());
         thread::spawn(move || {
             let i = usize::from(k % 2);
-            (0..400).try_for_each(|_| {
+            start.wait();
+            (0..ROUNDS).try_for_each(|_| {
                 set.op_timeout(&[SemOp::p(i)], LONG)?;
                 set.op(&[SemOp::v(i)])
             })
         })
     }));
-    for _ in 0..200 {
+    start.wait();
+    while !workers.iter().all(|w| w.is_finished()) {
         let v = set.values().unwrap();
         let sum = v[0] + v[1];
         assert!((TOTAL - SINGLES..=TOTAL).contains(&sum), "snapshot {v:?}");

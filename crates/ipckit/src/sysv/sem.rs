@@ -345,8 +345,8 @@ pub struct WaitCounts {
 /// can only run on one CPU yields it instead (adaptively, twice at most),
 /// so a partner on the same CPU runs at once, again without a futex call.
 ///
-/// A single operation without undo ([`SemOp::p`], [`SemOp::v`] or any
-/// other non-zero `op` alone) is one compare-and-swap on the semaphore
+/// A single operation without undo ([`SemOp::p`], [`SemOp::v`], any other
+/// `op` alone, or [`SemOp::zero`]) is one compare-and-swap (or load) on the semaphore
 /// while no process holds undo adjustments on the set; everything else
 /// takes the set's lock.
 ///
@@ -610,7 +610,7 @@ impl SemaphoreSet {
         // Whether to spin (once per sleep) before registering to sleep.
         let mut spin = true;
         let single = match ops {
-            [o] if !o.undo && o.op != 0 => Some(*o),
+            [o] if !o.undo => Some(*o),
             _ => None,
         };
         if let Some(o) = single {
@@ -735,7 +735,7 @@ impl SemaphoreSet {
     }
 
     /// One operation on one semaphore without undo, lock-free: one
-    /// compare-and-swap on its value word, when the lock holder is not
+    /// compare-and-swap on its value word (one load for wait-for-zero), when the lock holder is not
     /// working on that semaphore and no undo records are held (which a dead
     /// holder's would need settling first).
     ///
@@ -750,9 +750,10 @@ impl SemaphoreSet {
         let d = i32::from(o.op);
         let value = self.w(self.at.val(o.index));
         let mut v = value.load(Ordering::Relaxed);
+        let want = if d == 0 { Access::Read } else { Access::Write };
         if self.w(REMOVED).load(Ordering::Relaxed) != 0
             || self.w(USED).load(Ordering::Relaxed) != 0
-            || !perm::allowed(&self.owner(), &self.caller, Access::Write)
+            || !perm::allowed(&self.owner(), &self.caller, want)
         {
             // Let the locked path settle, refuse or report it.
             return Fast::Locked;
@@ -761,6 +762,13 @@ impl SemaphoreSet {
             if v & BUSY != 0 || v > VMX as u32 {
                 // Frozen by the lock holder, or corrupted.
                 return Fast::Locked;
+            }
+            if d == 0 {
+                // Wait for zero: done at this load if the value is zero.
+                if v != 0 {
+                    return Fast::Blocked(v);
+                }
+                break 0;
             }
             let r = v as i32 + d;
             if r < 0 {
@@ -783,7 +791,7 @@ impl SemaphoreSet {
         if otime.load(Ordering::Relaxed) != now {
             otime.store(now, Ordering::Relaxed);
         }
-        if r > v as i32 || r == 0 {
+        if d != 0 && (r > v as i32 || r == 0) {
             self.wake_for(o.index, r);
         }
         Fast::Done
