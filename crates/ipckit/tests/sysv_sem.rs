@@ -664,3 +664,54 @@ fn a_stray_busy_bit_only_sends_operations_through_the_lock() {
     assert_eq!(set.values().unwrap(), [2, 1]);
     assert_eq!(set.stat().unwrap().last_pids, [std::process::id(), 0]);
 }
+
+#[test]
+fn random_words_over_a_live_set_give_errors_not_crashes_or_hangs() {
+    // A stray writer (or a hostile process) puts random words over the set
+    // header and the semaphores (busy bits and lock words included); every
+    // call still returns, with a result or an error, and the set can be
+    // reset and used again.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let short = Duration::from_millis(20);
+    for round in 0..100 {
+        let n = name("random");
+        let _c = Cleanup(n.clone());
+        let set = SemaphoreSet::create(&n, 3, 1, 0o600).unwrap();
+        for _ in 0..1 + next() % 4 {
+            // Header (64..192) and the three semaphores (192..216), 4-byte words.
+            let off = 64 + 4 * (next() % 38);
+            let mut word = match next() % 4 {
+                0 => 1u32 << 31 | (next() as u32 & 0xffff),
+                1 => next() as u32 & 0x7fff,
+                _ => next() as u32,
+            };
+            if off == 64 {
+                // The lock word: a pid beyond any pid_max (a dead holder),
+                // not some live process that would hold it for the 5 s of patience.
+                word |= 1 << 30;
+            }
+            poke(&n, off, &word.to_ne_bytes());
+        }
+        let _ = set.try_op(&[SemOp::p((next() % 3) as usize)]);
+        let _ = set.op_timeout(&[SemOp::v(0)], short);
+        let _ = set.op_timeout(&[SemOp::p(1), SemOp::v(2)], short);
+        let _ = set.op_timeout(&[SemOp::zero(2)], short);
+        let _ = set.values();
+        let _ = set.value(1);
+        let _ = set.waiting(0);
+        let _ = set.stat();
+        if set.set_all(&[1, 1, 1]).is_ok() {
+            // Reset: it works again, unless the header says removed or forbids us.
+            match set.try_op(&[SemOp::p(0), SemOp::v(1)]) {
+                Ok(()) => assert_eq!(set.values().unwrap(), [0, 2, 1], "round {round}"),
+                Err(e) => eprintln!("round {round}: after SETALL: {e}"),
+            }
+        }
+    }
+}
