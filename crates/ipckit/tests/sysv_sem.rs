@@ -414,6 +414,17 @@ fn child_main() {
             set.op(&[SemOp::v(0).with_undo()]).unwrap();
             set.op_timeout(&[SemOp::zero(0)], LONG).unwrap();
         }
+        "hammer-no-undo" => {
+            // Lock-free single operations and locked pairs, without undo,
+            // as fast as possible until killed.
+            let set = SemaphoreSet::open(arg, Access::ReadWrite).unwrap();
+            loop {
+                set.op_timeout(&[SemOp::p(0)], LONG).unwrap();
+                set.op(&[SemOp::v(0)]).unwrap();
+                set.op_timeout(&[SemOp::p(0), SemOp::v(1)], LONG).unwrap();
+                set.op_timeout(&[SemOp::p(1), SemOp::v(0)], LONG).unwrap();
+            }
+        }
         "hammer" => {
             // P and V with undo as fast as possible until killed.
             let set = SemaphoreSet::open(arg, Access::ReadWrite).unwrap();
@@ -525,6 +536,37 @@ fn processes_killed_mid_operation_leave_the_set_consistent() {
         assert_eq!(set.values().unwrap(), [0, 0], "round {round}");
         set.op(&[SemOp::v(0)]).unwrap();
         assert_eq!(set.stat().unwrap().undo_records, 0, "round {round}");
+    }
+}
+
+#[test]
+fn processes_killed_mid_lock_free_operations_leave_no_half_done_change() {
+    // Without undo a killed process keeps what it took (at most one unit,
+    // between its P and its V), but no pair is half applied, no change is
+    // lost or doubled, and no semaphore stays frozen.
+    const TOTAL: u16 = 6;
+    const KIDS: u16 = 3;
+    let n = name("hammer-fast");
+    let _c = Cleanup(n.clone());
+    let set = SemaphoreSet::create(&n, 2, 0, 0o600).unwrap();
+    for round in 0..20 {
+        set.set_all(&[TOTAL, 0]).unwrap();
+        let mut kids: Vec<_> = (0..KIDS).map(|_| spawn_child("hammer-no-undo", &n)).collect();
+        thread::sleep(Duration::from_millis(20 + (round * 7) % 30));
+        for k in &mut kids {
+            let _ = k.kill();
+        }
+        for k in &mut kids {
+            let _ = k.wait();
+        }
+        let v = set.values().unwrap();
+        let sum = v[0] + v[1];
+        assert!((TOTAL - KIDS..=TOTAL).contains(&sum), "round {round}: {v:?}");
+        // Both semaphores still work, lock-free and locked.
+        set.op(&[SemOp::v(0)]).unwrap();
+        set.op_timeout(&[SemOp::p(0)], LONG).unwrap();
+        set.op_timeout(&[SemOp::new(0, -(v[0] as i16)), SemOp::new(1, -(v[1] as i16))], LONG).unwrap();
+        assert_eq!(set.values().unwrap(), [0, 0], "round {round}");
     }
 }
 
