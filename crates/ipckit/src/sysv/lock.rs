@@ -159,6 +159,12 @@ impl Spin {
         Spin { limit_ns: AtomicU32::new(Self::MAX_NS), waits: AtomicU32::new(0) }
     }
 
+    /// Whether spinning has paid lately (its limit is above zero): when it
+    /// has not, the partner most likely shares our CPU.
+    pub(crate) fn paying(&self) -> bool {
+        spin_pays() && self.limit_ns.load(Ordering::Relaxed) > 0
+    }
+
     /// Spins until `done()` says so (returns `true`) or the limit passes.
     pub(crate) fn spin(&self, mut done: impl FnMut() -> bool) -> bool {
         if !spin_pays() {
@@ -197,11 +203,12 @@ impl Spin {
 /// wait is over without either side making a futex call (a sleep and a
 /// wake-up are two system calls and a timer; a yield is one cheap call).
 ///
-/// Only for a process that can run on one CPU alone (one CPU online, or
-/// its affinity allows one; looked at again every 4096 waits): one that can
-/// run anywhere has its partner on another CPU as often as not, and a
-/// yield there hands the CPU to whatever else is runnable, for a whole
-/// time slice. At most [`Yield::TRIES`] yields per wait; after
+/// [`Yield::wait`] yields only for a process that can run on one CPU alone
+/// (one CPU online, or its affinity allows one; looked at again every 4096
+/// waits): one that can run anywhere has its partner on another CPU as
+/// often as not, and a yield there hands the CPU to whatever else is
+/// runnable, for a whole time slice. [`Yield::now`] is for a caller with
+/// other evidence that its partner shares its CPU. At most [`Yield::TRIES`] yields per wait; after
 /// [`Yield::GIVE_UP`] waits in a row that yielding did not end, it only
 /// tries on every 16th wait, so a process whose partner is busy elsewhere
 /// soon goes straight to sleep.
@@ -243,11 +250,20 @@ impl Yield {
     }
 
     /// Yields until `done()` says so (returns `true`), at most [`Yield::TRIES`] times.
-    pub(crate) fn wait(&self, mut done: impl FnMut() -> bool) -> bool {
-        let waits = self.waits.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn wait(&self, done: impl FnMut() -> bool) -> bool {
+        let waits = self.waits.load(Ordering::Relaxed);
         if !self.confined(waits) {
+            self.waits.fetch_add(1, Ordering::Relaxed);
             return false;
         }
+        self.now(done)
+    }
+
+    /// As [`Yield::wait`], for a caller that has reason to believe its
+    /// partner shares its CPU whatever CPUs it may run on (spinning has not
+    /// paid lately, or yielding did last time).
+    pub(crate) fn now(&self, mut done: impl FnMut() -> bool) -> bool {
+        let waits = self.waits.fetch_add(1, Ordering::Relaxed);
         let misses = self.misses.load(Ordering::Relaxed);
         if misses >= Self::GIVE_UP && waits % 16 != 0 {
             return false;

@@ -342,8 +342,10 @@ pub struct WaitCounts {
 /// sleeps, a blocked caller watches its semaphore's value for a short,
 /// adaptive while (at most 20 us, only with more than one CPU online), so a
 /// partner on another CPU hands over without a futex call; a caller that
-/// can only run on one CPU yields it instead (adaptively, twice at most),
-/// so a partner on the same CPU runs at once, again without a futex call.
+/// can only run on one CPU, or whose spinning has not paid lately (the
+/// scheduler keeps it and its partner on one CPU), yields it instead
+/// (adaptively, twice at most), so a partner on the same CPU runs at once,
+/// again without a futex call.
 ///
 /// A single operation without undo ([`SemOp::p`], [`SemOp::v`], any other
 /// `op` alone, or [`SemOp::zero`]) is one compare-and-swap (or load) on the semaphore
@@ -632,11 +634,17 @@ impl SemaphoreSet {
                         // spinner, so its partner makes no system call.
                         spin = false;
                         let value = self.w(self.at.val(o.index));
-                        let moved = || value.load(Ordering::Relaxed) != seen;
-                        // A partner that ran on our CPU last time will again:
-                        // then spinning only delays it.
-                        let spun = !self.yielding.helps() && self.spin.spin(moved);
-                        if !spun && !self.yielding.wait(moved) {
+                        let mut moved = || value.load(Ordering::Relaxed) != seen;
+                        let watched = if self.yielding.helps() || !self.spin.paying() {
+                            // The partner ran on our CPU last time, or
+                            // spinning has not paid lately (as when the
+                            // scheduler keeps both on one CPU): spinning would
+                            // only keep it from running, a yield lets it run.
+                            self.yielding.now(&mut moved) || self.spin.spin(&mut moved)
+                        } else {
+                            self.spin.spin(&mut moved) || self.yielding.wait(&mut moved)
+                        };
+                        if !watched {
                             break;
                         }
                     }
