@@ -578,9 +578,15 @@ impl MessageQueue {
         if deadline.expired() {
             return Err(Fault::Timeout);
         }
-        // A partner that ran on our CPU last time will again: then
-        // spinning only delays it, and yielding lets it run at once.
-        if (!self.yielding.helps() && self.spin.spin(&mut moved)) || self.yielding.wait(&mut moved) {
+        // A partner that ran on our CPU last time will again, as will one
+        // spinning has not caught lately (the scheduler keeps both on one
+        // CPU): then spinning only delays it, and yielding lets it run.
+        let watched = if self.yielding.helps() || !self.spin.paying() {
+            self.yielding.now(&mut moved) || self.spin.spin(&mut moved)
+        } else {
+            self.spin.spin(&mut moved) || self.yielding.wait(&mut moved)
+        };
+        if watched {
             return Ok(());
         }
         let m = self.map();
