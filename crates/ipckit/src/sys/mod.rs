@@ -30,7 +30,7 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
-pub(crate) use raw::{keep_only_across_exec, peer_groups, seal_inherited_fd, take_inherited_fd};
+pub(crate) use raw::{current_cpu, keep_only_across_exec, peer_groups, seal_inherited_fd, take_inherited_fd};
 
 /// The most descriptors one message may carry (the kernel's `SCM_MAX_FD`).
 pub const MAX_FDS_PER_MESSAGE: usize = 253;

@@ -10,6 +10,14 @@
 
 use std::io;
 
+/// `sched_getcpu(3)`: the CPU this thread runs on now, `None` if unknown
+/// (glibc reads it from the thread's rseq area or the vDSO: no system call).
+pub(crate) fn current_cpu() -> Option<u32> {
+    // SAFETY: sched_getcpu takes no arguments and touches no memory of ours.
+    let c = unsafe { libc::sched_getcpu() };
+    u32::try_from(c).ok()
+}
+
 /// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`: marks every descriptor
 /// numbered `first` or above close-on-exec.
 ///

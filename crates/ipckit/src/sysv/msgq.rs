@@ -1,22 +1,26 @@
 //! System V-style typed message queues, in shared memory.
 //!
-//! Two parts share one segment: a lock-free ring that senders append to
-//! (`msgq/ring.rs`, where the protocol and its crash cases are described)
-//! and a list of 64-byte chunks under a robust lock (`msgq/guard.rs`),
-//! where messages go when a receive selects past the ring's head. Receivers
-//! hold the lock; senders never do, except for texts longer than a ring
-//! slot holds. Here: the layout, the public type, the senders' lock-free
-//! path and the waiting. `msgq/tests.rs` makes each crash state by hand.
+//! Three parts share one segment: a lock-free ring that senders append to
+//! (`msgq/ring.rs`, where the protocol and its crash cases are described),
+//! a circular byte arena for the texts too long for a ring slot
+//! (`msgq/arena.rs`), and a list of 64-byte chunks under a robust lock
+//! (`msgq/guard.rs`), where messages go when a receive selects past the
+//! ring's head. Receivers hold the lock; senders never do, except when
+//! every ring slot is taken. Here: the layout, the public type, the
+//! senders' lock-free path and the waiting. `msgq/tests.rs` makes each
+//! crash state by hand.
 
+mod arena;
 mod guard;
 mod ring;
 
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use self::arena::Arena;
 use self::guard::Guard;
 use self::ring::{pack, unpack, Ring, INLINE, SLOT};
-use super::lock::{now_secs, spin_pays, RobustLock, Spin, Taken, Yield};
+use super::lock::{now_secs, spin_pays, RobustLock, Spin, Taken};
 use crate::error::{Error, Fault, FrameError, RecvError, RecvTimeoutError, Result, SendError};
 use crate::error::{SendTimeoutError, TryRecvError, TrySendError};
 use crate::perm::{self, Access, Caller, Owner};
@@ -47,6 +51,8 @@ const MODE: usize = Q + 84;
 const CUID: usize = Q + 88;
 const CGID: usize = Q + 92;
 const MAXCAP: usize = Q + 96;
+/// Bytes in the long texts' arena (`msgq/arena.rs`).
+const ARENA: usize = Q + 100;
 const CTIME: usize = Q + 104;
 const BOOT: usize = Q + 120;
 /// Ring head position and bytes taken out of the ring.
@@ -63,6 +69,9 @@ const MSG_WAITERS: usize = Q + 260;
 /// Bumped when room is freed (senders sleep on it), and its sleepers.
 const ROOM_EVT: usize = Q + 264;
 const ROOM_WAITERS: usize = Q + 268;
+/// The CPU (+ 1; 0: none yet) a receiver, and a sender, last waited on.
+const MSG_CPU: usize = Q + 272;
+const ROOM_CPU: usize = Q + 276;
 const SLOTS: usize = Q + 320;
 
 // Chunks: 64 bytes. A message is a header chunk plus a chain of data chunks.
@@ -209,12 +218,12 @@ pub struct QueueSet {
 /// never leaves its CPU, and takes the ring's head directly when its
 /// selection matches it and nothing older waits in the locked list.
 /// Otherwise it moves the ring's messages, in order, to the list and
-/// selects there, as `msgrcv` does. Longer texts go in the list's chunks,
-/// queued through the ring by reference, so the order of all messages is
-/// the order of the ring: the sender takes the chunks and reserves the ring
-/// position under the lock, then copies the text in and publishes the slot
-/// without it; a received message's chunks go back as one piece, in order,
-/// so the next text of that size gets the same consecutive chunks. The counts (`msg_qnum`,
+/// selects there, as `msgrcv` does. Longer texts take the same lock-free
+/// path: the ring slot holds the type and length, the text goes in one
+/// contiguous run of a circular byte arena at the position the senders'
+/// byte counter gives it (the CAS that admits the message allots its
+/// bytes; the head's counter moving past it frees them), so a 4 KiB text is
+/// one copy in and one copy out. The counts (`msg_qnum`,
 /// `msg_cbytes`) are exact: senders and receivers keep their counters on
 /// separate cache lines and read each other's only when their cached view
 /// says the queue is full. A party about to sleep first spins a little
@@ -258,6 +267,8 @@ pub struct MessageQueue {
     slots: u32,
     /// Offset of the first chunk.
     chunks_at: usize,
+    /// Bytes in the long texts' arena, which follows the chunks.
+    arena: usize,
     caller: Caller,
     /// For a durable queue: its file, and when to write it out.
     durable: Option<(std::path::PathBuf, Flush)>,
@@ -266,8 +277,6 @@ pub struct MessageQueue {
     view: [AtomicU64; 3],
     /// The adaptive spin before sleeping.
     spin: Spin,
-    /// Then the adaptive yield, for a partner on the same CPU.
-    yielding: Yield,
 }
 
 /// When a durable queue's changes are written to its file.
@@ -300,10 +309,6 @@ fn file_mode(mode: u32) -> u32 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pushed {
     Sent,
-    /// A chained message's ring position was taken (the tail moved past
-    /// it, the slot names the chain and the sender's pid) but not yet
-    /// published: its text is still to be copied in, without the lock.
-    Reserved(u32),
     /// Not within `msg_qbytes` (bytes or messages), as the queue was in
     /// this snapshot (what a sleeping sender waits to see change).
     Full(Snap),
@@ -396,17 +401,23 @@ impl MessageQueue {
         Ok(())
     }
 
-    fn new(seg: Segment, chunks: usize, slots: u32, durable: Option<(std::path::PathBuf, Flush)>) -> Self {
+    fn new(
+        seg: Segment,
+        chunks: usize,
+        slots: u32,
+        arena: usize,
+        durable: Option<(std::path::PathBuf, Flush)>,
+    ) -> Self {
         MessageQueue {
             seg,
             chunks,
             slots,
             chunks_at: SLOTS + slots as usize * SLOT,
+            arena,
             caller: Caller::current(),
             durable,
             view: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             spin: Spin::new(),
-            yielding: Yield::new(),
         }
     }
 
@@ -423,6 +434,7 @@ impl MessageQueue {
         w(QBYTES, config.capacity as u32);
         w(MAXMSG, config.max_message as u32);
         w(MAXCAP, config.max_capacity.max(config.capacity) as u32);
+        w(ARENA, g.arena as u32);
         w(UID, sys::euid());
         w(GID, sys::egid());
         w(CUID, sys::euid());
@@ -430,7 +442,7 @@ impl MessageQueue {
         w(MODE, config.mode & 0o777);
         u64_at(m, CTIME).store(now_secs(), Ordering::Relaxed);
         u64_at(m, BOOT).store(sys::boot_id(), Ordering::Relaxed);
-        let q = MessageQueue::new(seg, g.chunks, g.slots, durable);
+        let q = MessageQueue::new(seg, g.chunks, g.slots, g.arena, durable);
         q.ring().init();
         fence(Ordering::Release);
         q
@@ -444,18 +456,22 @@ impl MessageQueue {
     ) -> Result<MessageQueue> {
         let chunks = u32_at(seg.mapping(), NCHUNKS).load(Ordering::Acquire) as usize;
         let slots = u32_at(seg.mapping(), NSLOTS).load(Ordering::Acquire);
-        let need = (SLOTS + slots as usize * SLOT).checked_add(chunks.saturating_mul(CHUNK));
+        let arena = u32_at(seg.mapping(), ARENA).load(Ordering::Acquire) as usize;
+        let need = (SLOTS + slots as usize * SLOT)
+            .checked_add(chunks.saturating_mul(CHUNK))
+            .and_then(|n| n.checked_add(arena));
         if chunks == 0
             || !slots.is_power_of_two()
             || !(MIN_SLOTS..=MAX_SLOTS).contains(&slots)
+            || !(arena == 0 || arena.is_power_of_two())
             || need.is_none_or(|n| n > seg.mapping().len())
         {
             return Err(Error::Corrupted(format!(
-                "queue {:?}: its chunk and slot counts do not fit its segment",
+                "queue {:?}: its chunk, slot and arena sizes do not fit its segment",
                 seg.name()
             )));
         }
-        let q = MessageQueue::new(seg, chunks, slots, durable);
+        let q = MessageQueue::new(seg, chunks, slots, arena, durable);
         if !perm::allowed(&q.owner(), &q.caller, access) {
             return Err(Error::PermissionDenied(q.name().to_owned()));
         }
@@ -495,6 +511,10 @@ impl MessageQueue {
 
     fn ring(&self) -> Ring<'_> {
         Ring { m: self.map(), base: SLOTS, n: self.slots }
+    }
+
+    fn arena(&self) -> Arena<'_> {
+        Arena { m: self.map(), base: self.chunks_at + self.chunks * CHUNK, size: self.arena }
     }
 
     fn owner(&self) -> Owner {
@@ -578,18 +598,20 @@ impl MessageQueue {
         if deadline.expired() {
             return Err(Fault::Timeout);
         }
-        // A partner that ran on our CPU last time will again, as will one
-        // spinning has not caught lately (the scheduler keeps both on one
-        // CPU): then spinning only delays it, and yielding lets it run.
-        let watched = if self.yielding.helps() || !self.spin.paying() {
-            self.yielding.now(&mut moved) || self.spin.spin(&mut moved)
-        } else {
-            self.spin.spin(&mut moved) || self.yielding.wait(&mut moved)
-        };
-        if watched {
+        let m = self.map();
+        if self.peer_here(ev) {
+            // The other side last waited on this CPU: it is most likely
+            // runnable here, and can neither be spun for nor needs a
+            // wake-up to run. Yielding lets it work through the whole
+            // queue now; sleeping instead (and being woken, which on one
+            // CPU preempts the waker) would hand over one message at a time.
+            std::thread::yield_now();
+            if moved() {
+                return Ok(());
+            }
+        } else if self.spin.spin(&mut moved) {
             return Ok(());
         }
-        let m = self.map();
         let (word, waiters) = ev.words(m);
         // The word before announcing ourselves: a waker that resets the
         // count we add to bumps the word after that, so the sleep below
@@ -618,6 +640,22 @@ impl MessageQueue {
         Ok(())
     }
 
+    /// Records the CPU this waiter is on; says whether the other side
+    /// (senders for a receiver, receivers for a sender) last waited on it too.
+    fn peer_here(&self, ev: Ev) -> bool {
+        let Some(cpu) = sys::current_cpu() else { return false };
+        let m = self.map();
+        let (mine, peers) = match ev {
+            Ev::Msg => (u32_at(m, MSG_CPU), u32_at(m, ROOM_CPU)),
+            Ev::Room => (u32_at(m, ROOM_CPU), u32_at(m, MSG_CPU)),
+        };
+        let me = cpu.wrapping_add(1);
+        if mine.load(Ordering::Relaxed) != me {
+            mine.store(me, Ordering::Relaxed);
+        }
+        peers.load(Ordering::Relaxed) == me
+    }
+
     /// Reads `HEADW`, then `LISTW` (in that order: see `msgq/ring.rs`) and
     /// remembers them as this process's view, with the tail as it was then.
     fn refresh_view(&self) -> (u64, u64) {
@@ -642,15 +680,21 @@ impl MessageQueue {
         Some((self.view[0].load(Ordering::Relaxed), self.view[1].load(Ordering::Relaxed)))
     }
 
-    /// One lock-free attempt to append a message of `len` bytes to the ring:
-    /// the text itself (`data`, inline) or a chain of chunks built under
-    /// the lock (`chain != 0`).
-    fn push(&self, mtype: i64, len: usize, data: &[u8], chain: u32) -> Pushed {
+    /// One lock-free attempt to append a message to the ring: its text
+    /// inline in the slot, or (longer than [`INLINE`]) in the arena at the
+    /// byte count the tail's move gives it (`msgq/arena.rs`).
+    fn push(&self, mtype: i64, data: &[u8]) -> Pushed {
+        let len = data.len();
         let m = self.map();
         let ring = self.ring();
         let me = sys::pid();
         let tailw = u64_at(m, TAILW);
-        let qbytes = u64::from(u32_at(m, QBYTES).load(Ordering::Acquire));
+        let mut qbytes = u64::from(u32_at(m, QBYTES).load(Ordering::Acquire));
+        if len > INLINE {
+            // What keeps a long text off every queued one (`msgq/arena.rs`),
+            // also when a forged `msg_qbytes` exceeds the arena.
+            qbytes = qbytes.min(self.arena as u64);
+        }
         let mut fresh = false;
         for _ in 0..1000 {
             // The view first, then the tail: the head never passes the tail.
@@ -701,34 +745,24 @@ impl MessageQueue {
                 ring.unclaim(tpos);
                 continue;
             }
-            ring.describe(tpos, mtype, len, chain);
+            ring.describe(tpos, mtype, len, 0);
             let next = pack(tpos.wrapping_add(1), tbytes.wrapping_add(len as u32));
             if tailw.compare_exchange(t, next, Ordering::SeqCst, Ordering::Acquire).is_err() {
                 ring.unclaim(tpos);
                 continue;
             }
-            if chain != 0 {
-                return Pushed::Reserved(tpos);
+            if len > INLINE {
+                // The tail's move allotted it arena bytes `tbytes..`; the
+                // slot is ours to fill (a receiver reaching it waits).
+                self.arena().write(tbytes, data);
+                ring.publish(tpos, &[]);
+            } else {
+                ring.publish(tpos, data);
             }
-            ring.publish(tpos, data);
             self.sent_by(me);
             return Pushed::Sent;
         }
         Pushed::Busy { pos: unpack(tailw.load(Ordering::Relaxed)).0, pid: 0 }
-    }
-
-    /// Finishes a chained send that [`MessageQueue::push`] reserved at
-    /// `pos`: copies the text into the data chunks allocated for it (under
-    /// the lock, which is not held now: the reserved slot names them, so no
-    /// repair frees them, and a receiver reaching the slot waits for it as
-    /// for any slot being filled), then publishes the slot.
-    fn fill_and_publish(&self, pos: u32, data_chunks: &[u32], data: &[u8]) {
-        let m = self.map();
-        for (&c, part) in data_chunks.iter().zip(data.chunks(DATA)) {
-            m.write(self.chunks_at + (c as usize - 1) * CHUNK + C_DATA, part);
-        }
-        self.ring().publish(pos, &[]);
-        self.sent_by(sys::pid());
     }
 
     /// Records a send by `me`: `msg_lspid`, `msg_stime`.
@@ -808,24 +842,13 @@ impl MessageQueue {
             if data.len() > max {
                 return Err(Fault::TooLarge { len: data.len(), max });
             }
-            // A long text: chunks and a ring position under the lock; the
-            // text is copied in once it is released (the guard is a temporary).
-            let mut chunks = Vec::new();
-            let pushed = if data.len() <= INLINE {
-                match self.push(mtype, data.len(), data, 0) {
-                    Pushed::NoSlot => self.lock(deadline)?.push_chained(mtype, data, true, &mut chunks)?,
-                    other => other,
-                }
-            } else {
-                self.lock(deadline)?.push_chained(mtype, data, false, &mut chunks)?
+            // Every slot taken: drain the ring under the lock, then push
+            // (the guard is a temporary).
+            let pushed = match self.push(mtype, data) {
+                Pushed::NoSlot => self.lock(deadline)?.push_drained(mtype, data)?,
+                other => other,
             };
             match pushed {
-                Pushed::Reserved(pos) => {
-                    self.fill_and_publish(pos, chunks.get(1..).unwrap_or(&[]), data);
-                    self.durable_commit();
-                    self.notify_after_barrier(Ev::Msg);
-                    return Ok(());
-                }
                 Pushed::Sent => {
                     self.durable_commit();
                     self.notify_after_barrier(Ev::Msg);
@@ -1212,10 +1235,12 @@ const MAX_SLOTS: u32 = 1024;
 struct Geometry {
     chunks: usize,
     slots: u32,
+    arena: usize,
     size: usize,
 }
 
-/// Checks a configuration; returns the chunk and slot counts and the segment size.
+/// Checks a configuration; returns the chunk and slot counts, the arena's
+/// size and the segment's.
 fn geometry(name: &str, config: &QueueConfig) -> Result<Geometry> {
     let max_capacity = config.max_capacity.max(config.capacity);
     if config.max_message == 0
@@ -1233,7 +1258,11 @@ fn geometry(name: &str, config: &QueueConfig) -> Result<Geometry> {
     let chunks = (2 * max_capacity).max(max_capacity.div_ceil(DATA) + 1 + config.max_message.div_ceil(DATA));
     // A ring slot per 64 bytes of capacity (as many as 64-byte messages fit).
     let slots = (max_capacity / 64).next_power_of_two().clamp(MIN_SLOTS as usize, MAX_SLOTS as usize) as u32;
-    Ok(Geometry { chunks, slots, size: SLOTS - HEADER_LEN + slots as usize * SLOT + chunks * CHUNK })
+    // Long texts: an arena as large as the most bytes ever queued at once
+    // (a power of two, see `msgq/arena.rs`); none if no text is long.
+    let arena = if config.max_message > INLINE { max_capacity.next_power_of_two() } else { 0 };
+    let size = SLOTS - HEADER_LEN + slots as usize * SLOT + chunks * CHUNK + arena;
+    Ok(Geometry { chunks, slots, arena, size })
 }
 
 fn fault_error(f: Fault) -> Error {

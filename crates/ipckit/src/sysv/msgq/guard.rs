@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::ring::{pack, unpack, Head};
+use super::ring::{pack, unpack, Head, INLINE};
 use super::{
     u32_at, u64_at, Busy, Ev, MessageQueue, Out, Pushed, Select, BUMP, CHUNK, CUID, C_DATA, C_FROM, C_LEN,
     C_NEXT, C_ORIG, C_TYPE, DATA, FREE, HEAD, HEADW, LISTW, LRPID, MAXMSG, REMOVED, RTIME, TAIL, TAILW, UID,
@@ -258,37 +258,14 @@ impl Guard<'_> {
         self.put(FREE, chain.head);
     }
 
-    /// A send under the lock: a text too long for a slot, queued by
-    /// reference to chunks allocated for it (`inline == false`: the ring
-    /// position is only reserved, see [`Pushed::Reserved`], and `chunks`
-    /// holds the message's chunks, header first, for the caller to copy
-    /// the text into once the lock is released), or a short one after
-    /// every slot was taken (`inline == true`, sent at once); either way
-    /// the ring is drained into the list first if it has no free slot.
-    pub(super) fn push_chained(
-        &self,
-        mtype: i64,
-        data: &[u8],
-        inline: bool,
-        chunks: &mut Vec<u32>,
-    ) -> Result<Pushed, Fault> {
+    /// A send under the lock, after a lock-free attempt found every ring
+    /// slot taken: drains the ring into the list, then pushes.
+    pub(super) fn push_drained(&self, mtype: i64, data: &[u8]) -> Result<Pushed, Fault> {
         self.check(Access::Write)?;
-        let chain = if inline {
-            0
-        } else {
-            match self.alloc_chain(mtype, data.len(), chunks) {
-                Some(c) => c,
-                None => return Ok(Pushed::Full(self.q.snap())),
-            }
-        };
-        let mut pushed = self.q.push(mtype, data.len(), data, chain);
+        let mut pushed = self.q.push(mtype, data);
         if pushed == Pushed::NoSlot {
             self.drain_all(Deadline::Never)?;
-            pushed = self.q.push(mtype, data.len(), data, chain);
-        }
-        if !matches!(pushed, Pushed::Sent | Pushed::Reserved(_)) && chain != 0 {
-            self.free_chunks(&Chain::of(chunks));
-            chunks.clear();
+            pushed = self.q.push(mtype, data);
         }
         Ok(pushed)
     }
@@ -335,15 +312,12 @@ impl Guard<'_> {
         }
         tracing::warn!(dead = pid, "skipping a queue slot whose sender died filling it");
         let (_, hbytes) = self.headw();
-        let (len, chain) = (ring.len(hpos), ring.chain(hpos));
+        let len = ring.len(hpos);
         // The head first: a death between the two leaves a slot that the
-        // repair releases (`seq == pos` just behind the head).
+        // repair releases (`seq == pos` just behind the head). Moving it
+        // frees a long text's half-written arena bytes.
         self.put64(HEADW, hpos.wrapping_add(1), hbytes.wrapping_add(len));
         ring.release(hpos);
-        if chain != 0 {
-            // Its chunks are referenced by nothing now.
-            self.repair(false);
-        }
         self.room_freed();
     }
 
@@ -355,27 +329,35 @@ impl Guard<'_> {
         head: Head,
         out: &mut Out<'_>,
     ) -> Result<(i64, usize), Fault> {
-        let Head::Ready { mtype, len, chain } = head else { return Err(corrupt()) };
+        let Head::Ready { mtype, len } = head else { return Err(corrupt()) };
         if len > max_len && !select.truncate {
             return Err(Fault::TooLarge { len, max: max_len });
         }
         let keep = len.min(max_len);
         let ring = self.q.ring();
         let (hpos, hbytes) = self.headw();
-        let dst = out.room(keep);
-        let chunks = if chain == 0 {
-            ring.read(hpos, dst);
-            Chain::NONE
-        } else {
-            self.read_message(chain, len, dst)?
-        };
-        // Release, then commit by moving the head (a death between the two
-        // is undone by the repair: the message stays queued).
+        self.read_head(hpos, hbytes, len, out.room(keep))?;
+        // Release, then commit by moving the head, which frees a long
+        // text's arena bytes (a death between the two is undone by the
+        // repair: the message stays queued).
         ring.release(hpos);
         self.put64(HEADW, hpos.wrapping_add(1), hbytes.wrapping_add(len as u32));
-        self.free_chunks(&chunks);
         self.received();
         Ok((mtype, keep))
+    }
+
+    /// Copies the first `out.len()` bytes of the `len`-byte text at the
+    /// ring's head (`hpos`, `hbytes` as `HEADW` holds them) out: inline in
+    /// its slot, or in the arena when it is long.
+    pub(super) fn read_head(&self, hpos: u32, hbytes: u32, len: usize, out: &mut [u8]) -> Result<(), Fault> {
+        if len <= INLINE {
+            self.q.ring().read(hpos, out);
+        } else if !self.q.arena().read(hbytes, out) {
+            return Err(Fault::Frame(FrameError::BadHandles(
+                "a ring slot announces a text longer than the arena",
+            )));
+        }
+        Ok(())
     }
 
     /// Records a receive: `msg_lrpid`, `msg_rtime`.
@@ -396,16 +378,14 @@ impl Guard<'_> {
 
     /// Moves the ring's head message to the list's tail.
     pub(super) fn drain_one(&self, head: Head) -> Result<(), Fault> {
-        let Head::Ready { mtype, len, chain } = head else { return Err(corrupt()) };
+        let Head::Ready { mtype, len } = head else { return Err(corrupt()) };
         let ring = self.q.ring();
         let (hpos, hbytes) = self.headw();
-        let c = if chain != 0 {
-            chain
-        } else {
-            let mut text = vec![0; len];
-            ring.read(hpos, &mut text);
-            self.build(mtype, &text).ok_or_else(corrupt)?
-        };
+        // Copied into chunks: a long text's arena bytes are freed when the
+        // head moves past it.
+        let mut text = vec![0; len];
+        self.read_head(hpos, hbytes, len, &mut text)?;
+        let c = self.build(mtype, &text).ok_or_else(corrupt)?;
         self.set_link(c, C_NEXT, 0);
         self.set_link(c, C_ORIG, hpos);
         self.set_link(c, C_FROM, 1);
@@ -578,8 +558,7 @@ impl Guard<'_> {
         let drained = hpos != tpos
             && self.link(ltail, C_FROM).is_ok_and(|f| f == 1)
             && self.link(ltail, C_ORIG).is_ok_and(|o| o == hpos)
-            && seq(hpos) == hpos.wrapping_add(1)
-            && (ring.chain(hpos) == 0 || ring.chain(hpos) == ltail);
+            && seq(hpos) == hpos.wrapping_add(1);
         if drained {
             hbytes = hbytes.wrapping_add(ring.len(hpos));
             hpos = hpos.wrapping_add(1);
@@ -623,8 +602,7 @@ impl Guard<'_> {
         }
         self.put(TAIL, last);
         self.put64(LISTW, count, bytes as u32);
-        // The ring: chunks of queued chained messages stay; slots being
-        // filled by the dead are given up.
+        // The ring: slots being filled by the dead are given up.
         if tpos.wrapping_sub(hpos) <= self.q.slots {
             let mut pos = hpos;
             while pos != tpos {
@@ -637,9 +615,6 @@ impl Guard<'_> {
                         Ordering::AcqRel,
                         Ordering::Relaxed,
                     );
-                }
-                if (s == pos || s == pos.wrapping_add(1)) && ring.chain(pos) != 0 {
-                    used += self.mark_chain(ring.chain(pos), max, &mut seen).unwrap_or(0);
                 }
                 pos = pos.wrapping_add(1);
             }
@@ -669,24 +644,6 @@ pub(super) struct Chain {
     pub(super) first: u32,
     pub(super) last: u32,
     pub(super) count: usize,
-}
-
-impl Chain {
-    /// No chunks (a text inline in its ring slot).
-    pub(super) const NONE: Chain = Chain { head: 0, first: 0, last: 0, count: 0 };
-
-    /// The chunks [`Guard::alloc_chain`] listed, header first.
-    pub(super) fn of(chunks: &[u32]) -> Chain {
-        match chunks {
-            [] => Chain::NONE,
-            [head, rest @ ..] => Chain {
-                head: *head,
-                first: rest.first().copied().unwrap_or(0),
-                last: rest.last().copied().unwrap_or(*head),
-                count: chunks.len(),
-            },
-        }
-    }
 }
 
 /// How many chunks ahead [`Guard::read_message`] fetches.

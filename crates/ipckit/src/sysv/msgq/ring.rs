@@ -34,28 +34,25 @@
 //!
 //! # Slots
 //!
-//! Slot `pos % N` has a word `seq | claim << 32`, a length, a chain (0: the
-//! text is inline; else the first chunk of a message built in the chunk
-//! area under the lock, for text longer than [`INLINE`]), the type and the
-//! inline text. For position `pos`: `seq == pos` free (with `claim` the pid
+//! Slot `pos % N` has a word `seq | claim << 32`, a length, a word that
+//! must be 0 (it named a chunk chain in layout version 2), the type and the
+//! inline text. A text longer than [`INLINE`] is not in the slot but in the
+//! queue's arena, at the byte count the tail's move gave it (see
+//! `arena.rs`). For position `pos`: `seq == pos` free (with `claim` the pid
 //! of a sender that is filling it), `seq == pos + 1` published, `seq == pos
 //! + N` released (free for `pos + N`).
 //!
 //! A sender: claims the slot (CAS `(pos, 0) -> (pos, pid)`), writes the
-//! length, chain and type, moves `TAILW` (CAS, with the byte count), writes
-//! the text, publishes (`(pos + 1, 0)`). For a chained text the chunks are
-//! taken and the position reserved under the lock, and the text is copied
-//! into the chunks after the lock is released, before publishing: the
-//! reserved slot names the chain, so a repair meanwhile keeps its chunks,
-//! and a sender killed while copying leaves a slot that is skipped as
-//! below (the repair that follows frees its chunks).
+//! length and type, moves `TAILW` (CAS, with the byte count), writes the
+//! text (into the slot or the arena), publishes (`(pos + 1, 0)`). Long and
+//! short texts take the same lock-free path.
 //!
 //! # Deaths
 //!
 //! | died | left behind | who repairs | message |
 //! |---|---|---|---|
 //! | sender, slot claimed, `TAILW` not moved | claim = dead pid | the next sender takes the claim over | never sent |
-//! | sender after moving `TAILW` | `seq == pos`, claim = dead pid | the receiver reaching it skips it, counting its bytes as taken | never sent (`send` had not returned) |
+//! | sender after moving `TAILW` | `seq == pos`, claim = dead pid | the receiver reaching it skips it, counting its bytes as taken (a long text's half-written arena bytes with them) | never sent (`send` had not returned) |
 //! | receiver taking the head, released the slot, `HEADW` not moved | `seq == head + N` | the next lock holder (repair) re-publishes it | still queued |
 //! | receiver draining, linked into the list, `HEADW` not moved | list tail records `head` as its origin | repair moves `HEADW`, releases the slot | in the list, once |
 //! | receiver draining, `HEADW` moved, slot not released | `seq == head` for `head - 1` | repair releases it | in the list |
@@ -101,7 +98,7 @@ pub(super) enum Head {
     /// Nothing queued in the ring.
     Empty,
     /// A published message.
-    Ready { mtype: i64, len: usize, chain: u32 },
+    Ready { mtype: i64, len: usize },
     /// A sender moved the tail past it and is still writing it (its pid).
     Filling(u32),
 }
@@ -154,11 +151,14 @@ impl<'a> Ring<'a> {
     ) -> Result<Head, &'static str> {
         let (seq, claim) = unpack(self.word(head).load(Ordering::Acquire));
         if seq == head.wrapping_add(1) {
-            let (len, chain) = (self.len(head) as usize, self.chain(head));
-            if len > max || (chain == 0 && len > INLINE) {
+            let len = self.len(head) as usize;
+            if len > max {
                 return Err("a ring slot announces a length over the maximum");
             }
-            return Ok(Head::Ready { mtype: self.mtype(head), len, chain });
+            if self.chain(head) != 0 {
+                return Err("a ring slot names a chunk chain");
+            }
+            return Ok(Head::Ready { mtype: self.mtype(head), len });
         }
         let t = tail();
         if t == head {

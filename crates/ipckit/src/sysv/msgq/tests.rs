@@ -98,18 +98,18 @@ fn a_receive_that_released_the_slot_but_did_not_move_the_head_is_undone() {
 
 #[test]
 fn a_drain_interrupted_at_each_step_delivers_the_message_once() {
-    for step in 0..2 {
-        let q = queue(&format!("drain{step}"));
-        q.send(1, b"head").unwrap();
+    let long: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    for (step, first) in [(0, &b"head"[..]), (1, &b"head"[..]), (0, &long[..]), (1, &long[..])] {
+        let q = queue(&format!("drain{step}-{}", first.len()));
+        q.send(1, first).unwrap();
         q.send(2, b"next").unwrap();
         {
             let g = q.lock(Deadline::after(Duration::from_secs(20))).unwrap();
             let head = g.settle_head(Deadline::after(Duration::from_secs(20))).unwrap();
-            let Head::Ready { mtype, len, .. } = head else { panic!("{head:?}") };
-            let ring = q.ring();
+            let Head::Ready { mtype, len } = head else { panic!("{head:?}") };
             let (hpos, hbytes) = g.headw();
             let mut text = vec![0; len];
-            ring.read(hpos, &mut text);
+            g.read_head(hpos, hbytes, len, &mut text).unwrap();
             let c = g.build(mtype, &text).unwrap();
             g.set_link(c, C_ORIG, hpos);
             g.set_link(c, C_FROM, 1);
@@ -123,8 +123,8 @@ fn a_drain_interrupted_at_each_step_delivers_the_message_once() {
             std::mem::forget(g);
         }
         die_holding_the_lock(&q);
-        assert_eq!(counts(&q), (2, 8), "step {step}");
-        assert_eq!(q.try_recv(Select::ANY, 64).unwrap(), (1, b"head".to_vec()), "step {step}");
+        assert_eq!(counts(&q), (2, first.len() + 4), "step {step}");
+        assert_eq!(q.try_recv(Select::ANY, 4096).unwrap(), (1, first.to_vec()), "step {step}");
         assert_eq!(q.try_recv(Select::ANY, 64).unwrap(), (2, b"next".to_vec()), "step {step}");
         assert!(q.try_recv(Select::ANY, 64).is_err());
         assert_eq!(counts(&q), (0, 0));
@@ -138,10 +138,15 @@ fn a_drain_interrupted_at_each_step_delivers_the_message_once() {
     }
 }
 
+/// A text of `len` bytes that says which message it is, byte by byte.
+fn text(seed: u32, len: usize) -> Vec<u8> {
+    (0..len as u32).map(|i| (i.wrapping_mul(31) ^ seed.wrapping_mul(0x9e37)) as u8).collect()
+}
+
 #[test]
-fn long_texts_go_through_the_ring_by_reference_in_order() {
+fn long_texts_go_through_the_arena_in_order_and_whole_across_its_end() {
     let q = queue("long");
-    let long = vec![9u8; 1000];
+    let long = text(1, 1000);
     q.send(1, b"short").unwrap();
     q.send(2, &long).unwrap();
     q.send(1, b"short again").unwrap();
@@ -149,47 +154,145 @@ fn long_texts_go_through_the_ring_by_reference_in_order() {
     assert_eq!(q.try_recv(Select::of(-2), 2000).unwrap(), (1, b"short".to_vec()));
     assert_eq!(q.try_recv(Select::ANY, 2000).unwrap(), (2, long));
     assert_eq!(q.try_recv(Select::ANY, 2000).unwrap(), (1, b"short again".to_vec()));
-    // A dead lock holder's repair keeps the chunks of a queued long text.
-    q.send(3, &[5u8; 300]).unwrap();
+    // Sizes that are no divisor of the arena, so texts cross its end in two
+    // pieces; some received directly, some after a drain into the list
+    // (a selective receive past the head), some cut (MSG_NOERROR).
+    let sizes = [105usize, 4096, 8192, 777, 3001, 6000, 200, 1025];
+    let mut laps = 0;
+    for round in 0..60u32 {
+        let a = sizes[round as usize % sizes.len()];
+        let b = sizes[(round as usize * 3 + 1) % sizes.len()];
+        q.send(1, &text(round, a)).unwrap();
+        q.send(2, &text(round + 1000, b)).unwrap();
+        if round % 3 == 0 {
+            // Type 2 first: the head (type 1) is drained into the list.
+            assert_eq!(q.try_recv(Select::of(2), 8192).unwrap(), (2, text(round + 1000, b)), "round {round}");
+            assert_eq!(q.try_recv(Select::ANY, 8192).unwrap(), (1, text(round, a)), "round {round}");
+        } else if round % 3 == 1 {
+            assert_eq!(
+                q.try_recv(Select::ANY.truncating(), 100).unwrap(),
+                (1, text(round, a)[..100].to_vec())
+            );
+            assert_eq!(q.try_recv(Select::ANY, 8192).unwrap(), (2, text(round + 1000, b)), "round {round}");
+        } else {
+            assert!(q.try_recv(Select::ANY, 50).is_err(), "too long: the message stays");
+            assert_eq!(q.try_recv(Select::ANY, 8192).unwrap(), (1, text(round, a)), "round {round}");
+            assert_eq!(q.try_recv(Select::ANY, 8192).unwrap(), (2, text(round + 1000, b)), "round {round}");
+        }
+        laps += a + b;
+    }
+    assert!(laps > 20 * q.arena, "the arena went round many times");
+    assert_eq!(counts(&q), (0, 0));
+    // A dead lock holder's repair keeps a queued long text.
+    q.send(3, &text(7, 300)).unwrap();
     die_holding_the_lock(&q);
     assert_eq!(counts(&q), (1, 300));
-    assert_eq!(q.try_recv(Select::ANY, 300).unwrap(), (3, vec![5u8; 300]));
+    assert_eq!(q.try_recv(Select::ANY, 300).unwrap(), (3, text(7, 300)));
+    assert_eq!(q.lock(Deadline::after(Duration::from_secs(20))).unwrap().get(USED), 0, "no chunk leaked");
     q.remove().unwrap();
 }
 
-/// A long text's sender reserves its ring position and chunks under the
-/// lock and copies the text in after releasing it: killed before it
-/// publishes, its slot is skipped and its chunks come back; a repair by
-/// the next lock holder while it copies (alive) keeps them.
+/// The arena is exactly as large as `msg_qbytes` allows at most: a queue
+/// full of long texts takes no more, and each comes back whole while
+/// senders keep refilling it (the bytes a receive frees are the next
+/// sender's).
 #[test]
-fn a_long_text_whose_sender_died_copying_it_in_is_skipped_and_its_chunks_freed() {
+fn a_full_queue_of_long_texts_is_exact_and_nothing_is_overwritten() {
+    let q = queue("fullong");
+    assert_eq!(q.arena, 16384);
+    for i in 0..4 {
+        q.try_send(1, &text(i, 4096)).unwrap();
+    }
+    assert!(matches!(q.try_send(1, &text(9, 105)), Err(TrySendError::Full(_))));
+    assert_eq!(counts(&q), (4, 16384));
+    for i in 4..40u32 {
+        assert_eq!(q.try_recv(Select::ANY, 8192).unwrap(), (1, text(i - 4, 4096)), "message {i}");
+        q.try_send(1, &text(i, 4096)).unwrap();
+    }
+    q.remove().unwrap();
+}
+
+/// A long text's sender copies it into the arena after moving the tail,
+/// without any lock: killed before it publishes, its slot is skipped and
+/// its half-written bytes are free for the next texts.
+#[test]
+fn a_long_text_whose_sender_died_copying_it_in_is_skipped() {
     let q = queue("longdead");
-    let deadline = || Deadline::after(Duration::from_secs(20));
     q.send(1, b"before").unwrap();
-    let pos = {
-        let g = q.lock(deadline()).unwrap();
-        let mut chunks = Vec::new();
-        let Pushed::Reserved(pos) = g.push_chained(2, &[7u8; 500], false, &mut chunks).unwrap() else {
-            panic!("a long text is reserved, not sent");
-        };
-        assert_eq!(g.get(USED) as usize, chunks.len());
-        pos
-    };
-    // Still alive and copying: a repair keeps its chunks.
-    die_holding_the_lock(&q);
-    assert_eq!(counts(&q), (2, 506));
-    assert_eq!(q.lock(deadline()).unwrap().get(USED) as usize, 1 + 500usize.div_ceil(DATA));
-    // Now it dies before publishing.
-    q.ring().word(pos).store(pack(pos, dead_pid()), Ordering::SeqCst);
-    q.send(3, &[8u8; 300]).unwrap();
-    assert_eq!(q.try_recv(Select::ANY, 1000).unwrap(), (1, b"before".to_vec()));
-    assert_eq!(q.recv_timeout(Select::ANY, 1000, Duration::from_secs(5)).unwrap(), (3, vec![8u8; 300]));
+    let tbytes = unpack(u64_at(q.map(), TAILW).load(Ordering::Acquire)).1;
+    half_send(&q, dead_pid(), 2, 5000, true);
+    // Half of it written.
+    assert!(q.arena().write(tbytes, &[0xee; 2500]));
+    q.send(3, &text(3, 3000)).unwrap();
+    assert_eq!(counts(&q), (3, 8006), "the reserved message counts until it is skipped");
+    assert_eq!(q.try_recv(Select::ANY, 8192).unwrap(), (1, b"before".to_vec()));
+    assert_eq!(q.recv_timeout(Select::ANY, 8192, Duration::from_secs(5)).unwrap(), (3, text(3, 3000)));
     assert_eq!(counts(&q), (0, 0));
-    assert_eq!(q.lock(deadline()).unwrap().get(USED), 0, "the dead sender's chunks are free");
-    // And they are used again, whole.
-    for i in 0..20u8 {
-        q.send(1, &[i; 700]).unwrap();
-        assert_eq!(q.try_recv(Select::ANY, 1000).unwrap(), (1, vec![i; 700]));
+    // The whole arena is usable again, for laps.
+    for i in 0..20u32 {
+        q.send(1, &text(i, 7000)).unwrap();
+        q.send(2, &text(i + 1, 7000)).unwrap();
+        assert_eq!(q.try_recv(Select::ANY, 8192).unwrap(), (1, text(i, 7000)));
+        assert_eq!(q.try_recv(Select::ANY, 8192).unwrap(), (2, text(i + 1, 7000)));
+    }
+    q.remove().unwrap();
+}
+
+/// A receiver copies a long text out before moving the head past it:
+/// killed between releasing the slot and moving the head, the message is
+/// still queued and its bytes untouched.
+#[test]
+fn a_receive_of_a_long_text_killed_before_moving_the_head_leaves_it_queued() {
+    let q = queue("poplong");
+    q.send(1, &text(1, 5000)).unwrap();
+    q.send(2, &text(2, 5000)).unwrap();
+    let (hpos, _) = unpack(u64_at(q.map(), HEADW).load(Ordering::Acquire));
+    q.ring().release(hpos);
+    die_holding_the_lock(&q);
+    // Room is not given back until the head moves: 10000 + 8192 > 16384.
+    assert!(matches!(q.try_send(3, &text(3, 8192)), Err(TrySendError::Full(_))));
+    assert_eq!(q.recv_timeout(Select::ANY, 8192, Duration::from_secs(5)).unwrap(), (1, text(1, 5000)));
+    q.send(3, &text(3, 8192)).unwrap();
+    assert_eq!(q.try_recv(Select::ANY, 8192).unwrap(), (2, text(2, 5000)));
+    assert_eq!(q.try_recv(Select::ANY, 8192).unwrap(), (3, text(3, 8192)));
+    assert_eq!(counts(&q), (0, 0));
+    q.remove().unwrap();
+}
+
+/// Forged slots: a length beyond the arena (with a forged maximum that
+/// lets it pass the first check), or a nonzero chain word, are refused with
+/// an error, never read out of bounds.
+#[test]
+fn a_forged_long_slot_is_an_error() {
+    for forge in 0..2 {
+        let q = queue(&format!("forged{forge}"));
+        q.send(1, &text(1, 500)).unwrap();
+        let (hpos, _) = unpack(u64_at(q.map(), HEADW).load(Ordering::Acquire));
+        let ring = q.ring();
+        if forge == 0 {
+            u32_at(q.map(), MAXMSG).store(1 << 24, Ordering::Relaxed);
+            ring.describe(hpos, 1, 1 << 20, 0);
+        } else {
+            ring.describe(hpos, 1, 500, 7);
+        }
+        let got = q.try_recv(Select::ANY, 1 << 24);
+        assert!(matches!(got, Err(TryRecvError::Frame(_))), "forge {forge}: {got:?}");
+        q.remove().unwrap();
+    }
+}
+
+/// A forged `msg_qbytes` beyond the arena admits no long text that would
+/// overwrite a queued one: the arena bounds them.
+#[test]
+fn a_forged_capacity_beyond_the_arena_overwrites_nothing() {
+    let q = queue("forgedcap");
+    u32_at(q.map(), QBYTES).store(1 << 20, Ordering::Relaxed);
+    for i in 0..4 {
+        q.try_send(1, &text(i, 4096)).unwrap();
+    }
+    assert!(matches!(q.try_send(1, &text(9, 4096)), Err(TrySendError::Full(_))), "the arena is full");
+    for i in 0..4 {
+        assert_eq!(q.try_recv(Select::ANY, 8192).unwrap(), (1, text(i, 4096)));
     }
     q.remove().unwrap();
 }
