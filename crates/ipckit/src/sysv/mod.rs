@@ -15,9 +15,10 @@
 //!
 //! A semaphore's single operation without undo (P or V) does not take the
 //! lock either: it is one compare-and-swap on the semaphore's value word
-//! (`sem.rs`). A blocked semaphore caller confined to one CPU, or whose
-//! spinning has not paid lately, yields it before sleeping (`lock.rs`), so
-//! a partner on the same CPU answers without a futex call.
+//! (`sem.rs`). A waiter confined to one CPU, or whose spinning has not paid
+//! lately (or, for queues, whose peer last waited on its CPU), yields it
+//! before sleeping (`lock.rs`), so a partner on the same CPU answers without
+//! a futex call.
 //!
 //! Unlike the kernel's objects these live in `/dev/shm` (`ipckit.<name>`),
 //! so an uncontended operation is a few atomic instructions, not a system
