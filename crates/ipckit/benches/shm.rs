@@ -28,7 +28,10 @@
 //! summary loop of its own interleaves batches of every case of a placement
 //! (the spinning children are parked on a futex while another case is timed,
 //! so they do not steal the CPU) and prints medians and the ratios
-//! (c)/(a) (goal <= 1.5), (d)/(b) (goal <= 1.3), (e)/(a) and (e)/(b).
+//! (c)/(a) (goal <= 1.5), (d)/(b) (goal <= 1.3), (e)/(a) and (e)/(b). The
+//! spinning cases (a) and (c) each run on three segments (three pairs of
+//! processes) in that loop, and their figure is the mean of the three
+//! medians: the latency of one pair depends on where its cache line lands.
 //!
 //! ```text
 //! cargo bench -p ipckit --bench shm
@@ -38,6 +41,11 @@
 //! skips criterion and performs exactly N (default 20000) round trips of one
 //! case (placement default `pinned`), e.g.
 //! `IPCKIT_SHM_BENCH_PROBE=d:20000 perf stat -e raw_syscalls:sys_enter -a target/release/deps/shm-* --bench`.
+//! `IPCKIT_SHM_BENCH_PROBE=c/a[:ROUNDS[:placement]]` (cases separated by `/`)
+//! runs the summary loop for those cases only (default 400 rounds of 0.5 ms
+//! batches, interleaved as in the summary) and prints their medians, 10th
+//! percentiles and the ratios of the first to the second: a quick,
+//! load-tolerant check of one ratio (a few seconds).
 
 use std::error::Error;
 use std::io::{self, BufRead, BufReader};
@@ -83,9 +91,18 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 const NAP: Timespec = Timespec { tv_sec: 0, tv_nsec: 10_000_000 };
 
 /// The summary loop: ROUNDS rounds of one batch per case, each batch about BATCH_TIME long.
+/// The spinning cases (a) and (c) run on SPIN_SEGMENTS segments each: the
+/// round trip of one pair depends on where its cache line lands (up to
+/// +-20 % from one segment to the next on this VM), and one segment per
+/// case made their ratio a draw.
 const ROUNDS: usize = 50;
+const SPIN_SEGMENTS: usize = 3;
 const BATCH_TIME: Duration = Duration::from_millis(5);
 const WARMUP_RTTS: usize = 2_000;
+/// The interleaved probe: shorter batches (fewer of them hit by a preemption
+/// on a loaded machine), more rounds.
+const PROBE_ROUNDS: usize = 400;
+const PROBE_BATCH_TIME: Duration = Duration::from_micros(500);
 
 /// The 8-byte request the ipckit cases send (and get back).
 const PAYLOAD: [u8; 8] = *b"ping-8by";
@@ -532,25 +549,63 @@ struct Row {
 }
 
 impl Row {
-    fn index(&self, case: Case) -> Option<usize> {
-        self.cases.iter().position(|&c| c == case)
+    /// Where `case` was measured (several segments for the spinning cases).
+    fn positions(&self, case: Case) -> Vec<usize> {
+        (0..self.cases.len()).filter(|&i| self.cases[i] == case).collect()
     }
 
+    /// The mean over `case`'s segments of `f(batch means of one segment)`.
+    fn over_segments(&self, case: Case, f: impl Fn(&[f64]) -> f64) -> Option<f64> {
+        let at = self.positions(case);
+        (!at.is_empty()).then(|| at.iter().map(|&i| f(&self.means[i])).sum::<f64>() / at.len() as f64)
+    }
+
+    /// The mean over `case`'s segments of their medians.
     fn median(&self, case: Case) -> Option<f64> {
-        self.index(case).map(|i| median(&self.means[i]))
+        self.over_segments(case, median)
+    }
+
+    /// Round by round, the mean over `case`'s segments of their batch means.
+    fn combined(&self, case: Case) -> Option<Vec<f64>> {
+        let at = self.positions(case);
+        let rounds = self.means.first()?.len();
+        (!at.is_empty()).then(|| {
+            (0..rounds).map(|r| at.iter().map(|&i| self.means[i][r]).sum::<f64>() / at.len() as f64).collect()
+        })
     }
 
     /// Median over rounds of the per-round ratio `num / den`.
     fn paired(&self, num: Case, den: Case) -> Option<f64> {
-        let (n, d) = (self.index(num)?, self.index(den)?);
-        Some(median(&self.means[n].iter().zip(&self.means[d]).map(|(x, y)| x / y).collect::<Vec<_>>()))
+        let (n, d) = (self.combined(num)?, self.combined(den)?);
+        Some(median(&n.iter().zip(&d).map(|(x, y)| x / y).collect::<Vec<_>>()))
+    }
+
+    /// Share of `case`'s batches after which parent and child sat on one CPU.
+    fn same(&self, case: Case) -> Option<f64> {
+        let at = self.positions(case);
+        (!at.is_empty()).then(|| at.iter().map(|&i| self.same_cpu[i]).sum::<f64>() / at.len() as f64)
     }
 }
 
-/// ROUNDS rounds, each timing one batch per case (rotating which goes first).
-fn measure_placement(place: Placement, original: &CpuSet) -> Result<Row, Box<dyn Error>> {
+/// The summary's list: the spinning cases SPIN_SEGMENTS times (each a pair
+/// of processes with a segment of its own), the others once.
+fn summary_list() -> Vec<Case> {
+    SUMMARY_CASES
+        .iter()
+        .flat_map(|&c| std::iter::repeat_n(c, if c.spins_forever() { SPIN_SEGMENTS } else { 1 }))
+        .collect()
+}
+
+/// `rounds` rounds, each timing one batch per case (rotating which goes first).
+fn measure_placement(
+    place: Placement,
+    original: &CpuSet,
+    wanted: &[Case],
+    rounds: usize,
+    batch_time: Duration,
+) -> Result<Row, Box<dyn Error>> {
     common::place_self(place, original);
-    let cases: Vec<Case> = SUMMARY_CASES.into_iter().filter(|c| c.runs_in(place)).collect();
+    let cases: Vec<Case> = wanted.iter().copied().filter(|c| c.runs_in(place)).collect();
     let mut peers = Vec::new();
     for &case in &cases {
         let mut peer = Peer::spawn(case, place)?;
@@ -570,12 +625,12 @@ fn measure_placement(place: Placement, original: &CpuSet) -> Result<Row, Box<dyn
         }
         let per = t0.elapsed().as_secs_f64() / 500.0;
         peer.pause();
-        batch.push(((BATCH_TIME.as_secs_f64() / per) as usize).clamp(50, 200_000));
+        batch.push(((batch_time.as_secs_f64() / per) as usize).clamp(50, 200_000));
     }
     let n = cases.len();
-    let mut means = vec![Vec::with_capacity(ROUNDS); n];
+    let mut means = vec![Vec::with_capacity(rounds); n];
     let mut same = vec![0usize; n];
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for k in 0..n {
             let i = (round + k) % n;
             let peer = &mut peers[i];
@@ -593,7 +648,7 @@ fn measure_placement(place: Placement, original: &CpuSet) -> Result<Row, Box<dyn
         }
     }
     drop(peers);
-    let same_cpu = same.iter().map(|&s| s as f64 / ROUNDS as f64).collect();
+    let same_cpu = same.iter().map(|&s| s as f64 / rounds as f64).collect();
     Ok(Row { place, cases, means, same_cpu })
 }
 
@@ -605,7 +660,10 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     let load_before = common::load_note();
     let rows: Vec<Row> = placements
         .iter()
-        .map(|&p| measure_placement(p, original).unwrap_or_else(|e| panic!("summary ({}): {e}", p.name())))
+        .map(|&p| {
+            measure_placement(p, original, &summary_list(), ROUNDS, BATCH_TIME)
+                .unwrap_or_else(|e| panic!("summary ({}): {e}", p.name()))
+        })
         .collect();
     common::restore_affinity(original);
     let load_after = common::load_note();
@@ -613,8 +671,8 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     println!();
     println!("machine load before / after the summary loop: {load_before} / {load_after}");
     println!(
-        "Shared-memory round trip between two processes, median of {ROUNDS} batch means (us); \
-         ipckit cases carry an 8-byte request and reply"
+        "Shared-memory round trip between two processes, median of {ROUNDS} batch means (us; a and c: \
+         the mean of the medians of {SPIN_SEGMENTS} segments each); ipckit cases carry an 8-byte request and reply"
     );
     print!("{:<26}", "case");
     for r in &rows {
@@ -624,9 +682,9 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     for case in SUMMARY_CASES {
         print!("{:<26}", case.name());
         for r in &rows {
-            match r.index(case) {
-                Some(i) => print!("|{:>10.3} {:>6.0}", median(&r.means[i]) / 1e3, r.same_cpu[i] * 100.0),
-                None => print!("|{:>10} {:>6}", "-", "-"),
+            match (r.median(case), r.same(case)) {
+                (Some(m), Some(same)) => print!("|{:>10.3} {:>6.0}", m / 1e3, same * 100.0),
+                _ => print!("|{:>10} {:>6}", "-", "-"),
             }
         }
         println!();
@@ -671,6 +729,21 @@ fn summary(placements: &[Placement], original: &CpuSet) {
         }
         println!();
     }
+    // On a loaded machine a batch in which a spinning side was preempted is
+    // slow, and the median moves with the load: the 10th percentiles are the
+    // figures least touched by it.
+    for r in &rows {
+        let low = |c: Case| r.over_segments(c, |m| percentile(m, 0.1));
+        if let (Some(pc), Some(pa)) = (low(Case::KitSpin), low(Case::SpinRaw)) {
+            println!(
+                "c/a by the 10th percentiles of the batch means ({}): {:.3} / {:.3} us = {:.3}",
+                r.place.name(),
+                pc / 1e3,
+                pa / 1e3,
+                pc / pa
+            );
+        }
+    }
     println!(
         "b: futex wait (no timeout) + always wake; bt: the same with ipckit's 10 ms timeout on each wait \
          (diagnostic); s-t-b: WaitMode::SpinThenBlock({}) on both sides",
@@ -681,14 +754,64 @@ fn summary(placements: &[Placement], original: &CpuSet) {
     );
 }
 
-/// `IPCKIT_SHM_BENCH_PROBE=<a|b|bt|c|d|e>[:N[:placement]]`: exactly N round trips.
-fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
-    let mut parts = spec.split(':');
-    let tag = parts.next().unwrap_or_default();
-    let case = *SUMMARY_CASES
+/// The `q` quantile (0..=1, nearest rank) of `xs` (NaN when empty).
+fn percentile(xs: &[f64], q: f64) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n => v[((n - 1) as f64 * q).round() as usize],
+    }
+}
+
+/// The case named `tag` (short or long name).
+fn find_case(tag: &str) -> Case {
+    *SUMMARY_CASES
         .iter()
         .find(|c| c.tag() == tag || c.name() == tag)
-        .unwrap_or_else(|| panic!("{PROBE_VAR}: unknown case {tag:?}"));
+        .unwrap_or_else(|| panic!("{PROBE_VAR}: unknown case {tag:?}"))
+}
+
+/// `IPCKIT_SHM_BENCH_PROBE=<a|b|bt|c|d|e>[:N[:placement]]`: exactly N round trips;
+/// `<case>/<case>[/...][:ROUNDS[:placement]]`: the summary loop's interleaved
+/// batches for those cases only, with the medians and the paired ratio of the
+/// first to the second.
+fn probe_main(spec: &str, placements: &[Placement], original: &CpuSet) {
+    let mut parts = spec.split(':');
+    let tags = parts.next().unwrap_or_default();
+    if tags.contains('/') {
+        let cases: Vec<Case> = tags.split('/').map(find_case).collect();
+        assert!(cases.len() >= 2, "{PROBE_VAR}: give at least two cases, as in c/a");
+        let rounds: usize = parts.next().map_or(PROBE_ROUNDS, |s| s.parse().expect("round count"));
+        let place = common::find_placement(placements, parts.next().unwrap_or("pinned"), PROBE_VAR);
+        let load_before = common::load_note();
+        let row =
+            measure_placement(place, original, &cases, rounds, PROBE_BATCH_TIME).expect("interleaved probe");
+        common::restore_affinity(original);
+        let load_after = common::load_note();
+        // By position: the same case may be given twice (two peers, two
+        // segments: how much the placement of the shared line alone matters).
+        let med: Vec<f64> = row.means.iter().map(|m| median(m)).collect();
+        // On a loaded machine a batch in which a spinning side was preempted
+        // is slow: the 10th percentile of the batch means is the figure least
+        // touched by that.
+        let low: Vec<f64> = row.means.iter().map(|m| percentile(m, 0.1)).collect();
+        let meds: Vec<String> = (0..row.cases.len())
+            .map(|i| format!("{} {:.3} (p10 {:.3}) us", row.cases[i].tag(), med[i] / 1e3, low[i] / 1e3))
+            .collect();
+        let paired: Vec<f64> = row.means[0].iter().zip(&row.means[1]).map(|(x, y)| x / y).collect();
+        eprintln!(
+            "probe {spec} ({}): {rounds} rounds: {}; first/second: medians {:.3}, paired {:.3}, p10 {:.3}; \
+             load {load_before} / {load_after}",
+            place.name(),
+            meds.join(", "),
+            med[0] / med[1],
+            median(&paired),
+            low[0] / low[1],
+        );
+        return;
+    }
+    let case = find_case(tags);
     let n: usize = parts.next().map_or(20_000, |s| s.parse().expect("round trip count"));
     let place_name = parts.next().unwrap_or("pinned");
     let place = common::find_placement(placements, place_name, PROBE_VAR);

@@ -44,6 +44,8 @@
 //! cargo bench -p ipckit --bench sysv
 //! ```
 //!
+//! `IPCKIT_SYSV_BENCH_ONLY=ping` runs the round-trip scenarios only.
+//!
 //! For profiling, `IPCKIT_SYSV_BENCH_PROBE=<tput1|tsel|tput4|tlong1|tlong4|rtt|sem>:<kernel|ipckit>[:placement[:N]]`
 //! runs one scenario once (N: milliseconds of sending for the throughput
 //! kinds, default 1000; round trips for `rtt`/`sem`, default 20000) and
@@ -1128,7 +1130,9 @@ fn main() {
 
     let mut failed = Vec::new();
     let mut tput_rows = Vec::new();
-    for flow in FLOWS {
+    // `IPCKIT_SYSV_BENCH_ONLY=ping`: the round trips only (about 7 s).
+    let pings_only = std::env::var("IPCKIT_SYSV_BENCH_ONLY").is_ok_and(|v| v == "ping");
+    for flow in FLOWS.into_iter().filter(|_| !pings_only) {
         for &place in &placements {
             common::place_self(place, &original);
             // The long rows are an addition: fewer rounds keep the run short.

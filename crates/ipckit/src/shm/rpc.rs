@@ -42,6 +42,17 @@
 //! call that timed out) is recognised by its sequence number and dropped.
 //! Every length read from the segment is validated (a state word is only
 //! compared, never used as an index).
+//!
+//! The hot path (measured with `IPCKIT_SHM_BENCH_PROBE=c/a`, see
+//! `benches/shm.rs`): each side checks the bounds of the header line and
+//! of the exchange line once per call and then indexes their words with
+//! constants (a check per word access, plus a `memcpy` call per 4-byte
+//! chunk, were most of what the call cost above the floor); a small message
+//! is gathered into registers first and then its words, its length and the
+//! state word are stored back to back, no branch or load between them, so
+//! the reader, which spins on this very line, has the shortest possible
+//! window in which to take the line away between them; the reader copies
+//! the inline words out as one fixed-size block and cuts it to the length.
 
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -123,94 +134,149 @@ impl Layout {
     }
 }
 
+#[inline]
 fn word(map: &Mapping, off: usize) -> &AtomicU32 {
     map.u32_at(off).expect("offset validated by Layout")
 }
 
-/// One slot: its status word, waiter count and length (`words`), its
-/// inline bytes, and its data area for longer messages.
+/// A cache line of 32-bit words.
+type Line = [AtomicU32; 16];
+/// The inline bytes of a slot, as words.
+type Inline = [AtomicU32; INLINE / 4];
+
+/// The header line (pids, capacity, sleepy flags) and the exchange line of
+/// a segment whose size `Layout::read`/`Layout::new` checked: one bounds
+/// check each, then constant indices.
+#[inline]
+fn lines(map: &Mapping) -> (&Line, &Line) {
+    let header = map.u32s_at(HEADER_LEN).expect("segment size validated by Layout");
+    let exchange = map.u32s_at(REQUEST).expect("segment size validated by Layout");
+    (header, exchange)
+}
+
+/// Word `off` (a byte offset) of a line.
+#[inline]
+fn at(line: &Line, off: usize) -> &AtomicU32 {
+    &line[off / 4]
+}
+
+/// One slot: its status word, waiter count and length, its inline bytes
+/// (all in the exchange line), and its data area for longer messages.
 struct Slot<'a> {
     map: &'a Mapping,
-    words: usize,
-    inline: usize,
+    state: &'a AtomicU32,
+    waiters: &'a AtomicU32,
+    len: &'a AtomicU32,
+    inline: &'a Inline,
     area: usize,
     cap: usize,
 }
 
 impl<'a> Slot<'a> {
+    #[inline]
+    fn new(map: &'a Mapping, line: &'a Line, words: usize, inline: usize, area: usize, cap: usize) -> Self {
+        let inline: &Inline =
+            line[inline / 4..inline / 4 + INLINE / 4].try_into().expect("inline bytes inside the line");
+        Slot {
+            map,
+            state: at(line, words),
+            waiters: at(line, words + 4),
+            len: at(line, words + 8),
+            inline,
+            area,
+            cap,
+        }
+    }
+
     /// The request slot of `layout`.
-    fn request(map: &'a Mapping, layout: &Layout) -> Self {
-        let line = layout.request;
-        Slot { map, words: line, inline: line + REQ_INLINE, area: line + SLOT_HEADER, cap: layout.cap }
+    #[inline]
+    fn request(map: &'a Mapping, line: &'a Line, layout: &Layout) -> Self {
+        Slot::new(map, line, 0, REQ_INLINE, layout.request + SLOT_HEADER, layout.cap)
     }
 
     /// The reply slot of `layout`: its words and inline bytes share the
     /// request's cache line; its data area is its own.
-    fn reply(map: &'a Mapping, layout: &Layout) -> Self {
-        let line = layout.request;
-        Slot {
-            map,
-            words: line + REPLY_WORDS,
-            inline: line + REP_INLINE,
-            area: layout.reply + SLOT_HEADER,
-            cap: layout.cap,
-        }
+    #[inline]
+    fn reply(map: &'a Mapping, line: &'a Line, layout: &Layout) -> Self {
+        Slot::new(map, line, REPLY_WORDS, REP_INLINE, layout.reply + SLOT_HEADER, layout.cap)
     }
 
     fn state(&self) -> &AtomicU32 {
-        word(self.map, self.words)
+        self.state
     }
+
     fn waiters(&self) -> &AtomicU32 {
-        word(self.map, self.words + 4)
-    }
-    fn len(&self) -> &AtomicU32 {
-        word(self.map, self.words + 8)
+        self.waiters
     }
 
     /// Copies a message in and publishes it as `seq` (the caller owns the
     /// slot). `guard`: a reader may still be copying the previous message,
     /// so mark the word as being written first.
+    #[inline]
     fn put(&self, data: &[u8], seq: u32, guard: bool, reader_sleepy: &AtomicU32) {
+        let (state, waiters, len) = (self.state, self.waiters, self.len);
         if guard {
-            self.state().store(seq | WRITING, Ordering::Relaxed);
+            state.store(seq | WRITING, Ordering::Relaxed);
             fence(Ordering::Release);
         }
+        // Whether the reader may sleep, read before the first store.
+        let sleepy = reader_sleepy.load(Ordering::Relaxed) != 0;
         if data.len() <= INLINE {
-            // A few word stores into the exchange line (atomics: the
-            // reader may be looking at them), no call to memcpy.
-            for (k, chunk) in data.chunks(4).enumerate() {
-                let mut w = [0u8; 4];
-                w[..chunk.len()].copy_from_slice(chunk);
-                word(self.map, self.inline + 4 * k).store(u32::from_le_bytes(w), Ordering::Relaxed);
+            // The reader spins on this very line: between the first store
+            // into it and the state store, its next look may take the line
+            // away (and it then comes back for the rest). So the words are
+            // made first, and then all of them (the unused ones too), the
+            // length and the state are stored back to back, with no branch
+            // or load in between. The words are made one by one with a
+            // fixed trip count (LLVM turns a loop over the whole words into
+            // a `memcpy` call).
+            let mut words = [0u32; INLINE / 4];
+            for (k, w) in words.iter_mut().enumerate() {
+                let at = 4 * k;
+                if let Some(b) = data.get(at..at + 4) {
+                    *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                } else if let Some(tail) = data.get(at..) {
+                    // The last 1 to 3 bytes, little-endian, zero-padded.
+                    *w = tail.iter().rev().fold(0, |v, &b| v << 8 | u32::from(b));
+                }
             }
+            for (cell, w) in self.inline.iter().zip(words) {
+                cell.store(w, Ordering::Relaxed);
+            }
+            len.store(data.len() as u32, Ordering::Relaxed);
         } else {
             let ok = self.map.write(self.area, data);
             debug_assert!(ok, "length checked against capacity");
+            len.store(data.len() as u32, Ordering::Relaxed);
         }
-        self.len().store(data.len() as u32, Ordering::Relaxed);
-        publish_to(self.state(), self.waiters(), reader_sleepy, seq);
+        publish_to(state, waiters, sleepy, seq);
     }
 
     /// Copies out the message published as `seen` (validating its length).
     /// `Ok(false)`: the word changed while copying (a torn copy: read again).
+    #[inline]
     fn take(&self, seen: u32, out: &mut Vec<u8>) -> Result<bool, Fault> {
-        let len = self.len().load(Ordering::Relaxed) as usize;
+        let len = self.len.load(Ordering::Relaxed) as usize;
         if len > self.cap {
             return Err(Fault::Frame(crate::FrameError::TooLarge { len, max: self.cap }));
         }
         out.clear();
         if len <= INLINE {
-            for k in 0..len.div_ceil(4) {
-                let w = word(self.map, self.inline + 4 * k).load(Ordering::Relaxed).to_le_bytes();
-                out.extend_from_slice(&w[..(len - 4 * k).min(4)]);
+            // All the inline words, appended as one fixed-size block (no
+            // memcpy call, no per-word branch), then cut to the length.
+            let mut bytes = [0u8; INLINE];
+            for (chunk, cell) in bytes.chunks_exact_mut(4).zip(self.inline) {
+                chunk.copy_from_slice(&cell.load(Ordering::Relaxed).to_le_bytes());
             }
+            out.extend_from_slice(&bytes);
+            out.truncate(len);
         } else {
             out.resize(len, 0);
             let ok = self.map.read(self.area, out);
             debug_assert!(ok, "length checked against capacity");
         }
         fence(Ordering::Acquire);
-        Ok(self.state().load(Ordering::Relaxed) == seen)
+        Ok(self.state.load(Ordering::Relaxed) == seen)
     }
 }
 
@@ -286,6 +352,7 @@ impl RpcServer {
     /// # Errors
     ///
     /// As [`RpcServer::recv_timeout`]; `timeout: None` waits forever.
+    #[inline]
     pub fn recv_into(
         &mut self,
         buf: &mut Vec<u8>,
@@ -300,9 +367,11 @@ impl RpcServer {
         Ok(buf)
     }
 
+    #[inline]
     fn recv_inner_into(&mut self, buf: &mut Vec<u8>, mut due: Due) -> Result<(), Fault> {
         let map: &Mapping = self.seg.mapping();
-        let req = Slot::request(self.seg.mapping(), &self.layout);
+        let (_, line) = lines(map);
+        let req = Slot::request(map, line, &self.layout);
         // A client that is gone ends its session; a new one may attach.
         let client_gone = || {
             let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
@@ -346,6 +415,7 @@ impl RpcServer {
     ///
     /// [`ReplyError::TooLarge`] over the slot size; [`ReplyError::Disconnected`]
     /// when there is no request to answer.
+    #[inline]
     pub fn reply(&mut self, data: &[u8]) -> Result<(), ReplyError> {
         let Some(seq) = self.current.take() else {
             return Err(ReplyError::Disconnected);
@@ -357,8 +427,9 @@ impl RpcServer {
         // The client reads a reply only while the word holds its call's
         // number, and makes its next call only after that: nobody reads
         // the slot while it is overwritten.
-        let client_sleepy = word(self.seg.mapping(), CLIENT_SLEEPY);
-        Slot::reply(self.seg.mapping(), &self.layout).put(data, seq, false, client_sleepy);
+        let map = self.seg.mapping();
+        let (header, line) = lines(map);
+        Slot::reply(map, line, &self.layout).put(data, seq, false, at(header, CLIENT_SLEEPY - HEADER_LEN));
         Ok(())
     }
 }
@@ -483,6 +554,7 @@ impl RpcClient {
     /// # Errors
     ///
     /// As [`RpcClient::call`].
+    #[inline]
     pub fn call_into(
         &mut self,
         request: &[u8],
@@ -492,19 +564,21 @@ impl RpcClient {
         self.call_inner(request, out, Due::After(timeout)).map_err(CallError::from_fault)
     }
 
+    #[inline]
     fn call_inner(&mut self, request: &[u8], out: &mut Vec<u8>, mut due: Due) -> Result<(), Fault> {
         if request.len() > self.layout.cap {
             return Err(Fault::TooLarge { len: request.len(), max: self.layout.cap });
         }
         let map: &Mapping = self.seg.mapping();
         let server = || alive(map, SERVER_PID);
-        let req = Slot::request(map, &self.layout);
-        let rep = Slot::reply(map, &self.layout);
+        let (header, line) = lines(map);
+        let req = Slot::request(map, line, &self.layout);
+        let rep = Slot::reply(map, line, &self.layout);
         self.seq = next_seq(self.seq);
         let seq = self.seq;
         // Until the reply is in, this request counts as possibly being read.
         let guard = std::mem::replace(&mut self.unfinished, true);
-        req.put(request, seq, guard, word(map, SERVER_SLEEPY));
+        req.put(request, seq, guard, at(header, SERVER_SLEEPY - HEADER_LEN));
         loop {
             // A reply to a call that already gave up has another number: it
             // is never taken (the next reply overwrites it).

@@ -16,11 +16,12 @@ use crate::wire::{HandleKind, HandleMeta};
 const MAGIC: u64 = u64::from_le_bytes(*b"IPCKSHM1");
 /// The layout version: 2 since the queue's lock-free send path, the two-slot
 /// RPC's exchange line and the loan pool's in-buffer descriptors (objects made
-/// by a version-1 build are refused with a clear error, never misread); 3
-/// since queue long texts live in an arena; 4 since queue receivers no
-/// longer write ring slots (a slot is free for the next lap once the head
-/// has passed it).
-const VERSION: u32 = 4;
+/// by a version-1 build are refused with a clear error, never misread); 3 since
+/// long queue texts in an arena on the lock-free ring; 4 since the semaphores'
+/// lock-free path (a busy bit in each value word); 5 since queue receivers no
+/// longer write ring slots (a slot is free for the next lap once the head has
+/// passed it).
+const VERSION: u32 = 5;
 /// Bytes of ipckit's header at the start of every segment; the user area follows.
 pub const HEADER_LEN: usize = 64;
 /// The largest segment ipckit creates (1 TiB).

@@ -63,6 +63,7 @@ fn nap(deadline: Deadline) -> Duration {
 
 /// Stores `value` into the status word and wakes sleepers, if any: with no
 /// sleeper this is one store and one load, no system call.
+#[inline]
 pub(crate) fn publish(state: &AtomicU32, waiters: &AtomicU32, value: u32) {
     state.store(value, Ordering::SeqCst);
     if waiters.load(Ordering::SeqCst) > 0 {
@@ -105,6 +106,7 @@ impl Due {
 /// Waits until `done(state)`, as `mode` says, until `deadline`, failing
 /// with `Disconnected` once `peer_alive` says the other side is gone;
 /// returns the value that satisfied `done`.
+#[inline]
 pub(crate) fn wait_until(
     state: &AtomicU32,
     waiters: &AtomicU32,
@@ -167,10 +169,12 @@ pub(crate) fn wait_until(
 }
 
 /// As [`publish`], for a status word whose reader never sleeps
-/// (`peer_sleepy == 0`, read from the peer's flag): then a plain Release
-/// store, no fence and no look at the waiter count.
-pub(crate) fn publish_to(state: &AtomicU32, waiters: &AtomicU32, peer_sleepy: &AtomicU32, value: u32) {
-    if peer_sleepy.load(Ordering::Relaxed) == 0 {
+/// (`peer_sleepy` false, as read from the peer's flag before the message
+/// was written): then a plain Release store, no fence and no look at the
+/// waiter count.
+#[inline]
+pub(crate) fn publish_to(state: &AtomicU32, waiters: &AtomicU32, peer_sleepy: bool, value: u32) {
+    if !peer_sleepy {
         state.store(value, Ordering::Release);
     } else {
         publish(state, waiters, value);

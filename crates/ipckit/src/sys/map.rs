@@ -79,6 +79,17 @@ impl Mapping {
         Some(unsafe { AtomicU32::from_ptr(p.cast()) })
     }
 
+    /// The `N` consecutive 32-bit words at `off` (4-byte aligned, all in
+    /// bounds), as atomics: one check for a whole cache line of words, so a
+    /// hot path indexes them with constant indices and no further checks.
+    pub(crate) fn u32s_at<const N: usize>(&self, off: usize) -> Option<&[AtomicU32; N]> {
+        let p = self.check(off, N.checked_mul(4)?, 4)?;
+        // SAFETY: in bounds and aligned (checked), valid for the life of
+        // `&self`; `[AtomicU32; N]` has the layout of `[u32; N]` and any bit
+        // pattern is valid; every access through it is atomic.
+        Some(unsafe { &*p.cast::<[AtomicU32; N]>() })
+    }
+
     /// The 64-bit word at `off` (8-byte aligned, in bounds), as an atomic.
     pub(crate) fn u64_at(&self, off: usize) -> Option<&AtomicU64> {
         let p = self.check(off, 8, 8)?;

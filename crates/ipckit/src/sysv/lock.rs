@@ -159,6 +159,12 @@ impl Spin {
         Spin { limit_ns: AtomicU32::new(Self::MAX_NS), waits: AtomicU32::new(0) }
     }
 
+    /// Whether spinning has paid lately (its limit is above zero): when it
+    /// has not, the partner most likely shares our CPU.
+    pub(crate) fn paying(&self) -> bool {
+        spin_pays() && self.limit_ns.load(Ordering::Relaxed) > 0
+    }
+
     /// Spins until `done()` says so (returns `true`) or the limit passes.
     pub(crate) fn spin(&self, mut done: impl FnMut() -> bool) -> bool {
         if !spin_pays() {
@@ -187,6 +193,89 @@ impl Spin {
         }
         let shrunk = if limit < 1_000 { 0 } else { limit / 2 };
         self.limit_ns.store(shrunk, Ordering::Relaxed);
+        false
+    }
+}
+
+/// Giving the CPU away before sleeping, kept per process and object: for a
+/// partner that shares our CPU (where spinning cannot help, see [`Spin`]),
+/// `sched_yield(2)` lets it run at once, and when it has done its part the
+/// wait is over without either side making a futex call (a sleep and a
+/// wake-up are two system calls and a timer; a yield is one cheap call).
+///
+/// [`Yield::wait`] yields only for a process that can run on one CPU alone
+/// (one CPU online, or its affinity allows one; looked at again every 4096
+/// waits): one that can run anywhere has its partner on another CPU as
+/// often as not, and a yield there hands the CPU to whatever else is
+/// runnable, for a whole time slice. [`Yield::now`] is for a caller with
+/// other evidence that its partner shares its CPU. At most [`Yield::TRIES`] yields per wait; after
+/// [`Yield::GIVE_UP`] waits in a row that yielding did not end, it only
+/// tries on every 16th wait, so a process whose partner is busy elsewhere
+/// soon goes straight to sleep.
+#[derive(Debug)]
+pub(crate) struct Yield {
+    misses: AtomicU32,
+    waits: AtomicU32,
+    /// 0: not known yet; 1: runs on one CPU alone; 2: on several.
+    one_cpu: AtomicU32,
+}
+
+impl Yield {
+    /// Yields per wait.
+    pub(crate) const TRIES: u32 = 2;
+    /// Misses in a row after which yielding is only probed.
+    pub(crate) const GIVE_UP: u32 = 4;
+
+    pub(crate) fn new() -> Yield {
+        // Not yet known to help.
+        Yield { misses: AtomicU32::new(1), waits: AtomicU32::new(0), one_cpu: AtomicU32::new(0) }
+    }
+
+    /// Whether this process can only run on one CPU now.
+    fn confined(&self, waits: u32) -> bool {
+        let mut known = self.one_cpu.load(Ordering::Relaxed);
+        if known == 0 || waits % 4096 == 0 {
+            let one =
+                !spin_pays() || rustix::thread::sched_getaffinity(None).is_ok_and(|set| set.count() == 1);
+            known = if one { 1 } else { 2 };
+            self.one_cpu.store(known, Ordering::Relaxed);
+        }
+        known == 1
+    }
+
+    /// Whether the last wait ended by yielding: the partner shares our CPU,
+    /// so spinning before yielding would only delay it.
+    pub(crate) fn helps(&self) -> bool {
+        self.misses.load(Ordering::Relaxed) == 0
+    }
+
+    /// Yields until `done()` says so (returns `true`), at most [`Yield::TRIES`] times.
+    pub(crate) fn wait(&self, done: impl FnMut() -> bool) -> bool {
+        let waits = self.waits.load(Ordering::Relaxed);
+        if !self.confined(waits) {
+            self.waits.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.now(done)
+    }
+
+    /// As [`Yield::wait`], for a caller that has reason to believe its
+    /// partner shares its CPU whatever CPUs it may run on (spinning has not
+    /// paid lately, or yielding did last time).
+    pub(crate) fn now(&self, mut done: impl FnMut() -> bool) -> bool {
+        let waits = self.waits.fetch_add(1, Ordering::Relaxed);
+        let misses = self.misses.load(Ordering::Relaxed);
+        if misses >= Self::GIVE_UP && waits % 16 != 0 {
+            return false;
+        }
+        for _ in 0..Self::TRIES {
+            rustix::thread::sched_yield();
+            if done() {
+                self.misses.store(0, Ordering::Relaxed);
+                return true;
+            }
+        }
+        self.misses.store(misses.saturating_add(1), Ordering::Relaxed);
         false
     }
 }

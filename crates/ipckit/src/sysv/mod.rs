@@ -13,6 +13,13 @@
 //! (`msgq/ring.rs`), which receivers take from or drain into the locked
 //! list (`msgq.rs`).
 //!
+//! A semaphore's single operation without undo (P or V) does not take the
+//! lock either: it is one compare-and-swap on the semaphore's value word
+//! (`sem.rs`). A waiter confined to one CPU, or whose spinning has not paid
+//! lately (or, for queues, whose peer last waited on its CPU), yields it
+//! before sleeping (`lock.rs`), so a partner on the same CPU answers without
+//! a futex call.
+//!
 //! Unlike the kernel's objects these live in `/dev/shm` (`ipckit.<name>`),
 //! so an uncontended operation is a few atomic instructions, not a system
 //! call; they are found by name instead of a numeric key.

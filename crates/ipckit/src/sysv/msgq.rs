@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use self::arena::Arena;
 use self::guard::Guard;
 use self::ring::{pack, unpack, Ring, INLINE, SLOT};
-use super::lock::{now_secs, spin_pays, RobustLock, Spin, Taken};
+use super::lock::{now_secs, spin_pays, RobustLock, Spin, Taken, Yield};
 use crate::error::{Error, Fault, FrameError, RecvError, RecvTimeoutError, Result, SendError};
 use crate::error::{SendTimeoutError, TryRecvError, TrySendError};
 use crate::perm::{self, Access, Caller, Owner};
@@ -277,6 +277,8 @@ pub struct MessageQueue {
     view: [AtomicU64; 3],
     /// The adaptive spin before sleeping.
     spin: Spin,
+    /// The adaptive yield, for a partner on the same CPU.
+    yielding: Yield,
 }
 
 /// When a durable queue's changes are written to its file.
@@ -418,6 +420,7 @@ impl MessageQueue {
             durable,
             view: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             spin: Spin::new(),
+            yielding: Yield::new(),
         }
     }
 
@@ -599,17 +602,21 @@ impl MessageQueue {
             return Err(Fault::Timeout);
         }
         let m = self.map();
-        if self.peer_here(ev) {
-            // The other side last waited on this CPU: it is most likely
-            // runnable here, and can neither be spun for nor needs a
-            // wake-up to run. Yielding lets it work through the whole
-            // queue now; sleeping instead (and being woken, which on one
-            // CPU preempts the waker) would hand over one message at a time.
-            std::thread::yield_now();
-            if moved() {
-                return Ok(());
-            }
-        } else if self.spin.spin(&mut moved) {
+        // The other side last waited on this CPU, or yielding ended our
+        // last wait, or spinning has not paid lately (two parties the
+        // scheduler keeps on one CPU, such as the two ends of a round trip,
+        // which both wait as receivers): the other side is most likely
+        // runnable here, and can neither be spun for nor needs a wake-up to
+        // run. Yielding lets it work through the whole queue now; sleeping
+        // instead (and being woken, which on one CPU preempts the waker)
+        // would hand over one message at a time.
+        let here = self.peer_here(ev) || self.yielding.helps() || !self.spin.paying();
+        let watched = if here {
+            self.yielding.now(&mut moved) || self.spin.spin(&mut moved)
+        } else {
+            self.spin.spin(&mut moved) || self.yielding.wait(&mut moved)
+        };
+        if watched {
             return Ok(());
         }
         let (word, waiters) = ev.words(m);

@@ -11,11 +11,24 @@
 //! holding the lock leaves either nothing or a complete journal behind; the
 //! next process takes the lock from the dead and replays it, so an
 //! operation is never half applied.
+//!
+//! One operation on one semaphore without undo (the common P or V) does not
+//! take the lock while no process holds undo adjustments: it is one
+//! compare-and-swap on the semaphore's value word. The lock holder first
+//! freezes every semaphore it reads or writes by setting the value word's
+//! busy bit ([`BUSY`]), so those semaphores stand still for it; the
+//! lock-free path leaves a frozen semaphore alone and takes the lock
+//! instead. A commit writes the new values still frozen and thaws them only
+//! once the journal is retired, so a replay after the holder's death never
+//! overwrites a lock-free change; taking the lock from the dead thaws every
+//! semaphore. Waking stays exact: a blocked caller announces itself (SeqCst)
+//! and then looks at the value again before sleeping, and a lock-free
+//! change reads the announcements (SeqCst) after its compare-and-swap.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::lock::{now_secs, RobustLock, Spin, Taken};
+use super::lock::{now_secs, RobustLock, Spin, Taken, Yield};
 use crate::error::{Error, Fault, Result};
 use crate::perm::{self, Access, Caller, Owner};
 use crate::shm::{Segment, SegmentKind, HEADER_LEN};
@@ -42,6 +55,14 @@ const NAP: Duration = Duration::from_millis(10);
 const PATIENCE: Duration = Duration::from_secs(5);
 /// A journal entry that means "clear every undo record" (for `SETALL`).
 const CLEAR_UNDO: u32 = u32::MAX;
+/// Set in a semaphore's value word while the lock holder works on it: the
+/// lock-free path (one compare-and-swap on the value word, see
+/// [`SemaphoreSet::fast_op`]) leaves such a semaphore alone and takes the
+/// lock instead, so a locked operation sees its semaphores stand still.
+const BUSY: u32 = 1 << 31;
+/// How many changes of its value a blocked lock-free caller watches for
+/// (spinning or yielding) before it registers and sleeps.
+const FAST_WATCHES: u32 = 4;
 
 // Set header (offsets from the start of the mapping).
 const S: usize = HEADER_LEN;
@@ -93,6 +114,11 @@ impl Layout {
 
     fn val(&self, i: usize) -> usize {
         SEMS + 8 * i
+    }
+
+    /// Whether `off` is a semaphore's value word.
+    fn is_val(&self, off: usize) -> bool {
+        off >= SEMS && off < self.waits && (off - SEMS) % 8 == 0
     }
 
     fn spid(&self, i: usize) -> usize {
@@ -315,7 +341,16 @@ pub struct WaitCounts {
 /// re-checks its own operations; other changes wake nobody. Before it
 /// sleeps, a blocked caller watches its semaphore's value for a short,
 /// adaptive while (at most 20 us, only with more than one CPU online), so a
-/// partner on another CPU hands over without a futex call.
+/// partner on another CPU hands over without a futex call; a caller that
+/// can only run on one CPU, or whose spinning has not paid lately (the
+/// scheduler keeps it and its partner on one CPU), yields it instead
+/// (adaptively, twice at most), so a partner on the same CPU runs at once,
+/// again without a futex call.
+///
+/// A single operation without undo ([`SemOp::p`], [`SemOp::v`], any other
+/// `op` alone, or [`SemOp::zero`]) is one compare-and-swap (or load) on the semaphore
+/// while no process holds undo adjustments on the set; everything else
+/// takes the set's lock.
 ///
 /// # Examples
 ///
@@ -340,6 +375,8 @@ pub struct SemaphoreSet {
     me: u32,
     /// The adaptive spin of a blocked caller before it sleeps.
     spin: Spin,
+    /// Then its adaptive yielding, for a partner on the same CPU.
+    yielding: Yield,
 }
 
 /// The file mode that lets everyone who has any access map the set read-write.
@@ -391,7 +428,14 @@ impl SemaphoreSet {
         }
         word64(m, CTIME).store(now_secs(), Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
-        Ok(SemaphoreSet { seg, at, caller: Caller::current(), me: sys::pid(), spin: Spin::new() })
+        Ok(SemaphoreSet {
+            seg,
+            at,
+            caller: Caller::current(),
+            me: sys::pid(),
+            spin: Spin::new(),
+            yielding: Yield::new(),
+        })
     }
 
     /// `semget`: opens set `name` for `access` (checked against its owner
@@ -417,7 +461,14 @@ impl SemaphoreSet {
         if at.end > m.len() {
             return bad("its semaphore count does not fit its segment");
         }
-        let set = SemaphoreSet { seg, at, caller: Caller::current(), me: sys::pid(), spin: Spin::new() };
+        let set = SemaphoreSet {
+            seg,
+            at,
+            caller: Caller::current(),
+            me: sys::pid(),
+            spin: Spin::new(),
+            yielding: Yield::new(),
+        };
         if !perm::allowed(&set.owner(), &set.caller, access) {
             return Err(Error::PermissionDenied(name.to_owned()));
         }
@@ -558,13 +609,53 @@ impl SemaphoreSet {
         if let Some(bad) = ops.iter().find(|o| o.index >= self.at.n) {
             return Err(SemError::BadIndex { index: bad.index, count: self.at.n });
         }
+        // Whether to spin (once per sleep) before registering to sleep.
+        let mut spin = true;
+        let single = match ops {
+            [o] if !o.undo => Some(*o),
+            _ => None,
+        };
+        if let Some(o) = single {
+            let mut watches = 0;
+            loop {
+                match self.fast_op(o) {
+                    Fast::Done => return Ok(()),
+                    Fast::Locked => break,
+                    Fast::Blocked(_) if deadline == Deadline::Now => return Err(SemError::WouldBlock),
+                    Fast::Blocked(_) if deadline.expired() => return Err(SemError::Timeout),
+                    // The value keeps moving, never far enough for us (others
+                    // take and give back while we wait for more): sleep.
+                    Fast::Blocked(_) if watches == FAST_WATCHES => break,
+                    Fast::Blocked(seen) => {
+                        watches += 1;
+                        // Watch the value word for a short, adaptive while
+                        // (a ping-pong partner on another CPU changes it
+                        // within microseconds); nobody needs to wake a
+                        // spinner, so its partner makes no system call.
+                        spin = false;
+                        let value = self.w(self.at.val(o.index));
+                        let mut moved = || value.load(Ordering::Relaxed) != seen;
+                        let watched = if self.yielding.helps() || !self.spin.paying() {
+                            // The partner ran on our CPU last time, or
+                            // spinning has not paid lately (as when the
+                            // scheduler keeps both on one CPU): spinning would
+                            // only keep it from running, a yield lets it run.
+                            self.yielding.now(&mut moved) || self.spin.spin(&mut moved)
+                        } else {
+                            self.spin.spin(&mut moved) || self.yielding.wait(&mut moved)
+                        };
+                        if !watched {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
         let want = if ops.iter().any(|o| o.op != 0) { Access::Write } else { Access::Read };
         let mut slot = None;
         let mut first = true;
         let mut dead = Vec::new();
         let mut reaped_for_room = false;
-        // Whether to spin (once per sleep) before registering to sleep.
-        let mut spin = true;
         loop {
             // A `try_` call still waits for the lock: holders never sleep holding it.
             let locked = if deadline == Deadline::Now { self.lock_patiently() } else { self.lock(deadline) };
@@ -591,7 +682,7 @@ impl SemaphoreSet {
             })();
             first = false;
             dead.clear();
-            let (index, zero) = match step {
+            let blocked = match step {
                 Ok(None) => {
                     g.unregister(&mut slot);
                     return Ok(());
@@ -619,38 +710,135 @@ impl SemaphoreSet {
             if slot.is_none() && sys::pid() != self.me {
                 return Err(SemError::Invalid("a handle opened before fork(2) used in the child".into()));
             }
+            let value = self.w(self.at.val(blocked.index));
             if spin && slot.is_none() {
-                // The semaphore we wait for is likely to change within
-                // microseconds (a ping-pong partner on another CPU): watch
-                // its value word (not the lock's line) for a short,
-                // adaptive while before registering and sleeping. Nobody
-                // needs to wake a spinner, so a change costs no futex call.
-                let value = self.w(self.at.val(index));
-                let before = value.load(Ordering::Relaxed);
+                // As above: watch the value word (not the lock's line).
                 drop(g);
                 spin = self.spin.spin(|| {
-                    value.load(Ordering::Relaxed) != before || self.w(REMOVED).load(Ordering::Relaxed) != 0
+                    value.load(Ordering::Relaxed) != blocked.seen
+                        || self.w(REMOVED).load(Ordering::Relaxed) != 0
                 });
                 continue;
             }
             spin = true;
-            g.register(&mut slot, index, zero);
+            g.register(&mut slot, blocked.index, blocked.zero);
             let uncounted = slot.is_none();
             if uncounted {
                 // Atomic: sleepers leave SPILL without the lock.
-                self.w(SPILL).fetch_add(1, Ordering::Relaxed);
+                self.w(SPILL).fetch_add(1, Ordering::SeqCst);
             }
             let seen = g.get(CHANGE);
             drop(g);
-            self.sleep(seen, deadline, uncounted);
+            // After announcing ourselves (SeqCst), look at the value once
+            // more: a lock-free change made before it saw our announcement
+            // shows here, one made after wakes us (see `fast_op`).
+            if value.load(Ordering::SeqCst) == blocked.seen {
+                self.sleep(seen, deadline);
+            }
+            if uncounted {
+                let _ = self.w(SPILL).fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
+            }
             dead = self.nap_scan();
         }
     }
 
+    /// One operation on one semaphore without undo, lock-free: one
+    /// compare-and-swap on its value word (one load for wait-for-zero), when the lock holder is not
+    /// working on that semaphore and no undo records are held (which a dead
+    /// holder's would need settling first).
+    ///
+    /// Crash safety: the change is the compare-and-swap, all or nothing;
+    /// the last pid and the operation time follow it (a process killed in
+    /// between leaves the previous pid, and a caller it should have woken
+    /// to its 10 ms nap, nothing else). Waking: after the
+    /// change, `WAITING` and `SPILL` are read (SeqCst, as a blocked caller
+    /// announces itself and then re-reads the value); if a blocked caller
+    /// may now proceed, `CHANGE` is bumped and the futex woken.
+    fn fast_op(&self, o: SemOp) -> Fast {
+        let d = i32::from(o.op);
+        let value = self.w(self.at.val(o.index));
+        let mut v = value.load(Ordering::Relaxed);
+        let want = if d == 0 { Access::Read } else { Access::Write };
+        if self.w(REMOVED).load(Ordering::Relaxed) != 0
+            || self.w(USED).load(Ordering::Relaxed) != 0
+            || !perm::allowed(&self.owner(), &self.caller, want)
+        {
+            // Let the locked path settle, refuse or report it.
+            return Fast::Locked;
+        }
+        let r = loop {
+            if v & BUSY != 0 || v > VMX as u32 {
+                // Frozen by the lock holder, or corrupted.
+                return Fast::Locked;
+            }
+            if d == 0 {
+                // Wait for zero: done at this load if the value is zero.
+                if v != 0 {
+                    return Fast::Blocked(v);
+                }
+                break 0;
+            }
+            let r = v as i32 + d;
+            if r < 0 {
+                return Fast::Blocked(v);
+            }
+            if r > VMX {
+                return Fast::Locked;
+            }
+            match value.compare_exchange_weak(v, r as u32, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => break r,
+                Err(now) => v = now,
+            }
+        };
+        let pid = self.w(self.at.spid(o.index));
+        if pid.load(Ordering::Relaxed) != self.me {
+            pid.store(self.me, Ordering::Relaxed);
+        }
+        let otime = word64(self.map(), OTIME);
+        let now = sys::coarse_now_secs();
+        if otime.load(Ordering::Relaxed) != now {
+            otime.store(now, Ordering::Relaxed);
+        }
+        if d != 0 && (r > v as i32 || r == 0) {
+            self.wake_for(o.index, r);
+        }
+        Fast::Done
+    }
+
+    /// After a lock-free change left semaphore `index` at `val`: wakes the
+    /// blocked callers if one of them may now proceed (as
+    /// [`Guard::values_changed`]) or some are blocked uncounted.
+    fn wake_for(&self, index: usize, val: i32) {
+        let waiting = self.w(WAITING).load(Ordering::SeqCst);
+        let mut wake = self.w(SPILL).load(Ordering::SeqCst) > 0;
+        if !wake && waiting > 0 {
+            let mut left = waiting;
+            for s in 0..WAIT_SLOTS {
+                if self.w(self.at.slot(s)).load(Ordering::Acquire) == 0 {
+                    continue;
+                }
+                let info = self.w(self.at.slot(s) + 4).load(Ordering::Relaxed);
+                if (info & 0x7fff_ffff) as usize == index && if info >> 31 != 0 { val == 0 } else { val > 0 }
+                {
+                    wake = true;
+                    break;
+                }
+                left -= 1;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        if wake {
+            self.w(CHANGE).fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(self.w(CHANGE), u32::MAX);
+        }
+    }
+
     /// Sleeps until something changes (or 10 ms, or the deadline). The
-    /// caller announced itself under the lock (a waiter slot, or `SPILL`
-    /// when `uncounted`), so a change made after it saw `seen` wakes it.
-    fn sleep(&self, seen: u32, deadline: Deadline, uncounted: bool) {
+    /// caller announced itself under the lock (a waiter slot, or `SPILL`),
+    /// so a change made after it saw `seen` wakes it.
+    fn sleep(&self, seen: u32, deadline: Deadline) {
         let change = self.w(CHANGE);
         if change.load(Ordering::Relaxed) == seen {
             let mut nap = NAP;
@@ -660,9 +848,6 @@ impl SemaphoreSet {
             if !nap.is_zero() {
                 sys::futex_wait(change, seen, Some(nap));
             }
-        }
-        if uncounted {
-            let _ = self.w(SPILL).fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
         }
     }
 
@@ -719,7 +904,14 @@ impl SemaphoreSet {
     /// As [`SemaphoreSet::value`].
     pub fn values(&self) -> Result<Vec<u16>, SemError> {
         let g = self.control(Access::Read)?;
-        (0..self.at.n).map(|i| g.value(i).map(|v| v as u16)).collect()
+        // Frozen, so that the values are one moment's, as the kernel's are.
+        let frozen: Vec<_> = (0..self.at.n).map(|i| g.freeze(i)).collect();
+        for (i, v) in frozen.iter().enumerate() {
+            if v.is_ok() {
+                g.thaw(i);
+            }
+        }
+        frozen.into_iter().map(|v| v.map(|v| v as u16)).collect()
     }
 
     /// `semctl(SETVAL)`: sets semaphore `index` to `value`, clears every
@@ -752,6 +944,7 @@ impl SemaphoreSet {
             }
         }
         j.push((USED, used));
+        g.freeze_any(index);
         g.commit(&j);
         word64(self.map(), CTIME).store(now_secs(), Ordering::Relaxed);
         g.changed();
@@ -781,6 +974,7 @@ impl SemaphoreSet {
             j.push((self.at.spid(i), self.me));
         }
         j.push((CLEAR_UNDO as usize, 0));
+        (0..self.at.n).for_each(|i| g.freeze_any(i));
         g.commit(&j);
         word64(self.map(), CTIME).store(now_secs(), Ordering::Relaxed);
         g.changed();
@@ -962,6 +1156,26 @@ impl<T: Copy + Default, const N: usize> Buf<T, N> {
     }
 }
 
+/// What [`SemaphoreSet::fast_op`] did.
+#[derive(Clone, Copy, Debug)]
+enum Fast {
+    /// The operation is done.
+    Done,
+    /// It must wait: the value word was this.
+    Blocked(u32),
+    /// The locked path must do it (or report why not).
+    Locked,
+}
+
+/// Why an operation must wait: the semaphore, whether it waits for zero
+/// (else to decrease), and the value that made it wait.
+#[derive(Clone, Copy, Debug)]
+struct Blocked {
+    index: usize,
+    zero: bool,
+    seen: u32,
+}
+
 /// One semaphore an operation touches: before and after.
 #[derive(Clone, Copy, Default)]
 struct Touch {
@@ -981,12 +1195,36 @@ impl Guard<'_> {
         self.s.w(off).store(v, Ordering::Relaxed);
     }
 
+    /// Semaphore `i`'s value, as one load (the lock-free path may change it
+    /// at any time unless it is frozen).
     fn value(&self, i: usize) -> Result<i32, SemError> {
-        let v = self.get(self.s.at.val(i));
+        let v = self.s.w(self.s.at.val(i)).load(Ordering::Acquire) & !BUSY;
         if v > VMX as u32 {
             return Err(corrupt(format!("semaphore {i} holds {v}, above SEMVMX")));
         }
         Ok(v as i32)
+    }
+
+    /// Freezes semaphore `i` (sets [`BUSY`]: the lock-free path leaves it
+    /// alone until [`Guard::thaw`] or a commit writes it) and returns its value.
+    fn freeze(&self, i: usize) -> Result<i32, SemError> {
+        let raw = self.s.w(self.s.at.val(i)).fetch_or(BUSY, Ordering::Acquire);
+        let v = raw & !BUSY;
+        if v > VMX as u32 {
+            self.thaw(i);
+            return Err(corrupt(format!("semaphore {i} holds {v}, above SEMVMX")));
+        }
+        Ok(v as i32)
+    }
+
+    /// Freezes semaphore `i` whatever it holds (for a write of a new value).
+    fn freeze_any(&self, i: usize) {
+        self.s.w(self.s.at.val(i)).fetch_or(BUSY, Ordering::Acquire);
+    }
+
+    /// Lets the lock-free path at semaphore `i` again (its value unchanged).
+    fn thaw(&self, i: usize) {
+        self.s.w(self.s.at.val(i)).fetch_and(!BUSY, Ordering::Release);
     }
 
     fn adj(&self, r: usize, i: usize) -> Result<i32, SemError> {
@@ -1029,10 +1267,10 @@ impl Guard<'_> {
 
     /// Wakes every blocked caller (each re-checks its own operations), but
     /// only makes the system call if some caller is blocked. Blocked callers
-    /// announce themselves under the lock, which we hold, so plain loads and
-    /// stores suffice (`CHANGE` is only ever written under the lock).
+    /// announce themselves under the lock, which we hold (`CHANGE` is also
+    /// bumped by the lock-free path, hence the atomic add).
     fn changed(&self) {
-        self.put(CHANGE, self.get(CHANGE).wrapping_add(1));
+        self.s.w(CHANGE).fetch_add(1, Ordering::SeqCst);
         if self.get(WAITING) > 0 || self.get(SPILL) > 0 {
             self.wake.set(true);
         }
@@ -1070,7 +1308,9 @@ impl Guard<'_> {
         }
     }
 
-    /// Writes `stores` to the journal, commits it with one store, applies it.
+    /// Writes `stores` to the journal, commits it with one store, applies
+    /// it. Every semaphore whose value `stores` writes must be frozen; it is
+    /// thawed (written without [`BUSY`]) once the journal is retired.
     fn commit(&self, stores: &[(usize, u32)]) {
         let at = &self.s.at;
         debug_assert!(stores.len() <= at.jcap, "journal capacity");
@@ -1080,9 +1320,19 @@ impl Guard<'_> {
         }
         self.s.w(JLEN).store(stores.len() as u32, Ordering::Release);
         for &(off, v) in stores {
-            self.apply(off as u32, v);
+            // Values stay frozen until the journal is retired: a replay
+            // after our death must not overwrite a lock-free change made
+            // in between.
+            if at.is_val(off) {
+                self.put(off, v | BUSY);
+            } else {
+                self.apply(off as u32, v);
+            }
         }
         self.s.w(JLEN).store(0, Ordering::Release);
+        for &(off, v) in stores.iter().filter(|(off, _)| at.is_val(*off)) {
+            self.s.w(off).store(v, Ordering::Release);
+        }
     }
 
     fn apply(&self, off: u32, v: u32) {
@@ -1120,6 +1370,8 @@ impl Guard<'_> {
             }
         }
         self.s.w(JLEN).store(0, Ordering::Release);
+        // The dead holder may have left semaphores frozen.
+        (0..at.n).for_each(|i| self.thaw(i));
         let mut used = 0;
         for r in 0..SEM_UNDO_RECORDS {
             if self.get(at.rec_pid(r)) == 0 {
@@ -1135,7 +1387,7 @@ impl Guard<'_> {
         }
         self.put(USED, used);
         let waiting = (0..WAIT_SLOTS).filter(|&s| self.get(at.slot(s)) != 0).count();
-        self.put(WAITING, waiting as u32);
+        self.s.w(WAITING).store(waiting as u32, Ordering::SeqCst);
         self.changed();
         match bad {
             Some(why) => Err(corrupt(why)),
@@ -1147,12 +1399,27 @@ impl Guard<'_> {
     /// `0..=SEMVMX`, as `exit_sem` does) and frees it.
     fn apply_dead(&self, r: usize, pid: u32) -> Result<(), SemError> {
         let at = &self.s.at;
-        let mut j = Vec::new();
+        let mut adjs = Vec::new();
         for i in 0..at.n {
             let a = self.adj(r, i)?;
             if a != 0 {
-                let v = (self.value(i)? + a).clamp(0, VMX);
-                j.extend([(at.val(i), v as u32), (at.spid(i), pid), (at.adj(r, i), 0)]);
+                adjs.push((i, a));
+            }
+        }
+        // Freeze the semaphores, then compute their values (a bad value
+        // thaws what was frozen and fails).
+        let mut j = Vec::with_capacity(3 * adjs.len() + 3);
+        for (k, &(i, a)) in adjs.iter().enumerate() {
+            match self.freeze(i) {
+                Ok(v) => j.extend([
+                    (at.val(i), (v + a).clamp(0, VMX) as u32),
+                    (at.spid(i), pid),
+                    (at.adj(r, i), 0),
+                ]),
+                Err(e) => {
+                    adjs[..k].iter().for_each(|&(q, _)| self.thaw(q));
+                    return Err(e);
+                }
             }
         }
         tracing::debug!(pid, adjusted = j.len() / 3, "applying a dead process's semaphore undo record");
@@ -1197,7 +1464,7 @@ impl Guard<'_> {
         for s in 0..WAIT_SLOTS {
             if dead.contains(&self.get(at.slot(s))) {
                 self.put(at.slot(s), 0);
-                self.put(WAITING, self.get(WAITING).saturating_sub(1));
+                self.leave();
             }
         }
         Ok(())
@@ -1210,18 +1477,36 @@ impl Guard<'_> {
         (0..SEM_UNDO_RECORDS).find(|&r| self.get(self.s.at.rec_pid(r)) == pid)
     }
 
-    /// Applies `ops` if they can all proceed: `Ok(None)`; or `Ok(Some((index,
-    /// zero)))` naming the operation that must wait (and changing nothing).
-    fn attempt(&self, ops: &[SemOp]) -> Result<Option<(usize, bool)>, SemError> {
+    /// Applies `ops` if they can all proceed: `Ok(None)`; or `Ok(Some(_))`
+    /// naming the operation that must wait (and changing nothing). The
+    /// semaphores are frozen while it decides (see [`BUSY`]).
+    fn attempt(&self, ops: &[SemOp]) -> Result<Option<Blocked>, SemError> {
+        let mut touched: Buf<Touch, 8> = Buf::new();
+        let r = self.attempt_frozen(ops, &mut touched);
+        // A commit thawed the semaphores it changed; thaw the others.
+        let committed = matches!(r, Ok(None));
+        for x in touched.as_slice() {
+            if !committed || x.val == x.old {
+                self.thaw(x.index);
+            }
+        }
+        r
+    }
+
+    /// [`Guard::attempt`], freezing each semaphore it reads into `touched`.
+    fn attempt_frozen(
+        &self,
+        ops: &[SemOp],
+        touched: &mut Buf<Touch, 8>,
+    ) -> Result<Option<Blocked>, SemError> {
         let at = &self.s.at;
         let me = self.s.me;
         let mine = self.find_record(me);
-        let mut touched: Buf<Touch, 8> = Buf::new();
         for o in ops {
             let k = match touched.as_slice().iter().position(|x| x.index == o.index) {
                 Some(k) => k,
                 None => {
-                    let v = self.value(o.index)?;
+                    let v = self.freeze(o.index)?;
                     let a = match mine {
                         Some(r) => self.adj(r, o.index)?,
                         None => 0,
@@ -1234,13 +1519,13 @@ impl Guard<'_> {
             let op = i32::from(o.op);
             if op == 0 {
                 if x.val != 0 {
-                    return Ok(Some((o.index, true)));
+                    return Ok(Some(Blocked { index: o.index, zero: true, seen: x.old as u32 }));
                 }
                 continue;
             }
             let r = x.val + op;
             if r < 0 {
-                return Ok(Some((o.index, false)));
+                return Ok(Some(Blocked { index: o.index, zero: false, seen: x.old as u32 }));
             }
             if r > VMX {
                 return Err(SemError::OutOfRange { index: o.index, why: "the value would exceed 32767" });
@@ -1318,15 +1603,22 @@ impl Guard<'_> {
         if let Some(s) = *slot {
             self.put(at.slot(s) + 4, info);
             self.put(at.slot(s), self.s.me);
-            self.put(WAITING, self.get(WAITING).saturating_add(1));
+            // SeqCst, as the lock-free path's change and load of WAITING:
+            // either it sees us, or our re-check before sleeping sees it.
+            self.s.w(WAITING).fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// One counted waiter fewer.
+    fn leave(&self) {
+        let _ = self.s.w(WAITING).fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
     }
 
     fn unregister(&self, slot: &mut Option<usize>) {
         if let Some(s) = slot.take() {
             if self.get(self.s.at.slot(s)) == self.s.me {
                 self.put(self.s.at.slot(s), 0);
-                self.put(WAITING, self.get(WAITING).saturating_sub(1));
+                self.leave();
             }
         }
     }
