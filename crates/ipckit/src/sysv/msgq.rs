@@ -233,8 +233,9 @@ pub struct QueueSet {
 /// # Crashes
 ///
 /// Receivers work under a robust lock: whoever takes it from a dead holder
-/// finishes or undoes what the holder left (a slot released but not
-/// counted, a drained message linked but not counted) and rebuilds the
+/// finishes what the holder left (a drained message linked but not
+/// counted; a receive that did not move the head left the message queued,
+/// since receivers never write a ring slot) and rebuilds the
 /// list's bookkeeping from what was committed. A sender killed after
 /// reserving a ring position but before publishing it leaves a slot that
 /// the receiver reaching it skips once the sender's pid is gone (its bytes
