@@ -8,14 +8,18 @@
 //!   measured here again as the reference of (f) (the two alternate, three
 //!   times each, each time with a fresh child and segment);
 //! * (f) `f_loan_hdr`: a 1 MiB zero-copy loan round trip: the parent loans
-//!   a 1 MiB buffer, writes its first 8 bytes, sends the 12-byte token over
-//!   an SPSC channel; the child redeems it, reads those 8 bytes, drops the
-//!   view (the buffer returns to the pool) and answers with an 8-byte
-//!   message: the loan machinery itself (loan, token, redeem, release).
-//!   Goal: within 2x of `c8_rpc_spin`. For context, `f_loan_touch` writes
-//!   and reads one byte in every 4 KiB page (256 cache lines each way) and
-//!   `f_loan_full` every byte (touching 1 MiB twice): what the payload
-//!   costs, which no IPC mechanism can make within 2x of an 8-byte round trip;
+//!   a 1 MiB buffer, writes its first 8 bytes and sends the 12-byte token
+//!   as the request of a two-slot RPC call (`WaitMode::Spin`, the same
+//!   transport, harness and pinning as c8); the child redeems it, reads
+//!   those 8 bytes, drops the view (the buffer returns to the pool) and
+//!   answers with an 8-byte reply: the loan machinery itself (loan, token,
+//!   redeem, release) on top of c8. Goal: within 2x of `c8_rpc_spin`.
+//!   Context rows: `f_loan_spsc`, the same with the token and the answer
+//!   over two SPSC channels (the earlier form of (f)); `f_loan_touch`
+//!   writes and reads one byte in every 4 KiB page (256 cache lines each
+//!   way) and `f_loan_full` every byte (touching 1 MiB twice): what the
+//!   payload costs, which no IPC mechanism can make within 2x of an 8-byte
+//!   round trip. `IPCKIT_SHM_BENCH_F=<pairs>` runs (f) alone;
 //! * (g) one-way copy throughput at 64 B, 4 KiB, 64 KiB and 1 MiB: an ipckit
 //!   SPSC channel (`send_bytes` / `recv_into`, spinning) against a raw
 //!   single-producer single-consumer ring written here (no ipckit code: one

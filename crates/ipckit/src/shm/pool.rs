@@ -22,6 +22,20 @@
 //! [`LoanPool::cancel`]. Tokens carry a generation number, so a stale or
 //! forged token is refused, never redeemed against someone else's data.
 //!
+//! # Cost
+//!
+//! A buffer's descriptor and the first 48 bytes of its payload share one
+//! cache line. A loan round trip (loan, fill the header, send, redeem,
+//! read the header, drop) moves that line twice: to the receiver, whose
+//! first access is a read-modify-write that takes it exclusive at once,
+//! and back to the sender, whose claim is one compare-and-swap on the free
+//! word (a load first would fetch the line shared and then again for
+//! writing). Freeing loads one read-mostly header word (the sleeper count)
+//! and moves no other line. A single sender takes back the buffer its
+//! receiver released last, so those are the lines already moving. The
+//! token travels in whatever carries it (12 bytes: inline in a two-slot
+//! RPC request, see [`super::rpc::INLINE`]).
+//!
 //! # Safety
 //!
 //! The views into shared memory are built by `Mapping::slice` /
