@@ -515,6 +515,25 @@ fn loan(cpu: Option<usize>, touch: Touch, via: Via) -> Res<f64> {
     }
 }
 
+/// The loan machinery's own work, in one process (no line moves between
+/// CPUs): loan, write 8 bytes, send, redeem, read 8 bytes, drop.
+fn loan_local() -> Res<f64> {
+    let mut names = Names::default();
+    let name = unique("loan-local");
+    names.kit.push(name.clone());
+    let pool = LoanPool::create(&name, 4, MIB, 0o600)?;
+    let mut seq = 0u64;
+    time_rtt(|| {
+        let mut b = pool.loan_timeout(IO_TIMEOUT)?;
+        seq += 1;
+        b[..8].copy_from_slice(&seq.to_le_bytes());
+        let token = Token::from_bytes(&b.send(MIB).to_bytes())?;
+        let view = pool.redeem(token)?;
+        black_box(u64::from_le_bytes(view[..8].try_into().expect("8 bytes")));
+        Ok(())
+    })
+}
+
 /// Which one-way path a throughput run measures.
 #[derive(Clone, Copy, Debug)]
 enum Path {
@@ -600,6 +619,7 @@ struct FFigures {
     hdr: f64,
     paired: f64,
     spsc: f64,
+    local: f64,
     touch: f64,
     full: f64,
 }
@@ -620,6 +640,7 @@ fn f_cases(cpu: Option<usize>, pairs: usize) -> FFigures {
         hdr: median(&hdrs),
         paired,
         spsc: us(loan(cpu, Touch::Header, Via::Spsc), "f_loan_spsc"),
+        local: us(loan_local(), "f_loan_local"),
         touch: us(loan(cpu, Touch::Pages, Via::Rpc), "f_loan_touch"),
         full: us(loan(cpu, Touch::Full, Via::Rpc), "f_loan_full"),
     }
@@ -627,10 +648,11 @@ fn f_cases(cpu: Option<usize>, pairs: usize) -> FFigures {
 
 impl FFigures {
     fn print(&self) {
-        let FFigures { pairs, c8, hdr, paired, spsc, touch, full } = *self;
+        let FFigures { pairs, c8, hdr, paired, spsc, local, touch, full } = *self;
         println!("  {:<44}{:>10.3}", "c8_rpc_spin   two-slot RPC, 8 B, Spin", c8);
         println!("  {:<44}{:>10.3}", "f_loan_hdr    1 MiB loan over the RPC, 8 B w+r", hdr);
         println!("  {:<44}{:>10.3}", "f_loan_spsc   the same over two SPSC rings", spsc);
+        println!("  {:<44}{:>10.3}", "f_loan_local  loan+send+redeem+drop, 1 process", local);
         println!("  {:<44}{:>10.3}", "f_loan_touch  1 MiB loan (RPC), 1 byte/page", touch);
         println!("  {:<44}{:>10.3}", "f_loan_full   1 MiB loan (RPC), every byte", full);
         let verdict = if hdr / c8 <= 2.0 { "ok" } else { "OVER" };
@@ -640,6 +662,10 @@ impl FFigures {
             hdr / c8
         );
         println!("  f_spsc / c8   {:>8.3}  (context: the token over two SPSC rings)", spsc / c8);
+        println!(
+            "  (f_hdr - c8 - f_local) / c8 {:>6.3}  (what the two descriptor-line transfers add)",
+            (hdr - c8 - local) / c8
+        );
         println!("  f_touch / c8  {:>8.3}  (plus 256 cache lines each way)", touch / c8);
         println!("  f_full / c8   {:>8.3}  (touches 2 MiB; context only)", full / c8);
     }
