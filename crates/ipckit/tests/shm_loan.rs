@@ -183,6 +183,12 @@ fn tokens_are_checked() {
     let mut buf = pool.loan().unwrap();
     buf[..3].copy_from_slice(b"abc");
     let token = buf.send(3);
+    // The right buffer and generation with another length: refused, and
+    // the buffer stays in flight for the real token.
+    let mut b = token.to_bytes();
+    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let wrong_len = Token::from_bytes(&b).unwrap();
+    assert!(matches!(pool.redeem(wrong_len), Err(Error::BadHandle(_))), "{wrong_len:?}");
     let view = pool.redeem(token).unwrap();
     assert_eq!(&view[..], b"abc");
     assert!(matches!(pool.redeem(token), Err(Error::BadHandle(_))), "redeemed twice");

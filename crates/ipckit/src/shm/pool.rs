@@ -315,9 +315,12 @@ impl LoanPool {
     /// released last (that line, and the payload's first bytes, are the
     /// ones already moving).
     fn claim(&self, me: u32) -> Option<usize> {
-        let start = (me as usize).wrapping_mul(2_654_435_761) % self.count;
+        // Where this process starts looking: its pid hashed into 0..count
+        // by a multiply and a shift (no division on the fast path).
+        let hash = u64::from(me.wrapping_mul(2_654_435_761));
+        let start = ((hash * self.count as u64) >> 32) as usize;
         let mine = pack(WRITING, me);
-        (0..self.count).map(|k| (start + k) % self.count).find(|&i| {
+        (start..self.count).chain(0..start).find(|&i| {
             let w = self.word(i);
             // SeqCst: pairs with the SeqCst free and waiter count (see `announce_free`).
             match w.compare_exchange(pack(FREE, 0), mine, Ordering::SeqCst, Ordering::SeqCst) {
