@@ -46,6 +46,9 @@
 //! batches, interleaved as in the summary) and prints their medians, 10th
 //! percentiles and the ratios of the first to the second: a quick,
 //! load-tolerant check of one ratio (a few seconds).
+//! `IPCKIT_SHM_BENCH_F=<pairs>` skips everything but case (f) of
+//! `shm_extra` (c8 and f_loan_hdr alternating `pairs` times, then its
+//! context rows).
 
 use std::error::Error;
 use std::io::{self, BufRead, BufReader};
@@ -206,6 +209,10 @@ fn main() {
 
     if let Ok(probe) = std::env::var(PROBE_VAR) {
         probe_main(&probe, &placements, &original);
+        return;
+    }
+    if let Ok(pairs) = std::env::var(shm_extra::F_VAR) {
+        shm_extra::run_f(&original, pairs.parse().unwrap_or(3));
         return;
     }
 

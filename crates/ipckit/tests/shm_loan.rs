@@ -1,13 +1,15 @@
 //! Zero-copy loans: 1 MiB buffers filled in place by one process and read in
 //! place by another, tokens over a pipe, and buffers coming back when a
-//! holder dies.
+//! holder dies; and the same with the token as the request of a two-slot
+//! shared-memory RPC call (the fastest way to hand a large message over).
 
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ipckit::shm::rpc::{RpcClient, RpcServer};
 use ipckit::shm::{LoanPool, Token};
-use ipckit::{pipe, spawn, Capacity, Error, Receiver};
+use ipckit::{pipe, spawn, CallError, Capacity, Error, Receiver};
 
 mod support;
 
@@ -30,6 +32,9 @@ fn child_main() {
     let Ok(role) = std::env::var(ROLE) else { return };
     let (role, pool_name) = role.split_once(':').unwrap();
     let pool = LoanPool::open(pool_name).unwrap();
+    if role.starts_with("rpc-") {
+        rpc_child(role, &pool, pool_name);
+    }
     let mut rx: Receiver = spawn::inherited("tokens").unwrap();
     match role {
         // Redeem every token, check the bytes in place, report by exit code.
@@ -55,6 +60,58 @@ fn child_main() {
             thread::sleep(LONG * 10);
         }
         other => panic!("unknown role {other}"),
+    }
+}
+
+/// The receiving side of the RPC tests: serves `<pool>-rpc`, each request a token.
+fn rpc_child(role: &str, pool: &LoanPool, pool_name: &str) -> ! {
+    let mut server = RpcServer::create(&format!("{pool_name}-rpc"), 64, 0o600).unwrap();
+    match role {
+        // Redeem every token, check the bytes in place, answer 1 (right
+        // bytes), 0 (wrong bytes) or 2 (the token was refused); exit on an
+        // empty request.
+        "rpc-reader" => {
+            let mut seed = 0;
+            while let Ok(req) = server.recv_timeout(LONG) {
+                if req.is_empty() {
+                    server.reply(b"bye").unwrap();
+                    break;
+                }
+                let answer = match Token::from_bytes(&req).and_then(|t| pool.redeem(t)) {
+                    Ok(view) => {
+                        let ok = view.len() == MIB && view.iter().copied().eq(pattern(seed, MIB));
+                        seed += 1;
+                        u8::from(ok)
+                    }
+                    Err(_) => 2,
+                };
+                server.reply(&[answer]).unwrap();
+            }
+            std::process::exit(0);
+        }
+        // Redeem one token and die holding the buffer, without answering.
+        "rpc-hoarder" => {
+            let req = server.recv_timeout(LONG).unwrap();
+            std::mem::forget(pool.redeem(Token::from_bytes(&req).unwrap()).unwrap());
+            std::process::exit(0);
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// Starts an RPC child and attaches to its segment as the client.
+fn rpc_child_and_client(role: &str, pool: &str) -> (Kid, RpcClient) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+        .env(ROLE, format!("{role}:{pool}"));
+    let kid = Kid(cmd.spawn().unwrap());
+    let until = Instant::now() + LONG;
+    loop {
+        match RpcClient::open(&format!("{pool}-rpc")) {
+            Ok(c) => return (kid, c.with_timeout(LONG)),
+            Err(e) if Instant::now() > until => panic!("the RPC child never served: {e}"),
+            Err(_) => thread::sleep(Duration::from_millis(5)),
+        }
     }
 }
 
@@ -126,6 +183,12 @@ fn tokens_are_checked() {
     let mut buf = pool.loan().unwrap();
     buf[..3].copy_from_slice(b"abc");
     let token = buf.send(3);
+    // The right buffer and generation with another length: refused, and
+    // the buffer stays in flight for the real token.
+    let mut b = token.to_bytes();
+    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let wrong_len = Token::from_bytes(&b).unwrap();
+    assert!(matches!(pool.redeem(wrong_len), Err(Error::BadHandle(_))), "{wrong_len:?}");
     let view = pool.redeem(token).unwrap();
     assert_eq!(&view[..], b"abc");
     assert!(matches!(pool.redeem(token), Err(Error::BadHandle(_))), "redeemed twice");
@@ -172,4 +235,60 @@ fn a_loan_waits_for_a_buffer_to_come_free() {
     let _hold = pool.loan().unwrap();
     assert!(matches!(pool.loan_timeout(Duration::from_millis(100)), Err(Error::Timeout)));
     assert!(start.elapsed() >= Duration::from_millis(100));
+}
+
+#[test]
+fn one_mebibyte_loans_as_rpc_calls() {
+    let n = name("rpc");
+    let _c = Cleanup(n.clone());
+    let _r = Cleanup(format!("{n}-rpc"));
+    let pool = LoanPool::create(&n, 2, MIB, 0o600).unwrap();
+    let (mut kid, mut client) = rpc_child_and_client("rpc-reader", &n);
+    for seed in 0..8 {
+        let mut buf = pool.loan_timeout(LONG).unwrap();
+        for (b, v) in buf.iter_mut().zip(pattern(seed, MIB)) {
+            *b = v;
+        }
+        let token = buf.send(MIB);
+        assert_eq!(token.to_bytes().len(), 12, "a token fits the call's inline bytes");
+        assert_eq!(client.call(&token.to_bytes()).unwrap(), [1], "the server saw wrong bytes");
+        // The server dropped its view before answering: the buffer is free.
+        let all: Vec<_> = (0..2).map(|_| pool.try_loan().unwrap()).collect();
+        drop(all);
+    }
+    // A hostile or stale token is refused by the server, which keeps serving.
+    let stale = {
+        let t = pool.loan().unwrap().send(8);
+        pool.cancel(t).unwrap();
+        t
+    };
+    assert_eq!(client.call(&stale.to_bytes()).unwrap(), [2]);
+    let mut forged = [0xffu8; 12];
+    forged[0..4].copy_from_slice(&1u32.to_le_bytes());
+    assert_eq!(client.call(&forged).unwrap(), [2]);
+    assert_eq!(client.call(b"not a token").unwrap(), [2]);
+    let mut buf = pool.loan_timeout(LONG).unwrap();
+    for (b, v) in buf.iter_mut().zip(pattern(8, MIB)) {
+        *b = v;
+    }
+    assert_eq!(client.call(&buf.send(MIB).to_bytes()).unwrap(), [1]);
+    assert_eq!(client.call(b"").unwrap(), b"bye");
+    assert_eq!(wait_exit(&mut kid), 0);
+}
+
+#[test]
+fn a_sender_whose_rpc_server_dies_holding_its_buffer_gets_it_back() {
+    let n = name("rpc-dies");
+    let _c = Cleanup(n.clone());
+    let _r = Cleanup(format!("{n}-rpc"));
+    let pool = LoanPool::create(&n, 1, MIB, 0o600).unwrap();
+    let (mut kid, mut client) = rpc_child_and_client("rpc-hoarder", &n);
+    let token = pool.loan_timeout(LONG).unwrap().send(MIB);
+    // The server redeems the token and dies without answering: the call
+    // fails (within the liveness check), not hangs.
+    assert!(matches!(client.call(&token.to_bytes()), Err(CallError::Disconnected)));
+    let _ = wait_exit(&mut kid);
+    // The dead holder's buffer comes back to the next loan.
+    let buf = pool.loan_timeout(LONG).unwrap();
+    assert_eq!(buf.len(), MIB);
 }

@@ -8,14 +8,18 @@
 //!   measured here again as the reference of (f) (the two alternate, three
 //!   times each, each time with a fresh child and segment);
 //! * (f) `f_loan_hdr`: a 1 MiB zero-copy loan round trip: the parent loans
-//!   a 1 MiB buffer, writes its first 8 bytes, sends the 12-byte token over
-//!   an SPSC channel; the child redeems it, reads those 8 bytes, drops the
-//!   view (the buffer returns to the pool) and answers with an 8-byte
-//!   message: the loan machinery itself (loan, token, redeem, release).
-//!   Goal: within 2x of `c8_rpc_spin`. For context, `f_loan_touch` writes
-//!   and reads one byte in every 4 KiB page (256 cache lines each way) and
-//!   `f_loan_full` every byte (touching 1 MiB twice): what the payload
-//!   costs, which no IPC mechanism can make within 2x of an 8-byte round trip;
+//!   a 1 MiB buffer, writes its first 8 bytes and sends the 12-byte token
+//!   as the request of a two-slot RPC call (`WaitMode::Spin`, the same
+//!   transport, harness and pinning as c8); the child redeems it, reads
+//!   those 8 bytes, drops the view (the buffer returns to the pool) and
+//!   answers with an 8-byte reply: the loan machinery itself (loan, token,
+//!   redeem, release) on top of c8. Goal: within 2x of `c8_rpc_spin`.
+//!   Context rows: `f_loan_spsc`, the same with the token and the answer
+//!   over two SPSC channels (the earlier form of (f)); `f_loan_touch`
+//!   writes and reads one byte in every 4 KiB page (256 cache lines each
+//!   way) and `f_loan_full` every byte (touching 1 MiB twice): what the
+//!   payload costs, which no IPC mechanism can make within 2x of an 8-byte
+//!   round trip. `IPCKIT_SHM_BENCH_F=<pairs>` runs (f) alone;
 //! * (g) one-way copy throughput at 64 B, 4 KiB, 64 KiB and 1 MiB: an ipckit
 //!   SPSC channel (`send_bytes` / `recv_into`, spinning) against a raw
 //!   single-producer single-consumer ring written here (no ipckit code: one
@@ -50,6 +54,8 @@ type Res<T> = Result<T, Box<dyn Error>>;
 
 /// `"<role> <name> <cpu or -> <parent pid> [args...]"`: tells the re-executed binary to be an extra child.
 pub const ROLE_VAR: &str = "IPCKIT_SHM_BENCH_EXTRA";
+/// `IPCKIT_SHM_BENCH_F=<pairs>`: run case (f) only (see [`run_f`]).
+pub const F_VAR: &str = "IPCKIT_SHM_BENCH_F";
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const CHILD_IDLE: Duration = Duration::from_secs(60);
@@ -384,8 +390,8 @@ fn rpc8(cpu: Option<usize>) -> Res<f64> {
 }
 
 /// The request and reply channels of a round-trip case, made by the parent.
-fn channel_pair(names: &mut Names, config: &Config) -> Res<(String, ShmChannel, ShmChannel)> {
-    let base = unique("ch");
+fn channel_pair(names: &mut Names, config: &Config, base: &str) -> Res<(String, ShmChannel, ShmChannel)> {
+    let base = base.to_owned();
     let (req, rep) = (format!("{base}-req"), format!("{base}-rep"));
     names.kit.push(req.clone());
     names.kit.push(rep.clone());
@@ -401,7 +407,7 @@ fn mpmc(cpu: Option<usize>, mode: WaitMode, role: &str) -> Res<f64> {
 /// echoes whatever arrives, whatever the flavour).
 fn channel_rtt(cpu: Option<usize>, mode: WaitMode, role: &str, config: &Config) -> Res<f64> {
     let mut names = Names::default();
-    let (base, req, rep) = channel_pair(&mut names, config)?;
+    let (base, req, rep) = channel_pair(&mut names, config, &unique("ch"))?;
     let mut tx = req.sender()?.with_wait(mode);
     let mut rx = rep.receiver()?.with_wait(mode);
     let _kid = Kid::spawn(role, &base, cpu, &[])?;
@@ -427,44 +433,105 @@ enum Touch {
     Full,
 }
 
-/// (f) 1 MiB loan round trip, touching the buffer as `touch` says.
-fn loan(cpu: Option<usize>, touch: Touch) -> Res<f64> {
+impl Touch {
+    fn name(self) -> &'static str {
+        match self {
+            Touch::Header => "hdr",
+            Touch::Pages => "touch",
+            Touch::Full => "full",
+        }
+    }
+}
+
+/// What carries (f)'s 12-byte token and the 8-byte answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// One two-slot RPC call (the token is the request): the same
+    /// transport and harness as c8.
+    Rpc,
+    /// An SPSC channel each way (context: the earlier form of (f)).
+    Spsc,
+}
+
+/// Fills the loaned buffer as `touch` says.
+fn fill(b: &mut [u8], touch: Touch, seq: u8, src: &[u8]) {
+    match touch {
+        Touch::Full => b[..MIB].copy_from_slice(src),
+        Touch::Pages => {
+            for p in (0..MIB).step_by(PAGE) {
+                b[p] = seq;
+            }
+        }
+        Touch::Header => b[..8].copy_from_slice(&u64::from(seq).to_le_bytes()),
+    }
+}
+
+/// (f) 1 MiB loan round trip, touching the buffer as `touch` says, the
+/// token travelling as `via` says.
+fn loan(cpu: Option<usize>, touch: Touch, via: Via) -> Res<f64> {
     let mut names = Names::default();
-    let (base, req, rep) = channel_pair(&mut names, &Config::spsc(8, 16))?;
+    let base = unique("loan");
     let pool_name = format!("{base}-pool");
     names.kit.push(pool_name.clone());
     let pool = LoanPool::create(&pool_name, 4, MIB, 0o600)?;
-    let mut tx = req.sender()?.with_wait(WaitMode::Spin);
-    let mut rx = rep.receiver()?.with_wait(WaitMode::Spin);
-    let role = match touch {
-        Touch::Header => "loan-hdr",
-        Touch::Pages => "loan-touch",
-        Touch::Full => "loan-full",
-    };
-    let _kid = Kid::spawn(role, &base, cpu, &[])?;
     let src = vec![0x5au8; MIB];
     let mut buf = Vec::with_capacity(16);
     let mut seq = 0u8;
-    let r = time_rtt(|| {
-        let mut b = pool.loan_timeout(IO_TIMEOUT)?;
-        seq = seq.wrapping_add(1);
-        match touch {
-            Touch::Full => b[..MIB].copy_from_slice(&src),
-            Touch::Pages => {
-                for p in (0..MIB).step_by(PAGE) {
-                    b[p] = seq;
-                }
-            }
-            Touch::Header => b[..8].copy_from_slice(&u64::from(seq).to_le_bytes()),
+    match via {
+        Via::Rpc => {
+            names.kit.push(base.clone());
+            let _kid = Kid::spawn(&format!("loan-rpc-{}", touch.name()), &base, cpu, &[])?;
+            let mut client = RpcClient::open(&base)?.with_wait(WaitMode::Spin);
+            let r = time_rtt(|| {
+                let mut b = pool.loan_timeout(IO_TIMEOUT)?;
+                seq = seq.wrapping_add(1);
+                fill(&mut b, touch, seq, &src);
+                let token = b.send(MIB);
+                client.call_into(&token.to_bytes(), &mut buf, IO_TIMEOUT)?;
+                black_box(&buf);
+                Ok(())
+            });
+            let _ = client.call_into(&QUIT, &mut buf, IO_TIMEOUT);
+            r
         }
-        let token = b.send(MIB);
-        tx.send_bytes(&token.to_bytes(), Some(IO_TIMEOUT))?;
-        rx.recv_into(&mut buf, Some(IO_TIMEOUT))?;
-        black_box(&buf);
+        Via::Spsc => {
+            let (_, req, rep) = channel_pair(&mut names, &Config::spsc(8, 16), &base)?;
+            let mut tx = req.sender()?.with_wait(WaitMode::Spin);
+            let mut rx = rep.receiver()?.with_wait(WaitMode::Spin);
+            let _kid = Kid::spawn(&format!("loan-spsc-{}", touch.name()), &base, cpu, &[])?;
+            let r = time_rtt(|| {
+                let mut b = pool.loan_timeout(IO_TIMEOUT)?;
+                seq = seq.wrapping_add(1);
+                fill(&mut b, touch, seq, &src);
+                let token = b.send(MIB);
+                tx.send_bytes(&token.to_bytes(), Some(IO_TIMEOUT))?;
+                rx.recv_into(&mut buf, Some(IO_TIMEOUT))?;
+                black_box(&buf);
+                Ok(())
+            });
+            let _ = tx.send_bytes(&QUIT, Some(IO_TIMEOUT));
+            r
+        }
+    }
+}
+
+/// The loan machinery's own work, in one process (no line moves between
+/// CPUs): loan, write 8 bytes, send, redeem, read 8 bytes, drop.
+fn loan_local() -> Res<f64> {
+    let mut names = Names::default();
+    let name = unique("loan-local");
+    names.kit.push(name.clone());
+    let pool = LoanPool::create(&name, 4, MIB, 0o600)?;
+    let mut seq = 0u64;
+    time_rtt(|| {
+        let mut b = pool.loan_timeout(IO_TIMEOUT)?;
+        seq += 1;
+        b[..8].copy_from_slice(&seq.to_le_bytes());
+        let token = Token::from_bytes(&b.send(MIB).to_bytes())?;
+        let view = pool.redeem(token)?;
+        black_box(u64::from_le_bytes(view[..8].try_into().expect("8 bytes")));
         Ok(())
-    });
-    let _ = tx.send_bytes(&QUIT, Some(IO_TIMEOUT));
-    r
+    })
 }
 
 /// Which one-way path a throughput run measures.
@@ -484,7 +551,7 @@ fn throughput(cpu: Option<usize>, path: Path, size: usize, reps: usize) -> Res<V
     let mut secs = Vec::with_capacity(reps);
     match path {
         Path::Kit => {
-            let (base, req, rep) = channel_pair(&mut names, &Config::spsc(slots, size))?;
+            let (base, req, rep) = channel_pair(&mut names, &Config::spsc(slots, size), &unique("ch"))?;
             let mut tx = req.sender()?.with_wait(WaitMode::Spin);
             let mut done = rep.receiver()?.with_wait(WaitMode::Spin);
             let _kid = Kid::spawn("thr-kit", &base, cpu, &args)?;
@@ -535,10 +602,90 @@ fn memcpy(size: usize) -> f64 {
     (n * size) as f64 / median(&secs)
 }
 
-/// Runs (e'), (f) and (g) and prints their table and ratios.
-pub fn run(original: &CpuSet) {
+fn us(r: Res<f64>, what: &str) -> f64 {
+    match r {
+        Ok(ns) => ns / 1e3,
+        Err(e) => {
+            eprintln!("extra case {what} failed: {e}");
+            f64::NAN
+        }
+    }
+}
+
+/// (f)'s figures, in microseconds.
+struct FFigures {
+    pairs: usize,
+    c8: f64,
+    hdr: f64,
+    paired: f64,
+    spsc: f64,
+    local: f64,
+    touch: f64,
+    full: f64,
+}
+
+/// (f): c8 and f_loan_hdr alternate `pairs` times (each a fresh child and
+/// segment, same harness, same pinning), so a burst of load on this shared
+/// machine hits both; then the context rows.
+fn f_cases(cpu: Option<usize>, pairs: usize) -> FFigures {
+    let (mut c8s, mut hdrs) = (Vec::new(), Vec::new());
+    for _ in 0..pairs {
+        c8s.push(us(rpc8(cpu), "c8_rpc_spin"));
+        hdrs.push(us(loan(cpu, Touch::Header, Via::Rpc), "f_loan_hdr"));
+    }
+    let paired = median(&hdrs.iter().zip(&c8s).map(|(f, c)| f / c).collect::<Vec<_>>());
+    FFigures {
+        pairs,
+        c8: median(&c8s),
+        hdr: median(&hdrs),
+        paired,
+        spsc: us(loan(cpu, Touch::Header, Via::Spsc), "f_loan_spsc"),
+        local: us(loan_local(), "f_loan_local"),
+        touch: us(loan(cpu, Touch::Pages, Via::Rpc), "f_loan_touch"),
+        full: us(loan(cpu, Touch::Full, Via::Rpc), "f_loan_full"),
+    }
+}
+
+impl FFigures {
+    fn print(&self) {
+        let FFigures { pairs, c8, hdr, paired, spsc, local, touch, full } = *self;
+        println!("  {:<44}{:>10.3}", "c8_rpc_spin   two-slot RPC, 8 B, Spin", c8);
+        println!("  {:<44}{:>10.3}", "f_loan_hdr    1 MiB loan over the RPC, 8 B w+r", hdr);
+        println!("  {:<44}{:>10.3}", "f_loan_spsc   the same over two SPSC rings", spsc);
+        println!("  {:<44}{:>10.3}", "f_loan_local  loan+send+redeem+drop, 1 process", local);
+        println!("  {:<44}{:>10.3}", "f_loan_touch  1 MiB loan (RPC), 1 byte/page", touch);
+        println!("  {:<44}{:>10.3}", "f_loan_full   1 MiB loan (RPC), every byte", full);
+        let verdict = if hdr / c8 <= 2.0 { "ok" } else { "OVER" };
+        println!(
+            "  f_hdr / c8    {:>8.3}  goal <= 2: {verdict} (the loan machinery; {pairs} alternating pairs, \
+             median of the per-pair ratios {paired:.3})",
+            hdr / c8
+        );
+        println!("  f_spsc / c8   {:>8.3}  (context: the token over two SPSC rings)", spsc / c8);
+        println!(
+            "  (f_hdr - c8 - f_local) / c8 {:>6.3}  (what the two descriptor-line transfers add)",
+            (hdr - c8 - local) / c8
+        );
+        println!("  f_touch / c8  {:>8.3}  (plus 256 cache lines each way)", touch / c8);
+        println!("  f_full / c8   {:>8.3}  (touches 2 MiB; context only)", full / c8);
+    }
+}
+
+/// Only (f), `pairs` alternating pairs (`IPCKIT_SHM_BENCH_F=<pairs>`): a
+/// quick check of its ratio (a few seconds).
+pub fn run_f(original: &CpuSet, pairs: usize) {
+    let cpu = pin_parent(original);
+    let f = f_cases(cpu, pairs.max(1));
+    let _ = rustix::thread::sched_setaffinity(None, original);
+    let place = if cpu.is_some() { "pinned to two CPUs" } else { "unpinned" };
+    println!("Case f ({place}), round trips, median of {RTT_ROUNDS} batch means (us):");
+    f.print();
+}
+
+/// Pins this process to the first allowed CPU; returns the child's CPU.
+fn pin_parent(original: &CpuSet) -> Option<usize> {
     let cpus: Vec<usize> = (0..CpuSet::MAX_CPU).filter(|&c| original.is_set(c)).collect();
-    let child_cpu = match cpus[..] {
+    match cpus[..] {
         [parent, child, ..] => {
             if let Err(e) = rustix::thread::sched_setaffinity(None, &one_cpu(parent)) {
                 eprintln!("extra cases: cannot pin the parent ({e}): unpinned");
@@ -548,30 +695,18 @@ pub fn run(original: &CpuSet) {
             }
         }
         _ => None,
-    };
-    let started = Instant::now();
-    let us = |r: Res<f64>, what: &str| match r {
-        Ok(ns) => ns / 1e3,
-        Err(e) => {
-            eprintln!("extra case {what} failed: {e}");
-            f64::NAN
-        }
-    };
-    // (f)'s goal is a ratio to c8: the two alternate (each a fresh child
-    // and segment), so a burst of load on this shared machine hits both.
-    let (mut c8s, mut f_hdrs) = (Vec::new(), Vec::new());
-    for _ in 0..F_PAIRS {
-        c8s.push(us(rpc8(child_cpu), "c8_rpc_spin"));
-        f_hdrs.push(us(loan(child_cpu, Touch::Header), "f_loan_hdr"));
     }
-    let (c8, f_hdr) = (median(&c8s), median(&f_hdrs));
-    let f_paired = median(&f_hdrs.iter().zip(&c8s).map(|(f, c)| f / c).collect::<Vec<_>>());
+}
+
+/// Runs (e'), (f) and (g) and prints their table and ratios.
+pub fn run(original: &CpuSet) {
+    let child_cpu = pin_parent(original);
+    let started = Instant::now();
+    let f = f_cases(child_cpu, F_PAIRS);
     let e_spin = us(mpmc(child_cpu, WaitMode::Spin, "mpmc-spin"), "e_mpmc_spin");
-    // The channels (f) sends its token and its answer over, without the loan.
+    // The channels (f)'s SPSC context row sends its token and answer over, without the loan.
     let e_spsc = us(channel_rtt(child_cpu, WaitMode::Spin, "mpmc-spin", &Config::spsc(8, 16)), "e_spsc_spin");
     let e_block = us(mpmc(child_cpu, WaitMode::Block, "mpmc-block"), "e_mpmc_block");
-    let f_touch = us(loan(child_cpu, Touch::Pages), "f_loan_touch");
-    let f_full = us(loan(child_cpu, Touch::Full), "f_loan_full");
 
     let gb = |r: Res<f64>, what: &str| match r {
         Ok(bps) => bps / 1e9,
@@ -615,24 +750,12 @@ pub fn run(original: &CpuSet) {
     println!();
     println!("Cases e', f, g ({place}; {:.1} s)", started.elapsed().as_secs_f64());
     println!("Round trips between two processes, median of {RTT_ROUNDS} batch means (us):");
-    println!("  {:<44}{:>10.3}", "c8_rpc_spin   two-slot RPC, 8 B, Spin", c8);
     println!("  {:<44}{:>10.3}", "e_mpmc_spin   MPMC req+reply, 8 B, Spin", e_spin);
     println!("  {:<44}{:>10.3}", "e_mpmc_block  MPMC req+reply, 8 B, Block", e_block);
-    println!("  {:<44}{:>10.3}", "e_spsc_spin   SPSC req+reply, 8 B, Spin (f's rings)", e_spsc);
-    println!("  {:<44}{:>10.3}", "f_loan_hdr    1 MiB loan, first 8 bytes w+r", f_hdr);
-    println!("  {:<44}{:>10.3}", "f_loan_touch  1 MiB loan, 1 byte/page", f_touch);
-    println!("  {:<44}{:>10.3}", "f_loan_full   1 MiB loan, every byte w+r", f_full);
+    println!("  {:<44}{:>10.3}", "e_spsc_spin   SPSC req+reply, 8 B, Spin", e_spsc);
+    println!("  e_spin / c8   {:>8.3}", e_spin / f.c8);
+    f.print();
     let verdict = |ok: bool| if ok { "ok" } else { "OVER" };
-    println!("  e_spin / c8   {:>8.3}", e_spin / c8);
-    println!(
-        "  f_hdr / c8    {:>8.3}  goal <= 2: {} (the loan machinery; {F_PAIRS} alternating pairs, \
-         median of the per-pair ratios {f_paired:.3})",
-        f_hdr / c8,
-        verdict(f_hdr / c8 <= 2.0)
-    );
-    println!("  f_touch / c8  {:>8.3}  (plus 256 cache lines each way)", f_touch / c8);
-    println!("  f_touch / e_spin {:>5.3}", f_touch / e_spin);
-    println!("  f_full / c8   {:>8.3}  (touches 2 MiB; context only)", f_full / c8);
     println!(
         "One-way copy throughput (GB/s, median of {THR_REPS} runs of ~{} MiB, kit and raw alternating):",
         THR_BYTES / MIB
@@ -731,7 +854,35 @@ fn child(spec: &str) -> Res<()> {
                 }
             }
         }
-        "loan-hdr" | "loan-touch" | "loan-full" => {
+        "loan-rpc-hdr" | "loan-rpc-touch" | "loan-rpc-full" => {
+            let touch = &role["loan-rpc-".len()..];
+            let pool = LoanPool::open(&format!("{name}-pool"))?;
+            let mut server = RpcServer::create(name, 64, 0o600)?.with_wait(WaitMode::Spin);
+            ready()?;
+            let mut buf = Vec::with_capacity(64);
+            let r = loop {
+                match server.recv_into(&mut buf, Some(CHILD_IDLE)) {
+                    Ok(()) if buf[..] == QUIT => {
+                        let _ = server.reply(&QUIT);
+                        break Ok(());
+                    }
+                    Ok(()) => {}
+                    Err(RecvTimeoutError::Disconnected) => break Ok(()),
+                    Err(e) => break Err(e.into()),
+                }
+                let sum = match Token::from_bytes(&buf).and_then(|t| pool.redeem(t)) {
+                    Ok(view) => read_loan(&view, touch),
+                    Err(e) => break Err(e.into()),
+                };
+                if let Err(e) = server.reply(&sum.to_le_bytes()) {
+                    break Err(e.into());
+                }
+            };
+            let _ = Segment::remove(name);
+            r
+        }
+        "loan-spsc-hdr" | "loan-spsc-touch" | "loan-spsc-full" => {
+            let touch = &role["loan-spsc-".len()..];
             let pool = LoanPool::open(&format!("{name}-pool"))?;
             let (mut rx, mut tx) = ends(name, WaitMode::Spin)?;
             ready()?;
@@ -743,17 +894,7 @@ fn child(spec: &str) -> Res<()> {
                     Err(RecvTimeoutError::Disconnected) => return Ok(()),
                     Err(e) => return Err(e.into()),
                 }
-                let view = pool.redeem(Token::from_bytes(&buf)?)?;
-                let sum: u64 = if *role == "loan-hdr" {
-                    u64::from_le_bytes(view[..8].try_into().expect("8 bytes"))
-                } else if *role == "loan-full" {
-                    view.chunks_exact(8)
-                        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-                        .fold(0, u64::wrapping_add)
-                } else {
-                    view.iter().step_by(PAGE).map(|&b| u64::from(b)).sum()
-                };
-                drop(view);
+                let sum = read_loan(&pool.redeem(Token::from_bytes(&buf)?)?, touch);
                 tx.send_bytes(&sum.to_le_bytes(), Some(IO_TIMEOUT))?;
             }
         }
@@ -783,6 +924,19 @@ fn child(spec: &str) -> Res<()> {
             Ok(())
         }
         other => Err(format!("unknown role {other:?}").into()),
+    }
+}
+
+/// Reads a redeemed loan in place as `touch` ("hdr", "touch", "full") says;
+/// the view is dropped (the buffer returns to the pool) by the caller.
+fn read_loan(view: &[u8], touch: &str) -> u64 {
+    match touch {
+        "hdr" => u64::from_le_bytes(view[..8].try_into().expect("8 bytes")),
+        "full" => view
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .fold(0, u64::wrapping_add),
+        _ => view.iter().step_by(PAGE).map(|&b| u64::from(b)).sum(),
     }
 }
 

@@ -22,6 +22,20 @@
 //! [`LoanPool::cancel`]. Tokens carry a generation number, so a stale or
 //! forged token is refused, never redeemed against someone else's data.
 //!
+//! # Cost
+//!
+//! A buffer's descriptor and the first 48 bytes of its payload share one
+//! cache line. A loan round trip (loan, fill the header, send, redeem,
+//! read the header, drop) moves that line twice: to the receiver, whose
+//! first access is a read-modify-write that takes it exclusive at once,
+//! and back to the sender, whose claim is one compare-and-swap on the free
+//! word (a load first would fetch the line shared and then again for
+//! writing). Freeing loads one read-mostly header word (the sleeper count)
+//! and moves no other line. A single sender takes back the buffer its
+//! receiver released last, so those are the lines already moving. The
+//! token travels in whatever carries it (12 bytes: inline in a two-slot
+//! RPC request, see [`super::rpc::INLINE`]).
+//!
 //! # Safety
 //!
 //! The views into shared memory are built by `Mapping::slice` /
@@ -230,6 +244,11 @@ impl LoanPool {
     ///
     /// [`Error::Timeout`] when none came free in time.
     pub fn loan_timeout(&self, timeout: Duration) -> Result<LoanMut<'_>> {
+        // The fast path reads no clock: the deadline is set only when no
+        // buffer is free now.
+        if let Some(i) = self.claim(sys::pid()) {
+            return Ok(self.loaned(i));
+        }
         self.loan_inner(Deadline::after(timeout))
     }
 
@@ -242,12 +261,20 @@ impl LoanPool {
         self.loan_inner(Deadline::At(deadline))
     }
 
+    /// Buffer `i`, just claimed `Writing`, as a loan with a new generation.
+    fn loaned(&self, i: usize) -> LoanMut<'_> {
+        // Only the holder of a `Writing` buffer changes its generation, so
+        // a plain load and store do (no locked instruction); the store is
+        // published by `send`'s release store of the state word.
+        let cell = self.generation(i);
+        let generation = cell.load(Ordering::Relaxed).wrapping_add(1);
+        cell.store(generation, Ordering::Relaxed);
+        LoanMut { pool: self, index: i, generation, sent: false }
+    }
+
     fn loan_inner(&self, deadline: Deadline) -> Result<LoanMut<'_>> {
         let me = sys::pid();
-        let loaned = |i: usize| {
-            let generation = self.generation(i).fetch_add(1, Ordering::AcqRel).wrapping_add(1);
-            LoanMut { pool: self, index: i, generation, sent: false }
-        };
+        let loaned = |i: usize| self.loaned(i);
         loop {
             // The fast path touches only the descriptor table.
             if let Some(i) = self.claim(me) {
@@ -278,14 +305,33 @@ impl LoanPool {
     }
 
     /// Finds a free buffer and marks it `Writing` by `me`.
+    ///
+    /// Each look is a compare-and-swap from the free word, not a load
+    /// first: the descriptor's line usually sits modified in the cache of
+    /// the process that just released the buffer, and a load would fetch
+    /// it shared and the swap then fetch it again for writing (two
+    /// transfers of the line instead of one). A single sender starts at
+    /// the same buffer every time, so it takes back the one its receiver
+    /// released last (that line, and the payload's first bytes, are the
+    /// ones already moving).
     fn claim(&self, me: u32) -> Option<usize> {
-        let start = (me as usize).wrapping_mul(2_654_435_761) % self.count;
-        (0..self.count).map(|k| (start + k) % self.count).find(|&i| {
+        // Where this process starts looking: its pid hashed into 0..count
+        // by a multiply and a shift (no division on the fast path).
+        let hash = u64::from(me.wrapping_mul(2_654_435_761));
+        let start = ((hash * self.count as u64) >> 32) as usize;
+        let mine = pack(WRITING, me);
+        (start..self.count).chain(0..start).find(|&i| {
             let w = self.word(i);
             // SeqCst: pairs with the SeqCst free and waiter count (see `announce_free`).
-            let cur = w.load(Ordering::SeqCst);
-            unpack(cur).0 == FREE
-                && w.compare_exchange(cur, pack(WRITING, me), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            match w.compare_exchange(pack(FREE, 0), mine, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => true,
+                // A free word with an owner left in it (only a foreign
+                // writer leaves one): take it as it is.
+                Err(cur) => {
+                    unpack(cur).0 == FREE
+                        && w.compare_exchange(cur, mine, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+                }
+            }
         })
     }
 
@@ -340,21 +386,30 @@ impl LoanPool {
         if i >= self.count || token.len as usize > self.size {
             return Err(bad("outside the pool"));
         }
+        let w = self.word(i);
+        // Take the descriptor's line for writing before reading it: a swap
+        // that changes nothing (the word stays as it is, whatever it holds)
+        // fetches the line from the sender's cache once, exclusive, and
+        // returns the word; the checks and the real swap below are then
+        // local. (Loads first would fetch it shared, and the swap again.)
+        let probe = pack(IN_FLIGHT, 0);
+        let (Ok(cur) | Err(cur)) = w.compare_exchange(probe, probe, Ordering::AcqRel, Ordering::Acquire);
         if self.generation(i).load(Ordering::Acquire) != token.generation
             || self.length(i).load(Ordering::Acquire) != token.len
         {
             return Err(bad("stale (the buffer has been reused)"));
         }
-        let w = self.word(i);
-        let cur = w.load(Ordering::Acquire);
         if unpack(cur).0 != IN_FLIGHT {
             return Err(bad("not in flight (already redeemed or cancelled)"));
         }
         let mine = pack(READING, sys::pid());
         w.compare_exchange(cur, mine, Ordering::AcqRel, Ordering::Relaxed).map_err(|_| bad("raced"))?;
-        // Re-check the generation now that we hold it.
+        // Re-check the generation now that we hold it (the buffer may have
+        // been redeemed, freed, loaned and sent again by the same sender
+        // between the checks and the swap): a stale token puts the buffer
+        // back in flight for the token it was sent with.
         if self.generation(i).load(Ordering::Acquire) != token.generation {
-            self.release(i, mine);
+            let _ = w.compare_exchange(mine, cur, Ordering::AcqRel, Ordering::Relaxed);
             return Err(bad("stale (the buffer has been reused)"));
         }
         Ok(Loan { pool: self, index: i, len: token.len as usize, word: mine })
