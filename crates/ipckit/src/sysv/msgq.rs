@@ -69,6 +69,12 @@ const MSG_WAITERS: usize = Q + 260;
 /// Bumped when room is freed (senders sleep on it), and its sleepers.
 const ROOM_EVT: usize = Q + 264;
 const ROOM_WAITERS: usize = Q + 268;
+/// How many slots ahead of its own a sender prefetches (only while
+/// messages are queued: a sender streaming to a receiver that trails it).
+/// Measured on the 2-vCPU VM, 1 -> 1 pinned: 7.0-8.2 M msg/s without,
+/// 12.2-14.4 M with 16 or 32; 2 and 4 were slower (the line was still
+/// being read), and the round trip (an empty queue) is unchanged.
+const AHEAD: u32 = 16;
 /// The CPU (+ 1; 0: none yet) a receiver, and a sender, last waited on.
 const MSG_CPU: usize = Q + 272;
 const ROOM_CPU: usize = Q + 276;
@@ -744,6 +750,14 @@ impl MessageQueue {
             let likely = ring.taken_word(tpos);
             if len <= INLINE {
                 ring.prefetch_text(tpos, len);
+            }
+            if in_ring > 0 && in_ring + AHEAD < self.slots {
+                // A slot AHEAD positions on, whose last message the
+                // receivers already took (by our view of the head, which
+                // only lags): fetch its lines for writing now, so that the
+                // claim there finds them here instead of waiting for the
+                // receiver's CPU to give them up. A hint: no memory changes.
+                ring.prefetch_slot(tpos.wrapping_add(AHEAD));
             }
             if let Err(w) = ring.claim_from(tpos, likely, me) {
                 if !ring.free_for(tpos, w) {

@@ -231,6 +231,13 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// Starts fetching, for writing, both lines of the slot of `pos` (a
+    /// hint: see [`Mapping::prefetch_write`]).
+    pub(super) fn prefetch_slot(&self, pos: u32) {
+        self.m.prefetch_write(self.off(pos, 0));
+        self.m.prefetch_write(self.off(pos, 64));
+    }
+
     /// The word a slot holds for `pos` when the previous lap's message
     /// was taken: free for `pos` (see [`Ring::free_for`]).
     pub(super) fn taken_word(&self, pos: u32) -> u64 {
