@@ -118,6 +118,23 @@ impl Mapping {
         let _ = off;
     }
 
+    /// Asks the CPU to fetch the cache line at `off` for reading, without
+    /// waiting for it (`prefetcht0`). A hint only: no memory changes, and
+    /// out of bounds it does nothing.
+    pub(crate) fn prefetch_read(&self, off: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = self.check(off, 1, 1) {
+            // SAFETY: `prefetcht0` (SSE, part of x86_64) only moves a cache
+            // line: it never faults, reads or writes nothing architecturally,
+            // and `p` is inside the mapping.
+            unsafe {
+                std::arch::asm!("prefetcht0 byte ptr [{0}]", in(reg) p, options(nostack, preserves_flags, readonly));
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = off;
+    }
+
     /// Copies `dst.len()` bytes out of the mapping at `off`; `false` if out of bounds.
     pub(crate) fn read(&self, off: usize, dst: &mut [u8]) -> bool {
         let Some(p) = self.check(off, dst.len(), 1) else { return false };

@@ -238,6 +238,12 @@ impl<'a> Ring<'a> {
         self.m.prefetch_write(self.off(pos, 64));
     }
 
+    /// Starts fetching, for reading, both lines of the slot of `pos` (a hint).
+    pub(super) fn prefetch_slot_read(&self, pos: u32) {
+        self.m.prefetch_read(self.off(pos, 0));
+        self.m.prefetch_read(self.off(pos, 64));
+    }
+
     /// The word a slot holds for `pos` when the previous lap's message
     /// was taken: free for `pos` (see [`Ring::free_for`]).
     pub(super) fn taken_word(&self, pos: u32) -> u64 {
