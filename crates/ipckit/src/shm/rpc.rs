@@ -23,7 +23,7 @@
 //! the reply word; the client waits for `n` there. When the
 //! client's previous call did not complete (it timed out, or the client is
 //! new), the server may still be copying that request, so the client first
-//! marks the request word as being written ([`WRITING`] bit) and the server
+//! marks the request word as being written (the `WRITING` bit) and the server
 //! re-reads the word after copying (a seqlock): a torn copy is dropped and
 //! read again. One call is in flight at a time. A side that waits
 //! does so as its [`WaitMode`] says (the chapter's "message check mode"):
