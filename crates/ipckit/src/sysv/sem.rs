@@ -428,14 +428,20 @@ impl SemaphoreSet {
         }
         word64(m, CTIME).store(now_secs(), Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
-        Ok(SemaphoreSet {
+        Ok(SemaphoreSet::attach(seg, at))
+    }
+
+    /// This process's handle on a validated set: its credentials and pid,
+    /// fresh spin and yield state.
+    fn attach(seg: Segment, at: Layout) -> SemaphoreSet {
+        SemaphoreSet {
             seg,
             at,
             caller: Caller::current(),
             me: sys::pid(),
             spin: Spin::new(),
             yielding: Yield::new(),
-        })
+        }
     }
 
     /// `semget`: opens set `name` for `access` (checked against its owner
@@ -461,14 +467,7 @@ impl SemaphoreSet {
         if at.end > m.len() {
             return bad("its semaphore count does not fit its segment");
         }
-        let set = SemaphoreSet {
-            seg,
-            at,
-            caller: Caller::current(),
-            me: sys::pid(),
-            spin: Spin::new(),
-            yielding: Yield::new(),
-        };
+        let set = SemaphoreSet::attach(seg, at);
         if !perm::allowed(&set.owner(), &set.caller, access) {
             return Err(Error::PermissionDenied(name.to_owned()));
         }
