@@ -118,6 +118,28 @@ impl Mapping {
         let _ = off;
     }
 
+    /// Tells the CPU that the cache line at `off` will be read by another
+    /// CPU next (`cldemote`: the line moves from this core's private caches
+    /// to the shared last-level cache, so the other core's load finds it
+    /// there instead of snooping this core). A hint only: no memory changes;
+    /// a CPU without the instruction executes it as a no-op (its encoding is
+    /// in the reserved-hint space), and out of bounds it does nothing.
+    #[inline]
+    pub(crate) fn demote(&self, off: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = self.check(off, 1, 1) {
+            // SAFETY: `cldemote` only moves a cache line between cache
+            // levels: it never faults, reads or writes nothing
+            // architecturally (a no-op where unsupported), and `p` is
+            // inside the mapping.
+            unsafe {
+                std::arch::asm!("cldemote byte ptr [{0}]", in(reg) p, options(nostack, preserves_flags, readonly));
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = off;
+    }
+
     /// Asks the CPU to fetch the cache line at `off` for reading, without
     /// waiting for it (`prefetcht0`). A hint only: no memory changes, and
     /// out of bounds it does nothing.
