@@ -7,19 +7,23 @@
 //! * `c8_rpc_spin`: the 8-byte two-slot RPC round trip (`WaitMode::Spin`),
 //!   measured here again as the reference of (f) (the two alternate, three
 //!   times each, each time with a fresh child and segment);
-//! * (f) `f_loan_hdr`: a 1 MiB zero-copy loan round trip: the parent loans
-//!   a 1 MiB buffer, writes its first 8 bytes and sends the 12-byte token
-//!   as the request of a two-slot RPC call (`WaitMode::Spin`, the same
-//!   transport, harness and pinning as c8); the child redeems it, reads
-//!   those 8 bytes, drops the view (the buffer returns to the pool) and
-//!   answers with an 8-byte reply: the loan machinery itself (loan, token,
-//!   redeem, release) on top of c8. Goal: within 2x of `c8_rpc_spin`.
-//!   Context rows: `f_loan_spsc`, the same with the token and the answer
-//!   over two SPSC channels (the earlier form of (f)); `f_loan_touch`
-//!   writes and reads one byte in every 4 KiB page (256 cache lines each
-//!   way) and `f_loan_full` every byte (touching 1 MiB twice): what the
-//!   payload costs, which no IPC mechanism can make within 2x of an 8-byte
-//!   round trip. `IPCKIT_SHM_BENCH_F=<pairs>` runs (f) alone;
+//! * (f) `f_loan_hdr`: a 1 MiB zero-copy loan round trip over the two-slot
+//!   RPC (`WaitMode::Spin`, the same transport, harness and pinning as c8,
+//!   in a segment with 1 MiB slots): the parent borrows the 1 MiB request
+//!   slot in place (`RpcClient::loan`), writes its first 8 bytes and calls
+//!   with a 1 MiB request; the child takes a view of it in place
+//!   (`RpcServer::recv_view`, no copy), reads those 8 bytes, lets the
+//!   request go and answers with an 8-byte reply. Goal: within 2x of
+//!   `c8_rpc_spin`.
+//!   Context rows: `f_pool_rpc`, a `LoanPool` buffer of 1 MiB whose 12-byte
+//!   token travels as the request of the same RPC (loan, token, redeem,
+//!   release: the loan that works over any channel); `f_pool_spsc`, that
+//!   token and the answer over two SPSC channels; `f_pool_local`, the pool
+//!   machinery in one process; `f_loan_touch` writes and reads one byte in
+//!   every 4 KiB page of the in-place request (256 cache lines each way) and
+//!   `f_loan_full` every byte (touching 1 MiB twice): what the payload costs,
+//!   which no IPC mechanism can make within 2x of an 8-byte round trip.
+//!   `IPCKIT_SHM_BENCH_F=<pairs>` runs (f) alone;
 //! * (g) one-way copy throughput at 64 B, 4 KiB, 64 KiB and 1 MiB: an ipckit
 //!   SPSC channel (`send_bytes` / `recv_into`, spinning) against a raw
 //!   single-producer single-consumer ring written here (no ipckit code: one
@@ -443,13 +447,14 @@ impl Touch {
     }
 }
 
-/// What carries (f)'s 12-byte token and the 8-byte answer.
+/// Where (f)'s 1 MiB buffer lives and what carries it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Via {
-    /// One two-slot RPC call (the token is the request): the same
-    /// transport and harness as c8.
+    /// The two-slot RPC's own request slot, lent in place (the case (f)).
+    InPlace,
+    /// A pool buffer whose token is the request of one two-slot RPC call.
     Rpc,
-    /// An SPSC channel each way (context: the earlier form of (f)).
+    /// A pool buffer whose token and answer go over an SPSC channel each way.
     Spsc,
 }
 
@@ -471,13 +476,29 @@ fn fill(b: &mut [u8], touch: Touch, seq: u8, src: &[u8]) {
 fn loan(cpu: Option<usize>, touch: Touch, via: Via) -> Res<f64> {
     let mut names = Names::default();
     let base = unique("loan");
-    let pool_name = format!("{base}-pool");
-    names.kit.push(pool_name.clone());
-    let pool = LoanPool::create(&pool_name, 4, MIB, 0o600)?;
     let src = vec![0x5au8; MIB];
     let mut buf = Vec::with_capacity(16);
     let mut seq = 0u8;
+    if via == Via::InPlace {
+        names.kit.push(base.clone());
+        let _kid = Kid::spawn(&format!("loan-inplace-{}", touch.name()), &base, cpu, &[])?;
+        let mut client = RpcClient::open(&base)?.with_wait(WaitMode::Spin);
+        let r = time_rtt(|| {
+            let mut req = client.loan_timeout(IO_TIMEOUT)?;
+            seq = seq.wrapping_add(1);
+            fill(&mut req, touch, seq, &src);
+            req.call_into(MIB, &mut buf, IO_TIMEOUT)?;
+            black_box(&buf);
+            Ok(())
+        });
+        let _ = client.call_into(&QUIT, &mut buf, IO_TIMEOUT);
+        return r;
+    }
+    let pool_name = format!("{base}-pool");
+    names.kit.push(pool_name.clone());
+    let pool = LoanPool::create(&pool_name, 4, MIB, 0o600)?;
     match via {
+        Via::InPlace => unreachable!("handled above"),
         Via::Rpc => {
             names.kit.push(base.clone());
             let _kid = Kid::spawn(&format!("loan-rpc-{}", touch.name()), &base, cpu, &[])?;
@@ -618,6 +639,7 @@ struct FFigures {
     c8: f64,
     hdr: f64,
     paired: f64,
+    pool: f64,
     spsc: f64,
     local: f64,
     touch: f64,
@@ -631,7 +653,7 @@ fn f_cases(cpu: Option<usize>, pairs: usize) -> FFigures {
     let (mut c8s, mut hdrs) = (Vec::new(), Vec::new());
     for _ in 0..pairs {
         c8s.push(us(rpc8(cpu), "c8_rpc_spin"));
-        hdrs.push(us(loan(cpu, Touch::Header, Via::Rpc), "f_loan_hdr"));
+        hdrs.push(us(loan(cpu, Touch::Header, Via::InPlace), "f_loan_hdr"));
     }
     let paired = median(&hdrs.iter().zip(&c8s).map(|(f, c)| f / c).collect::<Vec<_>>());
     FFigures {
@@ -639,33 +661,35 @@ fn f_cases(cpu: Option<usize>, pairs: usize) -> FFigures {
         c8: median(&c8s),
         hdr: median(&hdrs),
         paired,
-        spsc: us(loan(cpu, Touch::Header, Via::Spsc), "f_loan_spsc"),
-        local: us(loan_local(), "f_loan_local"),
-        touch: us(loan(cpu, Touch::Pages, Via::Rpc), "f_loan_touch"),
-        full: us(loan(cpu, Touch::Full, Via::Rpc), "f_loan_full"),
+        pool: us(loan(cpu, Touch::Header, Via::Rpc), "f_pool_rpc"),
+        spsc: us(loan(cpu, Touch::Header, Via::Spsc), "f_pool_spsc"),
+        local: us(loan_local(), "f_pool_local"),
+        touch: us(loan(cpu, Touch::Pages, Via::InPlace), "f_loan_touch"),
+        full: us(loan(cpu, Touch::Full, Via::InPlace), "f_loan_full"),
     }
 }
 
 impl FFigures {
     fn print(&self) {
-        let FFigures { pairs, c8, hdr, paired, spsc, local, touch, full } = *self;
-        println!("  {:<44}{:>10.3}", "c8_rpc_spin   two-slot RPC, 8 B, Spin", c8);
-        println!("  {:<44}{:>10.3}", "f_loan_hdr    1 MiB loan over the RPC, 8 B w+r", hdr);
-        println!("  {:<44}{:>10.3}", "f_loan_spsc   the same over two SPSC rings", spsc);
-        println!("  {:<44}{:>10.3}", "f_loan_local  loan+send+redeem+drop, 1 process", local);
-        println!("  {:<44}{:>10.3}", "f_loan_touch  1 MiB loan (RPC), 1 byte/page", touch);
-        println!("  {:<44}{:>10.3}", "f_loan_full   1 MiB loan (RPC), every byte", full);
+        let FFigures { pairs, c8, hdr, paired, pool, spsc, local, touch, full } = *self;
+        println!("  {:<46}{:>10.3}", "c8_rpc_spin   two-slot RPC, 8 B, Spin", c8);
+        println!("  {:<46}{:>10.3}", "f_loan_hdr    1 MiB RPC request in place, 8 B w+r", hdr);
+        println!("  {:<46}{:>10.3}", "f_pool_rpc    1 MiB pool loan, token as RPC request", pool);
+        println!("  {:<46}{:>10.3}", "f_pool_spsc   the same over two SPSC rings", spsc);
+        println!("  {:<46}{:>10.3}", "f_pool_local  loan+send+redeem+drop, 1 process", local);
+        println!("  {:<46}{:>10.3}", "f_loan_touch  1 MiB in place, 1 byte/page", touch);
+        println!("  {:<46}{:>10.3}", "f_loan_full   1 MiB in place, every byte", full);
         let verdict = if hdr / c8 <= 2.0 { "ok" } else { "OVER" };
         println!(
-            "  f_hdr / c8    {:>8.3}  goal <= 2: {verdict} (the loan machinery; {pairs} alternating pairs, \
+            "  f_hdr / c8    {:>8.3}  goal <= 2: {verdict} ({pairs} alternating pairs, \
              median of the per-pair ratios {paired:.3})",
             hdr / c8
         );
-        println!("  f_spsc / c8   {:>8.3}  (context: the token over two SPSC rings)", spsc / c8);
         println!(
-            "  (f_hdr - c8 - f_local) / c8 {:>6.3}  (what the two descriptor-line transfers add)",
-            (hdr - c8 - local) / c8
+            "  f_pool / c8   {:>8.3}  (context: a pool buffer, its token as the RPC request)",
+            pool / c8
         );
+        println!("  f_spsc / c8   {:>8.3}  (context: the pool token over two SPSC rings)", spsc / c8);
         println!("  f_touch / c8  {:>8.3}  (plus 256 cache lines each way)", touch / c8);
         println!("  f_full / c8   {:>8.3}  (touches 2 MiB; context only)", full / c8);
     }
@@ -853,6 +877,28 @@ fn child(spec: &str) -> Res<()> {
                     Err(e) => return Err(e.into()),
                 }
             }
+        }
+        "loan-inplace-hdr" | "loan-inplace-touch" | "loan-inplace-full" => {
+            let touch = &role["loan-inplace-".len()..];
+            let mut server = RpcServer::create(name, MIB, 0o600)?.with_wait(WaitMode::Spin);
+            ready()?;
+            let r = loop {
+                let view = match server.recv_view(Some(CHILD_IDLE)) {
+                    Ok(view) => view,
+                    Err(RecvTimeoutError::Disconnected) => break Ok(()),
+                    Err(e) => break Err(e.into()),
+                };
+                if view[..] == QUIT {
+                    let _ = view.reply(&QUIT);
+                    break Ok(());
+                }
+                let sum = read_loan(&view, touch);
+                if let Err(e) = view.reply(&sum.to_le_bytes()) {
+                    break Err(e.into());
+                }
+            };
+            let _ = Segment::remove(name);
+            r
         }
         "loan-rpc-hdr" | "loan-rpc-touch" | "loan-rpc-full" => {
             let touch = &role["loan-rpc-".len()..];

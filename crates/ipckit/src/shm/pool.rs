@@ -7,10 +7,12 @@
 //! copy in, no copy out. The buffer returns to the pool when the receiver
 //! drops its view.
 //!
-//! Each buffer has a descriptor word holding its state and its holder's pid:
+//! Each buffer has a descriptor word holding its state and its holder's pid
+//! (in flight: the generation it was sent with, so one compare-and-swap
+//! both checks a token and takes the buffer):
 //!
 //! ```text
-//! Free --loan--> Writing(sender) --send--> InFlight(sender) --redeem--> Reading(receiver) --drop--> Free
+//! Free --loan--> Writing(sender) --send--> InFlight(generation) --redeem--> Reading(receiver) --drop--> Free
 //!                    |--drop unsent--> Free      |--cancel--> Free
 //! ```
 //!
@@ -35,6 +37,13 @@
 //! receiver released last, so those are the lines already moving. The
 //! token travels in whatever carries it (12 bytes: inline in a two-slot
 //! RPC request, see [`super::rpc::INLINE`]).
+//!
+//! Those two line transfers come on top of the carrier's own, one after
+//! the other (the receiver learns which line to fetch from the token): over
+//! the two-slot RPC a pool loan costs about three times an 8-byte call. A
+//! large request to a two-slot RPC server is cheaper lent in place
+//! ([`super::rpc::RpcClient::loan`]): its first bytes travel with the
+//! status word.
 //!
 //! # Safety
 //!
@@ -387,30 +396,24 @@ impl LoanPool {
             return Err(bad("outside the pool"));
         }
         let w = self.word(i);
-        // Take the descriptor's line for writing before reading it: a swap
-        // that changes nothing (the word stays as it is, whatever it holds)
-        // fetches the line from the sender's cache once, exclusive, and
-        // returns the word; the checks and the real swap below are then
-        // local. (Loads first would fetch it shared, and the swap again.)
-        let probe = pack(IN_FLIGHT, 0);
-        let (Ok(cur) | Err(cur)) = w.compare_exchange(probe, probe, Ordering::AcqRel, Ordering::Acquire);
-        if self.generation(i).load(Ordering::Acquire) != token.generation
-            || self.length(i).load(Ordering::Acquire) != token.len
-        {
-            return Err(bad("stale (the buffer has been reused)"));
-        }
-        if unpack(cur).0 != IN_FLIGHT {
-            return Err(bad("not in flight (already redeemed or cancelled)"));
-        }
+        // One compare-and-swap checks and takes the buffer: an `InFlight`
+        // word carries the generation it was sent with (see
+        // `LoanMut::send`), so the swap succeeds only for the token of
+        // this sending, exactly once, and fetches the descriptor's line
+        // from the sender once, exclusive (the checks below are local).
+        let sent = pack(IN_FLIGHT, token.generation);
         let mine = pack(READING, sys::pid());
-        w.compare_exchange(cur, mine, Ordering::AcqRel, Ordering::Relaxed).map_err(|_| bad("raced"))?;
-        // Re-check the generation now that we hold it (the buffer may have
-        // been redeemed, freed, loaned and sent again by the same sender
-        // between the checks and the swap): a stale token puts the buffer
-        // back in flight for the token it was sent with.
-        if self.generation(i).load(Ordering::Acquire) != token.generation {
-            let _ = w.compare_exchange(mine, cur, Ordering::AcqRel, Ordering::Relaxed);
-            return Err(bad("stale (the buffer has been reused)"));
+        if let Err(cur) = w.compare_exchange(sent, mine, Ordering::AcqRel, Ordering::Acquire) {
+            return Err(bad(if unpack(cur).0 == IN_FLIGHT {
+                "stale (the buffer has been reused)"
+            } else {
+                "not in flight (already redeemed, cancelled or reused)"
+            }));
+        }
+        if self.length(i).load(Ordering::Acquire) != token.len {
+            // A forged length: the buffer goes back in flight for the real token.
+            let _ = w.compare_exchange(mine, sent, Ordering::AcqRel, Ordering::Relaxed);
+            return Err(bad("its length is not the length sent"));
         }
         Ok(Loan { pool: self, index: i, len: token.len as usize, word: mine })
     }
@@ -456,7 +459,7 @@ impl LoanMut<'_> {
         let len = len.min(self.pool.size) as u32;
         self.pool.length(self.index).store(len, Ordering::Release);
         let w = self.pool.word(self.index);
-        w.store(pack(IN_FLIGHT, sys::pid()), Ordering::Release);
+        w.store(pack(IN_FLIGHT, self.generation), Ordering::Release);
         self.sent = true;
         Token { index: self.index as u32, generation: self.generation, len }
     }

@@ -11,10 +11,27 @@
 //! user area offset  what
 //! 0                 server pid, client pid, slot capacity, server/client may sleep
 //! 64                exchange line: request state, waiters, len; reply state, waiters, len;
-//!                   20 inline request bytes; 20 inline reply bytes
-//! 128               request data area (capacity bytes, for longer requests)
-//! 128 + cap'        (unused line) | reply data area (capacity bytes)
+//!                   20 inline reply bytes; the request's first 20 bytes
+//! 128               the rest of the request (capacity - 20 bytes; contiguous with its start)
+//! 128 + cap'        hold word (the server's own line) | reply data area (capacity bytes)
 //! ```
+//!
+//! # Zero-copy requests
+//!
+//! A request lies contiguously from byte 44 of the exchange line on, so it
+//! can be written and read where it lies: [`RpcClient::loan`] lends the
+//! request slot (up to the capacity) for the client to fill, and
+//! [`RpcServer::recv_view`] hands the server a view of it instead of a
+//! copy. Its first bytes travel with the status word, as a small request's
+//! do, so a zero-copy call of a large request costs about what an 8-byte
+//! call costs when the server reads only its start. While the server holds
+//! a view it says so in its hold word (on a line of its own: the store
+//! moves no shared line); a client whose previous call did not complete
+//! waits for the hold to clear before it writes the slot again, and a
+//! server that took a request the client has meanwhile marked as being
+//! rewritten lets it go (both sides store, fence, then look at the other's
+//! word, so one of them sees the other). A client whose last call
+//! completed needs no look: the server replied, so it had let go.
 //!
 //! The status words hold sequence numbers, and nobody writes them back:
 //! the client writes request `n` and stores `n` in the request word; the
@@ -53,7 +70,18 @@
 //! the reader, which spins on this very line, has the shortest possible
 //! window in which to take the line away between them; the reader copies
 //! the inline words out as one fixed-size block and cuts it to the length.
+//!
+//! # Safety
+//!
+//! The in-place views are built by `Mapping::slice`/`slice_mut`, whose
+//! contract the hold protocol keeps: the client's mutable view exists only
+//! while no request is published and no hold is set, the server's view
+//! only while its hold is set, and its length was checked against the slot
+//! size. A hostile peer can still scribble on the slot; the bytes are then
+//! garbage, never an out-of-bounds access.
+#![allow(unsafe_code)]
 
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -83,10 +111,17 @@ const SLOT_HEADER: usize = 64;
 /// cache line (both directions share it).
 pub const INLINE: usize = 20;
 /// In the exchange line (the request slot's header): the reply's words
-/// after the request's, then the request's and the reply's inline bytes.
+/// after the request's, the reply's inline bytes, then the request's bytes:
+/// a request of any length is stored contiguously from `REQ_BYTES` on (its
+/// first [`INLINE`] bytes in the exchange line, the rest in the lines after
+/// it), so a request can be written and read in place (zero copy).
 const REPLY_WORDS: usize = 12;
-const REQ_INLINE: usize = 24;
-const REP_INLINE: usize = 44;
+const REP_INLINE: usize = 24;
+const REQ_BYTES: usize = 44;
+/// The server's hold word (in the otherwise unused first line of the reply
+/// slot, which only the server writes): the sequence number of the request
+/// it is reading in place ([`RequestView`]), 0 when none.
+const HOLD: usize = 0;
 /// The request word's "being written" bit (the rest is the sequence number).
 const WRITING: u32 = 1 << 31;
 
@@ -191,7 +226,7 @@ impl<'a> Slot<'a> {
     /// The request slot of `layout`.
     #[inline]
     fn request(map: &'a Mapping, line: &'a Line, layout: &Layout) -> Self {
-        Slot::new(map, line, 0, REQ_INLINE, layout.request + SLOT_HEADER, layout.cap)
+        Slot::new(map, line, 0, REQ_BYTES, layout.request + REQ_BYTES, layout.cap)
     }
 
     /// The reply slot of `layout`: its words and inline bytes share the
@@ -210,15 +245,10 @@ impl<'a> Slot<'a> {
     }
 
     /// Copies a message in and publishes it as `seq` (the caller owns the
-    /// slot). `guard`: a reader may still be copying the previous message,
-    /// so mark the word as being written first.
+    /// slot: nobody reads it meanwhile, see `RpcClient::begin`).
     #[inline]
-    fn put(&self, data: &[u8], seq: u32, guard: bool, reader_sleepy: &AtomicU32) {
+    fn put(&self, data: &[u8], seq: u32, reader_sleepy: &AtomicU32) {
         let (state, waiters, len) = (self.state, self.waiters, self.len);
-        if guard {
-            state.store(seq | WRITING, Ordering::Relaxed);
-            fence(Ordering::Release);
-        }
         // Whether the reader may sleep, read before the first store.
         let sleepy = reader_sleepy.load(Ordering::Relaxed) != 0;
         if data.len() <= INLINE {
@@ -250,6 +280,14 @@ impl<'a> Slot<'a> {
             len.store(data.len() as u32, Ordering::Relaxed);
         }
         publish_to(state, waiters, sleepy, seq);
+    }
+
+    /// Publishes as `seq` a message of `len` bytes already written in place.
+    #[inline]
+    fn publish_in_place(&self, len: usize, seq: u32, reader_sleepy: &AtomicU32) {
+        let sleepy = reader_sleepy.load(Ordering::Relaxed) != 0;
+        self.len.store(len as u32, Ordering::Relaxed);
+        publish_to(self.state, self.waiters, sleepy, seq);
     }
 
     /// Copies out the message published as `seen` (validating its length).
@@ -407,6 +445,69 @@ impl RpcServer {
         }
     }
 
+    /// Receives the next request in place (zero copy): a view of the
+    /// request slot's bytes, which the client does not touch until the view
+    /// is dropped (or answered with [`RequestView::reply`]). Pairs with
+    /// [`RpcClient::loan`] for large requests, and works with requests sent
+    /// by any form of `call`. `timeout: None` waits forever.
+    ///
+    /// # Errors
+    ///
+    /// As [`RpcServer::recv_timeout`]: [`crate::RecvTimeoutError::Frame`]
+    /// when the client published a length over the slot size.
+    #[inline]
+    pub fn recv_view(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<RequestView<'_>, crate::RecvTimeoutError> {
+        let (seq, len) = self.view_inner(Due::after(timeout)).map_err(crate::RecvTimeoutError::from_fault)?;
+        Ok(RequestView { server: Some(self), seq, len })
+    }
+
+    #[inline]
+    fn view_inner(&mut self, mut due: Due) -> Result<(u32, usize), Fault> {
+        let map: &Mapping = self.seg.mapping();
+        let (_, line) = lines(map);
+        let req = Slot::request(map, line, &self.layout);
+        let hold = word(map, self.layout.reply + HOLD);
+        let client_gone = || {
+            let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
+            pid == 0 || sys::process_alive(pid)
+        };
+        loop {
+            let last = self.last;
+            let fresh = |w: u32| w != last && w & WRITING == 0;
+            let seen = match wait_until(req.state(), req.waiters(), self.mode, &mut due, fresh, client_gone) {
+                Ok(seen) => seen,
+                Err(Fault::Disconnected) => {
+                    let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
+                    let _ =
+                        word(map, CLIENT_PID).compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+                    return Err(Fault::Disconnected);
+                }
+                Err(e) => return Err(e),
+            };
+            let len = req.len.load(Ordering::Relaxed) as usize;
+            if len > self.layout.cap {
+                self.last = seen;
+                return Err(Fault::Frame(crate::FrameError::TooLarge { len, max: self.layout.cap }));
+            }
+            // Hold it, then check it is still the published request: SeqCst,
+            // against the client's mark and look at the hold word
+            // (`RpcClient::begin`). A client that gave up on it meanwhile
+            // has marked the word: let it go and wait for the next one.
+            // (A swap is the full barrier: cheaper than a store and `mfence`.)
+            hold.swap(seen, Ordering::SeqCst);
+            if req.state().load(Ordering::SeqCst) != seen {
+                hold.store(0, Ordering::Release);
+                continue;
+            }
+            self.last = seen;
+            self.current = Some(seen);
+            return Ok((seen, len));
+        }
+    }
+
     /// Answers the request last received. Never blocks for long: the reply
     /// slot is free unless the client abandoned an earlier reply, which is
     /// then overwritten.
@@ -429,7 +530,7 @@ impl RpcServer {
         // the slot while it is overwritten.
         let map = self.seg.mapping();
         let (header, line) = lines(map);
-        Slot::reply(map, line, &self.layout).put(data, seq, false, at(header, CLIENT_SLEEPY - HEADER_LEN));
+        Slot::reply(map, line, &self.layout).put(data, seq, at(header, CLIENT_SLEEPY - HEADER_LEN));
         Ok(())
     }
 }
@@ -442,6 +543,63 @@ impl Drop for RpcServer {
             Ordering::AcqRel,
             Ordering::Relaxed,
         );
+    }
+}
+
+/// A request read in place ([`RpcServer::recv_view`]): deref to its bytes.
+/// The client writes the slot again only after the view is dropped, so
+/// the bytes stay as they were published (unless the client is hostile:
+/// then they are garbage, never out of bounds). Answer with
+/// [`RequestView::reply`], or drop the view and call [`RpcServer::reply`].
+#[derive(Debug)]
+pub struct RequestView<'a> {
+    /// `None` once answered (the hold is released before the reply).
+    server: Option<&'a mut RpcServer>,
+    seq: u32,
+    len: usize,
+}
+
+impl RequestView<'_> {
+    /// The request's sequence number (as a log or trace key).
+    pub fn seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// Lets the request go and answers it.
+    ///
+    /// # Errors
+    ///
+    /// As [`RpcServer::reply`].
+    pub fn reply(mut self, data: &[u8]) -> Result<(), ReplyError> {
+        let server = self.server.take().expect("a view is answered once");
+        release_hold(server);
+        server.reply(data)
+    }
+}
+
+/// Clears the server's hold word: the client may write its slot again.
+fn release_hold(server: &RpcServer) {
+    word(server.seg.mapping(), server.layout.reply + HOLD).store(0, Ordering::Release);
+}
+
+impl Deref for RequestView<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let s = self.server.as_deref().expect("a view is read before it is answered");
+        // SAFETY: the hold word says this server reads the request: a
+        // client following the protocol writes the slot only after seeing
+        // it cleared (`RpcClient::begin`), and `len` was checked against
+        // the slot size.
+        unsafe { s.seg.mapping().slice(s.layout.request + REQ_BYTES, self.len) }
+            .expect("the request area is inside the validated layout")
+    }
+}
+
+impl Drop for RequestView<'_> {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            release_hold(server);
+        }
     }
 }
 
@@ -569,16 +727,62 @@ impl RpcClient {
         if request.len() > self.layout.cap {
             return Err(Fault::TooLarge { len: request.len(), max: self.layout.cap });
         }
+        let seq = self.begin(&mut due)?;
         let map: &Mapping = self.seg.mapping();
-        let server = || alive(map, SERVER_PID);
         let (header, line) = lines(map);
-        let req = Slot::request(map, line, &self.layout);
-        let rep = Slot::reply(map, line, &self.layout);
+        Slot::request(map, line, &self.layout).put(request, seq, at(header, SERVER_SLEEPY - HEADER_LEN));
+        self.finish(seq, out, due)
+    }
+
+    /// Takes the request slot for the next call and returns its number.
+    /// When the previous call did not complete (it timed out, or this
+    /// client is new) the server may still be reading that request: copying
+    /// it (the `WRITING` mark makes its seqlock check fail, and it reads the
+    /// next one instead) or holding it in place (a [`RequestView`]: then
+    /// wait, until `due`, for the server to let it go).
+    #[inline]
+    fn begin(&mut self, due: &mut Due) -> Result<u32, Fault> {
         self.seq = next_seq(self.seq);
         let seq = self.seq;
+        if self.unfinished {
+            let map: &Mapping = self.seg.mapping();
+            word(map, self.layout.request).store(seq | WRITING, Ordering::Relaxed);
+            // SeqCst, against the server's hold store and re-check
+            // (`RpcServer::recv_view`): either it sees the mark and lets the
+            // request go, or this load sees its hold.
+            fence(Ordering::SeqCst);
+            let hold = word(map, self.layout.reply + HOLD);
+            let mut naps = 0u32;
+            while hold.load(Ordering::Acquire) != 0 {
+                if due.resolve().expired() {
+                    return Err(Fault::Timeout);
+                }
+                if !alive(map, SERVER_PID) {
+                    return Err(Fault::Disconnected);
+                }
+                // The server holds a request for as long as its code reads
+                // it: poll, backing off to 1 ms.
+                naps = (naps + 1).min(20);
+                if naps < 10 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_micros(50 << (naps - 10).min(4)));
+                }
+            }
+            self.unfinished = false;
+        }
+        Ok(seq)
+    }
+
+    /// Waits for the reply to call `seq` (published) and copies it out.
+    #[inline]
+    fn finish(&mut self, seq: u32, out: &mut Vec<u8>, mut due: Due) -> Result<(), Fault> {
         // Until the reply is in, this request counts as possibly being read.
-        let guard = std::mem::replace(&mut self.unfinished, true);
-        req.put(request, seq, guard, at(header, SERVER_SLEEPY - HEADER_LEN));
+        self.unfinished = true;
+        let map: &Mapping = self.seg.mapping();
+        let server = || alive(map, SERVER_PID);
+        let (_, line) = lines(map);
+        let rep = Slot::reply(map, line, &self.layout);
         loop {
             // A reply to a call that already gave up has another number: it
             // is never taken (the next reply overwrites it).
@@ -589,6 +793,120 @@ impl RpcClient {
             }
             tracing::debug!("the reply word changed while the reply was copied: reading again");
         }
+    }
+
+    /// Borrows the request slot to write the next request in place (zero
+    /// copy: the server reads it where it lies, see
+    /// [`RpcServer::recv_view`]), waiting at most the client's timeout for
+    /// the server to let go of an earlier request it still holds.
+    ///
+    /// # Errors
+    ///
+    /// [`CallError::Timeout`]; [`CallError::Disconnected`] when the server died.
+    pub fn loan(&mut self) -> Result<RequestLoan<'_>, CallError> {
+        self.loan_timeout(self.timeout)
+    }
+
+    /// As [`RpcClient::loan`], waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`RpcClient::loan`].
+    #[inline]
+    pub fn loan_timeout(&mut self, timeout: Duration) -> Result<RequestLoan<'_>, CallError> {
+        let seq = self.begin(&mut Due::After(timeout)).map_err(CallError::from_fault)?;
+        Ok(RequestLoan { client: self, seq })
+    }
+}
+
+/// The request slot of an [`RpcClient`], lent for writing a request in
+/// place: deref to the slot's bytes (the segment's `max_message` of them),
+/// write the request at the start, then [`RequestLoan::call`] with its
+/// length. Dropping it unsent makes no call.
+///
+/// # Examples
+///
+/// ```
+/// use ipckit::shm::rpc::{RpcClient, RpcServer};
+/// let name = format!("doc-rpc-loan-{}", std::process::id());
+/// let mut server = RpcServer::create(&name, 1 << 20, 0o600)?;
+/// let t = std::thread::spawn(move || {
+///     let view = server.recv_view(None).unwrap();   // the request, in place
+///     let sum: u64 = view.iter().map(|&b| u64::from(b)).sum();
+///     view.reply(&sum.to_le_bytes()).unwrap();
+/// });
+/// let mut client = RpcClient::open(&name)?;
+/// let mut req = client.loan()?;                      // 1 MiB inside the segment
+/// req[..4096].fill(1);
+/// let reply = req.call(4096)?;
+/// assert_eq!(reply, 4096u64.to_le_bytes());
+/// t.join().unwrap();
+/// ipckit::shm::Segment::remove(&name)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct RequestLoan<'a> {
+    client: &'a mut RpcClient,
+    seq: u32,
+}
+
+impl RequestLoan<'_> {
+    /// Sends the first `len` bytes of the slot as the request and waits for
+    /// the reply, at most the client's timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`RpcClient::call`].
+    pub fn call(self, len: usize) -> Result<Vec<u8>, CallError> {
+        let timeout = self.client.timeout;
+        let mut out = Vec::new();
+        self.call_into(len, &mut out, timeout)?;
+        Ok(out)
+    }
+
+    /// As [`RequestLoan::call`], waiting at most `timeout` and writing the
+    /// reply into `out`.
+    ///
+    /// # Errors
+    ///
+    /// As [`RpcClient::call`].
+    #[inline]
+    pub fn call_into(self, len: usize, out: &mut Vec<u8>, timeout: Duration) -> Result<(), CallError> {
+        let RequestLoan { client, seq } = self;
+        if len > client.layout.cap {
+            return Err(CallError::TooLarge { len, max: client.layout.cap });
+        }
+        let map: &Mapping = client.seg.mapping();
+        let (header, line) = lines(map);
+        Slot::request(map, line, &client.layout).publish_in_place(
+            len,
+            seq,
+            at(header, SERVER_SLEEPY - HEADER_LEN),
+        );
+        client.finish(seq, out, Due::After(timeout)).map_err(CallError::from_fault)
+    }
+}
+
+impl Deref for RequestLoan<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let c = &*self.client;
+        // SAFETY: the client owns the request slot between `begin` and the
+        // publication of its request: the server reads it only once it is
+        // published (and no longer holds an earlier one, checked by
+        // `begin`), so no process following the protocol writes it now.
+        unsafe { c.seg.mapping().slice(c.layout.request + REQ_BYTES, c.layout.cap) }
+            .expect("the request area is inside the validated layout")
+    }
+}
+
+impl DerefMut for RequestLoan<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let c = &*self.client;
+        // SAFETY: as for `deref`; `&mut self` makes this the only view in
+        // this process (the loan borrows the client mutably).
+        unsafe { c.seg.mapping().slice_mut(c.layout.request + REQ_BYTES, c.layout.cap) }
+            .expect("the request area is inside the validated layout")
     }
 }
 

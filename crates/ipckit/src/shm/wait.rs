@@ -91,7 +91,7 @@ impl Due {
         }
     }
 
-    fn resolve(&mut self) -> Deadline {
+    pub(crate) fn resolve(&mut self) -> Deadline {
         match *self {
             Due::At(d) => d,
             Due::After(t) => {
