@@ -74,6 +74,20 @@ fn child_main() {
                 }
             }
         }
+        // Echo every request in place: one copy, request view to reply slot.
+        "echo" => {
+            let mut s = RpcServer::create(n, MIB, 0o600).unwrap().with_wait(WaitMode::SpinThenBlock(2000));
+            loop {
+                match s.recv_view(Some(LONG)) {
+                    Ok(view) => {
+                        let len = view.len();
+                        view.reply_with(len, |req, rep| rep.copy_from_slice(req)).unwrap();
+                    }
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    Err(e) => panic!("server: {e}"),
+                }
+            }
+        }
         // Take one request in place and keep it until killed.
         "hold" => {
             let mut s = RpcServer::create(n, 4096, 0o600).unwrap().with_wait(WaitMode::Block);
@@ -284,4 +298,55 @@ impl CallVec for ipckit::shm::rpc::RequestLoan<'_> {
         self.call_into(len, &mut out, LONG).unwrap();
         out
     }
+}
+
+/// Both directions in place between processes: the client writes the
+/// request in the slot and reads the echo where the server wrote it, for
+/// inline (up to `INLINE` bytes) and out-of-line lengths up to 1 MiB.
+#[test]
+fn echoes_written_and_read_in_place_both_ways_between_processes() {
+    let n = name("echo");
+    let _c = Cleanup(n.clone());
+    let _kid = Kid(role_command(ROLE, format!("echo:{n}")).spawn().unwrap());
+    let mut client = open_client(&n).with_wait(WaitMode::SpinThenBlock(2000));
+    let calls = if cfg!(debug_assertions) { 120 } else { 600 };
+    for i in 0..calls {
+        let want = request(i);
+        let mut slot = client.loan_timeout(LONG).unwrap();
+        slot[..want.len()].copy_from_slice(&want);
+        let reply = slot.call_view(want.len(), LONG).unwrap();
+        assert!(reply[..] == want[..], "call {i}: {} bytes back for {}", reply.len(), want.len());
+    }
+    // A copied call gets the in-place echo as a copy.
+    assert_eq!(client.call_timeout(b"copied", LONG).unwrap(), b"copied");
+}
+
+/// `RpcServer::reply_with` answers a copied request in place; a reply
+/// length over the slot size is refused, and a hostile one published by
+/// hand is a frame error for `call_view`, not a read out of bounds.
+#[test]
+fn in_place_replies_and_hostile_reply_lengths() {
+    let n = name("reply-with");
+    let _c = Cleanup(n.clone());
+    let mut server = RpcServer::create(&n, 4096, 0o600).unwrap();
+    let mut client = RpcClient::open(&n).unwrap();
+    let view = server.segment().clone();
+    let t = thread::spawn(move || {
+        let req = server.recv_timeout(LONG).unwrap();
+        assert!(matches!(server.reply_with(4097, |_| ()), Err(ipckit::ReplyError::TooLarge { .. })));
+        server.reply_with(3000, |rep| rep.fill(req[0])).unwrap();
+        // Answer the next call with a length no slot holds, by hand.
+        let v = server.recv_view(Some(LONG)).unwrap();
+        let seq = v.seq();
+        drop(v);
+        // Reply slot words (user-area offsets): state at 64 + 12, len at 64 + 20.
+        view.atomic_u32(Offset::new(64 + 20)).unwrap().store(1 << 30, Ordering::Relaxed);
+        view.atomic_u32(Offset::new(64 + 12)).unwrap().store(seq, Ordering::SeqCst);
+        server
+    });
+    assert_eq!(client.call_timeout(&[7], LONG).unwrap(), vec![7u8; 3000]);
+    let slot = client.loan_timeout(LONG).unwrap();
+    let r = slot.call_view(1, LONG).map(|v| v.len());
+    assert!(matches!(r, Err(CallError::Frame(_))), "{r:?}");
+    drop(t.join().unwrap());
 }

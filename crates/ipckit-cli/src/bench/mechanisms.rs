@@ -110,6 +110,14 @@ pub const ALL: &[Mechanism] = &[
         "shm two-slot RpcClient/RpcServer, WaitMode::Spin",
     ),
     m("ipckit-shm-rpc-block", Class::Blocking, MIB, true, false, "shm two-slot RPC, WaitMode::Block"),
+    m(
+        "ipckit-shm-rpc-loan",
+        Class::Polling,
+        MIB,
+        true,
+        false,
+        "shm two-slot RPC in place (loan / recv_view / reply_with / call_view), WaitMode::Spin",
+    ),
     m("ipckit-shm-ring-spin", Class::Polling, MIB, true, true, "two SPSC ShmChannels, WaitMode::Spin"),
     m("ipckit-shm-ring-block", Class::Blocking, MIB, true, true, "two SPSC ShmChannels, WaitMode::Block"),
     m(
@@ -386,6 +394,18 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             pending = Some(Box::new(move |_| {
                 let client = RpcClient::open(&n).context("opening the RPC segment")?.with_wait(mode);
                 Ok(Box::new(ShmRpc { client, out: Vec::new() }) as Box<dyn Link>)
+            }));
+            None
+        }
+        "ipckit-shm-rpc-loan" => {
+            name = unique("rpc-loan");
+            let n = name.clone();
+            cleanup.push(Box::new(move || drop(Segment::remove(&n))));
+            let n = name.clone();
+            pending = Some(Box::new(move |_| {
+                let client =
+                    RpcClient::open(&n).context("opening the RPC segment")?.with_wait(WaitMode::Spin);
+                Ok(Box::new(ShmRpcLoan { client }) as Box<dyn Link>)
             }));
             None
         }
@@ -753,6 +773,30 @@ impl Link for ShmRpc {
         self.client.call_into(msg, &mut self.out, IO_TIMEOUT).context("shm call")?;
         if self.out.len() != msg.len() {
             fail!("reply of {} bytes, not {}", self.out.len(), msg.len());
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, _msg: &[u8]) -> Result<()> {
+        fail!("request-response only")
+    }
+}
+
+/// The two-slot RPC with both messages in place, as iceoryx2's
+/// request-response does with its loans: the request is written into the
+/// slot (one copy), the server echoes it into the reply slot (one copy),
+/// the reply is read where it lies.
+struct ShmRpcLoan {
+    client: RpcClient,
+}
+
+impl Link for ShmRpcLoan {
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+        let mut slot = self.client.loan_timeout(IO_TIMEOUT).context("shm loan")?;
+        slot[..msg.len()].copy_from_slice(msg);
+        let reply = slot.call_view(msg.len(), IO_TIMEOUT).context("shm call")?;
+        if reply.len() != msg.len() {
+            fail!("reply of {} bytes, not {}", reply.len(), msg.len());
         }
         Ok(())
     }
@@ -1151,6 +1195,18 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
                 match server.recv_into(&mut buf, Some(Duration::from_secs(3600))) {
                     Ok(()) => server.reply(&buf).context("reply")?,
                     Err(_) => continue,
+                }
+            }
+        }
+        "ipckit-shm-rpc-loan" => {
+            let mut server = RpcServer::create(&args.name, size, 0o600)
+                .context("creating the RPC segment")?
+                .with_wait(WaitMode::Spin);
+            ready()?;
+            loop {
+                if let Ok(view) = server.recv_view(Some(Duration::from_secs(3600))) {
+                    let len = view.len();
+                    view.reply_with(len, |req, rep| rep.copy_from_slice(req)).context("reply")?;
                 }
             }
         }

@@ -11,15 +11,15 @@
 //! user area offset  what
 //! 0                 server pid, client pid, slot capacity, server/client may sleep
 //! 64                exchange line: request state, waiters, len; reply state, waiters, len;
-//!                   20 inline reply bytes; the request's first 20 bytes
-//! 128               the rest of the request (capacity - 20 bytes; contiguous with its start)
+//!                   16 inline reply bytes (24..40); the request's first 16 bytes (48..64)
+//! 128               the rest of the request (capacity - 16 bytes; contiguous with its start)
 //! 128 + cap'        hold word (the server's own line) | reply data area (capacity bytes)
 //! ```
 //!
 //! # Zero-copy requests
 //!
-//! A request lies contiguously from byte 44 of the exchange line on, so it
-//! can be written and read where it lies: [`RpcClient::loan`] lends the
+//! A request lies contiguously from byte 48 of the exchange line on (16-byte
+//! aligned), so it can be written and read where it lies: [`RpcClient::loan`] lends the
 //! request slot (up to the capacity) for the client to fill, and
 //! [`RpcServer::recv_view`] hands the server a view of it instead of a
 //! copy. Its first bytes travel with the status word, as a small request's
@@ -32,6 +32,11 @@
 //! rewritten lets it go (both sides store, fence, then look at the other's
 //! word, so one of them sees the other). A client whose last call
 //! completed needs no look: the server replied, so it had let go.
+//! Replies can be written in place too ([`RpcServer::reply_with`],
+//! [`RequestView::reply_with`], which sees the request and the reply
+//! buffer at once) and read in place ([`RequestLoan::call_view`]): an echo
+//! of a large message then costs two copies, as with iceoryx2's loans,
+//! instead of four.
 //!
 //! The status words hold sequence numbers, and nobody writes them back:
 //! the client writes request `n` and stores `n` in the request word; the
@@ -109,7 +114,7 @@ const REQUEST: usize = HEADER_LEN + 64;
 const SLOT_HEADER: usize = 64;
 /// Requests and replies up to this long travel in the status words'
 /// cache line (both directions share it).
-pub const INLINE: usize = 20;
+pub const INLINE: usize = 16;
 /// In the exchange line (the request slot's header): the reply's words
 /// after the request's, the reply's inline bytes, then the request's bytes:
 /// a request of any length is stored contiguously from `REQ_BYTES` on (its
@@ -117,7 +122,7 @@ pub const INLINE: usize = 20;
 /// it), so a request can be written and read in place (zero copy).
 const REPLY_WORDS: usize = 12;
 const REP_INLINE: usize = 24;
-const REQ_BYTES: usize = 44;
+const REQ_BYTES: usize = 48;
 /// The server's hold word (in the otherwise unused first line of the reply
 /// slot, which only the server writes): the sequence number of the request
 /// it is reading in place ([`RequestView`]), 0 when none.
@@ -535,6 +540,74 @@ impl RpcServer {
     }
 }
 
+impl RpcServer {
+    /// Answers the request last received with a reply of `len` bytes
+    /// written in place by `fill` (zero copy: the client can read it in
+    /// place too, see [`RequestLoan::call_view`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`RpcServer::reply`].
+    pub fn reply_with(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), ReplyError> {
+        self.reply_in_place_of(0, len, |_, rep| fill(rep))
+    }
+
+    /// The reply of `len` bytes to the current request, written by `fill`
+    /// (given the request area's first `req_len` bytes, for
+    /// [`RequestView::reply_with`]) and published.
+    fn reply_in_place_of(
+        &mut self,
+        req_len: usize,
+        len: usize,
+        fill: impl FnOnce(&[u8], &mut [u8]),
+    ) -> Result<(), ReplyError> {
+        let Some(seq) = self.current.take() else {
+            return Err(ReplyError::Disconnected);
+        };
+        if len > self.layout.cap {
+            self.current = Some(seq);
+            return Err(ReplyError::TooLarge { len, max: self.layout.cap });
+        }
+        let map = self.seg.mapping();
+        let req_at = self.layout.request + REQ_BYTES;
+        // SAFETY: the request (`req_len` > 0 only from a `RequestView`,
+        // which holds it and checked its length) and the reply area are
+        // disjoint: the request lies from byte 48 of the exchange line on,
+        // a small reply in bytes 24..40 of it, a large one in the reply
+        // slot's own area. The server owns the reply area until it
+        // publishes the reply (the client reads a reply only once its word
+        // holds the call's number, which the publish below stores).
+        let (req, rep) = unsafe {
+            (
+                map.slice(req_at, req_len).expect("checked request length"),
+                map.slice_mut(reply_at(&self.layout, len), len).expect("length checked against capacity"),
+            )
+        };
+        fill(req, rep);
+        if req_len > 0 {
+            release_hold(self);
+        }
+        let map = self.seg.mapping();
+        let (header, line) = lines(map);
+        Slot::reply(map, line, &self.layout).publish_in_place(
+            len,
+            seq,
+            at(header, CLIENT_SLEEPY - HEADER_LEN),
+        );
+        Ok(())
+    }
+}
+
+/// Where a reply of `len` bytes lies: inline in the exchange line when it
+/// fits, else in the reply slot's area (as `Slot::put` stores it).
+fn reply_at(layout: &Layout, len: usize) -> usize {
+    if len <= INLINE {
+        layout.request + REP_INLINE
+    } else {
+        layout.reply + SLOT_HEADER
+    }
+}
+
 impl Drop for RpcServer {
     fn drop(&mut self) {
         let _ = word(self.seg.mapping(), SERVER_PID).compare_exchange(
@@ -574,6 +647,22 @@ impl RequestView<'_> {
         let server = self.server.take().expect("a view is answered once");
         release_hold(server);
         server.reply(data)
+    }
+
+    /// Answers with a reply of `len` bytes written in place by `fill`,
+    /// which is given the request (still held) and the reply buffer: an
+    /// echo or a transform costs one copy, not four.
+    ///
+    /// # Errors
+    ///
+    /// As [`RpcServer::reply`].
+    pub fn reply_with(mut self, len: usize, fill: impl FnOnce(&[u8], &mut [u8])) -> Result<(), ReplyError> {
+        let server = self.server.take().expect("a view is answered once");
+        let r = server.reply_in_place_of(self.len, len, fill);
+        if r.is_err() {
+            release_hold(server);
+        }
+        r
     }
 }
 
@@ -884,6 +973,67 @@ impl RequestLoan<'_> {
             at(header, SERVER_SLEEPY - HEADER_LEN),
         );
         client.finish(seq, out, Due::After(timeout)).map_err(CallError::from_fault)
+    }
+}
+
+impl<'a> RequestLoan<'a> {
+    /// As [`RequestLoan::call_into`], but the reply is read in place (zero
+    /// copy): the view lives until the client's next call.
+    ///
+    /// # Errors
+    ///
+    /// As [`RpcClient::call`].
+    pub fn call_view(self, len: usize, timeout: Duration) -> Result<ReplyView<'a>, CallError> {
+        let RequestLoan { client, seq } = self;
+        if len > client.layout.cap {
+            return Err(CallError::TooLarge { len, max: client.layout.cap });
+        }
+        let map: &Mapping = client.seg.mapping();
+        let (header, line) = lines(map);
+        Slot::request(map, line, &client.layout).publish_in_place(
+            len,
+            seq,
+            at(header, SERVER_SLEEPY - HEADER_LEN),
+        );
+        client.unfinished = true;
+        let mut due = Due::After(timeout);
+        let map: &Mapping = client.seg.mapping();
+        let server = || alive(map, SERVER_PID);
+        let (_, line) = lines(map);
+        let rep = Slot::reply(map, line, &client.layout);
+        wait_until(rep.state(), rep.waiters(), client.mode, &mut due, |w| w == seq, server)
+            .map_err(CallError::from_fault)?;
+        let rlen = rep.len.load(Ordering::Relaxed) as usize;
+        if rlen > client.layout.cap {
+            return Err(CallError::from_fault(Fault::Frame(crate::FrameError::TooLarge {
+                len: rlen,
+                max: client.layout.cap,
+            })));
+        }
+        client.unfinished = false;
+        Ok(ReplyView { client, len: rlen })
+    }
+}
+
+/// A reply read in place ([`RequestLoan::call_view`]): deref to its bytes.
+/// The server writes the reply slot again only to answer the client's next
+/// call, which the view's borrow of the client rules out while it lives.
+#[derive(Debug)]
+pub struct ReplyView<'a> {
+    client: &'a mut RpcClient,
+    len: usize,
+}
+
+impl Deref for ReplyView<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let c = &*self.client;
+        // SAFETY: the reply to this client's call was published (its word
+        // holds the call's number) and its length checked; a server
+        // following the protocol writes the slot again only for the next
+        // call, which cannot be made while this view borrows the client.
+        unsafe { c.seg.mapping().slice(reply_at(&c.layout, self.len), self.len) }
+            .expect("the reply area is inside the validated layout")
     }
 }
 
