@@ -104,7 +104,7 @@ impl Connection {
 
     recv_forms!(Message);
 
-    fn recv_inner(&mut self, deadline: Deadline) -> Result<Message, Fault> {
+    pub(crate) fn recv_inner(&mut self, deadline: Deadline) -> Result<Message, Fault> {
         let frame = self.reader.recv(deadline)?;
         match frame.kind {
             Kind::Data => {

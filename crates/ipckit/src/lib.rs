@@ -40,6 +40,8 @@
 
 #[macro_use]
 mod forms;
+#[cfg(feature = "tokio")]
+pub mod aio;
 mod channel;
 mod connection;
 mod error;

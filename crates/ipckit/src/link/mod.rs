@@ -149,6 +149,12 @@ impl Reader {
         Ok(self.buf[self.start..self.end].to_vec())
     }
 
+    /// The descriptor this half reads from.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn shared_fd(&self) -> Arc<OwnedFd> {
+        self.fd.clone()
+    }
+
     /// Whether a complete frame is already buffered (no system call needed).
     pub(crate) fn has_frame(&self) -> bool {
         if self.mode.packet || self.end - self.start < HEADER_LEN {
@@ -435,11 +441,6 @@ impl Writer {
         }
     }
 
-    /// Writes a control frame with no body.
-    pub(crate) fn send_control(&mut self, kind: Kind, id: u64, deadline: Deadline) -> Result<(), Fault> {
-        self.send_parts(kind, id, &[], &[], &[], deadline)
-    }
-
     /// Writes one message as a frame. On success the caller drops the
     /// message (closing this process's copies of any handles in it).
     pub(crate) fn send(
@@ -449,8 +450,22 @@ impl Writer {
         msg: &Message,
         deadline: Deadline,
     ) -> Result<(), Fault> {
+        let mut out = self.outgoing(kind, id, msg)?;
+        let fds = frame_fds(msg);
+        self.send_frame(&mut out, &msg.data, &fds, deadline)
+    }
+
+    /// Writes a control frame with no body.
+    pub(crate) fn send_control(&mut self, kind: Kind, id: u64, deadline: Deadline) -> Result<(), Fault> {
+        let mut out = self.outgoing_parts(kind, id, Vec::new(), 0)?;
+        self.send_frame(&mut out, &[], &[], deadline)
+    }
+
+    /// Checks a message against this link and encodes its frame header
+    /// (and handle table): what is left to write, nothing written yet.
+    pub(crate) fn outgoing(&self, kind: Kind, id: u64, msg: &Message) -> Result<Outgoing, Fault> {
         if msg.handles.is_empty() {
-            return self.send_parts(kind, id, &[], &msg.data, &[], deadline);
+            return self.outgoing_parts(kind, id, Vec::new(), msg.data.len());
         }
         if !self.mode.socket {
             return Err(Fault::Io(std::io::Error::new(
@@ -462,53 +477,42 @@ impl Writer {
         if metas.len() > wire::MAX_HANDLES {
             return Err(Fault::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "too many handles")));
         }
-        let table = wire::encode_table(&metas);
-        let fds: Vec<BorrowedFd<'_>> =
-            msg.handles.iter().flat_map(|h| h.fds.iter().map(|f| f.as_fd())).collect();
-        if fds.len() > sys::MAX_FDS_PER_MESSAGE {
+        if msg.handles.iter().map(|h| h.fds.len()).sum::<usize>() > sys::MAX_FDS_PER_MESSAGE {
             return Err(Fault::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "too many descriptors",
             )));
         }
-        self.send_parts(kind, id, &table, &msg.data, &fds, deadline)
+        self.outgoing_parts(kind, id, wire::encode_table(&metas), msg.data.len())
     }
 
-    fn send_parts(
-        &mut self,
-        kind: Kind,
-        id: u64,
-        table: &[u8],
-        data: &[u8],
-        fds: &[BorrowedFd<'_>],
-        deadline: Deadline,
-    ) -> Result<(), Fault> {
+    fn outgoing_parts(&self, kind: Kind, id: u64, table: Vec<u8>, data: usize) -> Result<Outgoing, Fault> {
         if self.broken {
             return Err(Fault::Disconnected);
         }
-        let len = table.len() + data.len();
+        let len = table.len() + data;
         if len > self.max {
             return Err(Fault::TooLarge { len, max: self.max });
         }
         let header = Header { kind, handles: !table.is_empty(), len, id }.encode();
-        let total = HEADER_LEN + len;
-        let mut done = 0usize;
+        Ok(Outgoing { header, table, done: 0, total: HEADER_LEN + len })
+    }
+
+    /// Writes what is left of `out` (whose body is `data`, whose
+    /// descriptors are `fds`), waiting until `deadline`.
+    fn send_frame(
+        &mut self,
+        out: &mut Outgoing,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+        deadline: Deadline,
+    ) -> Result<(), Fault> {
+        let len = out.total - HEADER_LEN;
         loop {
-            let (parts, n) = remaining_slices([&header, table, data], done);
-            let r = if !fds.is_empty() && done == 0 {
-                sys::sendmsg_fds(self.fd.as_fd(), &parts[..n], fds)
-            } else {
-                sys::writev(self.fd.as_fd(), self.mode.socket, &parts[..n], deadline == Deadline::Never)
-            };
-            match r {
-                Ok(Xfer::Done(n)) => {
-                    done += n;
-                    if done == total {
-                        return Ok(());
-                    }
-                }
-                Ok(Xfer::WouldBlock) => {}
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error()) => {
+            match self.write_some(out, data, fds, deadline == Deadline::Never) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(Fault::Io(e)) if e.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error()) => {
                     // Below our own limit, but the kernel takes no datagram
                     // larger than about the socket's send buffer.
                     return Err(Fault::Io(std::io::Error::new(
@@ -519,23 +523,100 @@ impl Writer {
                         ),
                     )));
                 }
-                Err(e) => {
-                    if done > 0 {
-                        self.broken = true;
-                    }
-                    return Err(e.into());
-                }
+                Err(e) => return Err(e),
             }
             if !sys::wait(self.fd.as_fd(), Interest::Write, deadline)? {
-                if done > 0 {
+                if out.done > 0 {
                     // Half a frame is on the wire; the rest will never follow.
                     self.broken = true;
-                    tracing::warn!(done, total, "send timed out mid-frame; the link is now unusable");
+                    tracing::warn!(
+                        done = out.done,
+                        total = out.total,
+                        "send timed out mid-frame; the link is now unusable"
+                    );
                 }
                 return Err(Fault::Timeout);
             }
         }
     }
+
+    /// One write of what is left of `out` (blocking in the kernel only if
+    /// `block`): `Ok(true)` once the whole frame is out, `Ok(false)` when
+    /// the kernel took nothing or part of it (wait until writable, then
+    /// call again). An error after part of a frame went out leaves the link
+    /// unusable.
+    pub(crate) fn write_some(
+        &mut self,
+        out: &mut Outgoing,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+        block: bool,
+    ) -> Result<bool, Fault> {
+        if self.broken {
+            return Err(Fault::Disconnected);
+        }
+        let (parts, n) = remaining_slices([&out.header, &out.table, data], out.done);
+        let r = if !fds.is_empty() && out.done == 0 {
+            sys::sendmsg_fds(self.fd.as_fd(), &parts[..n], fds)
+        } else {
+            sys::writev(self.fd.as_fd(), self.mode.socket, &parts[..n], block)
+        };
+        match r {
+            Ok(Xfer::Done(n)) => {
+                out.done += n;
+                Ok(out.done == out.total)
+            }
+            Ok(Xfer::WouldBlock) => Ok(false),
+            Err(e) => {
+                if out.done > 0 {
+                    self.broken = true;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Marks the link unusable: a frame was left half written (an async
+    /// send dropped before it finished).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn break_mid_frame(&mut self) {
+        self.broken = true;
+    }
+
+    /// The descriptor this half writes to.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn shared_fd(&self) -> Arc<OwnedFd> {
+        self.fd.clone()
+    }
+}
+
+/// A frame on its way out: its header and handle table, and how many of its
+/// bytes (header, table, body) are written.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    header: [u8; HEADER_LEN],
+    table: Vec<u8>,
+    done: usize,
+    total: usize,
+}
+
+impl Outgoing {
+    /// Bytes of the frame written so far.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn written(&self) -> usize {
+        self.done
+    }
+
+    /// Whether part of the frame, but not all, is written.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn started(&self) -> bool {
+        self.done > 0 && self.done < self.total
+    }
+}
+
+/// The descriptors a message's handles carry, in order.
+pub(crate) fn frame_fds(msg: &Message) -> Vec<BorrowedFd<'_>> {
+    msg.handles.iter().flat_map(|h| h.fds.iter().map(|f| f.as_fd())).collect()
 }
 
 /// The parts of `bufs` that remain after skipping `skip` bytes (no allocation).
