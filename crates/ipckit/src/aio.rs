@@ -43,9 +43,13 @@ use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Serialize};
+
 use crate::connection::Connection;
-use crate::error::{Fault, RecvError, SendError};
-use crate::link::frame_fds;
+use crate::error::{CallError, Fault, FrameError, RecvError, ReplyError, SendError};
+use crate::link::{frame_fds, Frame};
 use crate::message::Message;
 use crate::sys::{Deadline, PeerCred};
 use crate::wire::Kind;
@@ -132,7 +136,12 @@ impl AsyncConnection {
     }
 
     async fn send_inner(&mut self, msg: &Message) -> Result<(), Fault> {
-        let mut out = self.conn.writer.outgoing(Kind::Data, 0, msg)?;
+        self.send_frame(Kind::Data, 0, msg).await
+    }
+
+    /// Writes `msg` as one frame of `kind` numbered `id`.
+    async fn send_frame(&mut self, kind: Kind, id: u64, msg: &Message) -> Result<(), Fault> {
+        let mut out = self.conn.writer.outgoing(kind, id, msg)?;
         let fds = frame_fds(msg);
         // Dropped (cancelled) after part of the frame went out: the stream
         // has lost its frame boundary, so no later send may follow.
@@ -167,22 +176,194 @@ impl AsyncConnection {
     ///
     /// As [`Connection::recv`].
     pub async fn recv(&mut self) -> Result<Message, RecvError> {
+        let frame = self.recv_frame().await.map_err(RecvError::from_fault)?;
+        match frame.kind {
+            Kind::Data => {
+                let mut msg = frame.msg;
+                msg.peer = self.conn.peer;
+                Ok(msg)
+            }
+            other => Err(RecvError::from_fault(Fault::Frame(FrameError::Unexpected(other as u8)))),
+        }
+    }
+
+    /// Receives the next RPC request (sent by a blocking
+    /// [`crate::rpc::Client`] or an [`AsyncClient`]); answer it with
+    /// [`AsyncConnection::reply`]. Cancel-safe.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncConnection::recv`]; a frame that is not a request is a
+    /// [`RecvError::Frame`].
+    pub async fn recv_request(&mut self) -> Result<AsyncRequest, RecvError> {
+        let frame = self.recv_frame().await.map_err(RecvError::from_fault)?;
+        match frame.kind {
+            Kind::Request => {
+                let mut msg = frame.msg;
+                msg.peer = self.conn.peer;
+                Ok(AsyncRequest { id: frame.id, msg })
+            }
+            other => Err(RecvError::from_fault(Fault::Frame(FrameError::Unexpected(other as u8)))),
+        }
+    }
+
+    /// Answers request `id` (from [`AsyncRequest::id`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::rpc::Request::reply`].
+    pub async fn reply(&mut self, id: u64, reply: impl Into<Message>) -> Result<(), ReplyError> {
+        let reply = reply.into();
+        self.send_frame(Kind::Reply, id, &reply).await.map_err(ReplyError::from_fault)
+    }
+
+    async fn recv_frame(&mut self) -> Result<Frame, Fault> {
         loop {
             // A frame may already be buffered (read along with an earlier
             // one): then there is nothing to wait for.
-            let mut ready = if self.conn.reader.has_frame() {
-                None
-            } else {
-                Some(self.read.readable().await.map_err(|e| RecvError::from_fault(e.into()))?)
-            };
-            match self.conn.recv_inner(Deadline::Now) {
+            let mut ready =
+                if self.conn.reader.has_frame() { None } else { Some(self.read.readable().await?) };
+            match self.conn.reader.recv(Deadline::Now) {
                 // The read that found nothing more hit EAGAIN: the readiness is stale.
                 Err(Fault::Timeout) => {
                     if let Some(r) = ready.as_mut() {
                         r.clear_ready();
                     }
                 }
-                r => return r.map_err(RecvError::from_fault),
+                r => return r,
+            }
+        }
+    }
+}
+
+/// An RPC request received by [`AsyncConnection::recv_request`].
+#[derive(Debug)]
+pub struct AsyncRequest {
+    id: u64,
+    msg: Message,
+}
+
+impl AsyncRequest {
+    /// The number to answer it with ([`AsyncConnection::reply`]).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The request's payload.
+    pub fn bytes(&self) -> &[u8] {
+        self.msg.bytes()
+    }
+
+    /// The whole message (payload, handles, the sender's credentials).
+    pub fn message(&mut self) -> &mut Message {
+        &mut self.msg
+    }
+
+    /// Decodes a typed request (postcard).
+    ///
+    /// # Errors
+    ///
+    /// When the bytes are not a `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, postcard::Error> {
+        postcard::from_bytes(self.msg.bytes())
+    }
+}
+
+/// The calling end of an RPC connection, async: one call at a time (`&mut
+/// self`; open several connections for concurrent calls). Its peer may be a
+/// blocking [`crate::rpc::Server`] or an async task answering with
+/// [`AsyncConnection::recv_request`] / [`AsyncConnection::reply`]. Every call
+/// has a timeout (default 5 s, as [`crate::rpc::Client`]): a server that
+/// never answers cannot hang the caller. A call that timed out or was
+/// cancelled after its request went out gets no reply; the reply, if it
+/// comes later, is recognised by its number and dropped.
+#[derive(Debug)]
+pub struct AsyncClient {
+    conn: AsyncConnection,
+    next_id: u64,
+    timeout: Duration,
+    late_replies: u64,
+}
+
+impl AsyncClient {
+    /// A client over `conn`, with the default timeout.
+    pub fn new(conn: AsyncConnection) -> AsyncClient {
+        AsyncClient { conn, next_id: 1, timeout: crate::rpc::DEFAULT_TIMEOUT, late_replies: 0 }
+    }
+
+    /// Sets the timeout of [`AsyncClient::call`].
+    pub fn with_timeout(mut self, timeout: Duration) -> AsyncClient {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The server's credentials as the kernel recorded them (`SO_PEERCRED`).
+    pub fn peer_cred(&self) -> Option<PeerCred> {
+        self.conn.peer_cred()
+    }
+
+    /// How many replies arrived after their call had given up (dropped).
+    pub fn late_replies(&self) -> u64 {
+        self.late_replies
+    }
+
+    /// Sends `request` and waits for its reply, at most the client's timeout.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::rpc::Client::call`].
+    pub async fn call(&mut self, request: impl Into<Message>) -> Result<Message, CallError> {
+        self.call_timeout(request, self.timeout).await
+    }
+
+    /// As [`AsyncClient::call`], waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::rpc::Client::call`].
+    pub async fn call_timeout(
+        &mut self,
+        request: impl Into<Message>,
+        timeout: Duration,
+    ) -> Result<Message, CallError> {
+        let request = request.into();
+        match tokio::time::timeout(timeout, self.call_inner(&request)).await {
+            Ok(r) => r.map_err(CallError::from_fault),
+            Err(_) => Err(CallError::Timeout),
+        }
+    }
+
+    /// A typed call: `request` encoded with postcard, the reply decoded as `R`.
+    ///
+    /// # Errors
+    ///
+    /// As [`AsyncClient::call`], plus [`CallError::Codec`].
+    pub async fn call_typed<Q: Serialize, R: DeserializeOwned>(
+        &mut self,
+        request: &Q,
+    ) -> Result<R, CallError> {
+        let bytes = postcard::to_stdvec(request)?;
+        let reply = self.call(bytes).await?;
+        Ok(postcard::from_bytes(reply.bytes())?)
+    }
+
+    async fn call_inner(&mut self, request: &Message) -> Result<Message, Fault> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.conn.send_frame(Kind::Request, id, request).await?;
+        loop {
+            let frame = self.conn.recv_frame().await?;
+            match frame.kind {
+                Kind::Reply if frame.id == id => {
+                    let mut msg = frame.msg;
+                    msg.peer = self.conn.conn.peer;
+                    return Ok(msg);
+                }
+                Kind::Reply => {
+                    self.late_replies += 1;
+                    tracing::debug!(id = frame.id, "dropping a reply whose call already gave up");
+                }
+                other => return Err(Fault::Frame(FrameError::Unexpected(other as u8))),
             }
         }
     }

@@ -7,8 +7,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ipckit::aio::AsyncConnection;
+use ipckit::aio::{AsyncClient, AsyncConnection};
+use ipckit::rpc::{Client, Server};
 use ipckit::spawn::{self, Inherit};
+use ipckit::CallError;
 use ipckit::{Connection, Message, RecvError, SendError, SocketKind};
 use tokio::time::timeout;
 
@@ -42,6 +44,41 @@ fn child_main() {
                 conn.send(i.to_le_bytes().to_vec()).unwrap();
             }
             std::thread::sleep(LONG * 10);
+        }
+        // A blocking RPC server: echo reversed; "slow" answers after 300 ms;
+        // typed requests ("square", u32) are answered with the square (u64).
+        "rpc-server" => {
+            let mut server = Server::new();
+            server.add(conn);
+            server
+                .serve(|req| {
+                    if req.bytes() == b"slow" {
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    if let Ok((tag, n)) = req.decode::<(String, u32)>() {
+                        if tag == "square" {
+                            return Message::new(
+                                postcard::to_stdvec(&(u64::from(n) * u64::from(n))).unwrap(),
+                            );
+                        }
+                    }
+                    let mut v = req.bytes().to_vec();
+                    v.reverse();
+                    Message::new(v)
+                })
+                .unwrap();
+            std::process::exit(0);
+        }
+        // A blocking RPC client: 300 calls, each answer checked; exit 0 if all right.
+        "rpc-client" => {
+            let client = Client::new(conn).with_timeout(LONG);
+            for i in 0..300usize {
+                let req = pattern(i, [3, 5000, 300_000][i % 3]);
+                let got = client.call(req.clone()).unwrap();
+                let want: Vec<u8> = req.iter().map(|b| b.wrapping_add(1)).collect();
+                assert_eq!(got.bytes(), &want[..], "call {i}");
+            }
+            std::process::exit(0);
         }
         // Send one message, then exit (the parent then sees the end).
         "once" => conn.send("bye").unwrap(),
@@ -207,4 +244,55 @@ async fn frames_buffered_by_one_read_are_all_received() {
         let m = timeout(LONG, a.recv()).await.unwrap_or_else(|_| panic!("message {i} never came")).unwrap();
         assert_eq!(m.bytes(), i.to_le_bytes());
     }
+}
+
+/// An async client calling a blocking RPC server in another process: byte
+/// and typed calls, and a call that times out, whose late reply is dropped
+/// instead of answering the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_client_against_a_blocking_server_process() {
+    let (ours, theirs) = Connection::pair(SocketKind::Stream).unwrap();
+    let _kid = child("rpc-server", theirs.with_max_message_size(8 * MIB));
+    let conn = AsyncConnection::new(ours.with_max_message_size(8 * MIB)).unwrap();
+    let mut client = AsyncClient::new(conn).with_timeout(LONG);
+    assert!(client.peer_cred().is_some());
+    for i in 0..100usize {
+        let req = pattern(i, [6, 70_000, MIB][i % 3]);
+        let got = client.call(req.clone()).await.unwrap();
+        let mut want = req;
+        want.reverse();
+        assert!(got.bytes() == &want[..], "call {i}");
+    }
+    let sq: u64 = client.call_typed(&("square", 1234u32)).await.unwrap();
+    assert_eq!(sq, 1234 * 1234);
+    let r = client.call_timeout("slow", Duration::from_millis(100)).await;
+    assert!(matches!(r, Err(CallError::Timeout)), "{r:?}");
+    // The slow reply arrives while this call waits for its own: dropped.
+    let got = client.call(b"after".to_vec()).await.unwrap();
+    assert_eq!(got.bytes(), b"retfa");
+    assert_eq!(client.late_replies(), 1);
+}
+
+/// An async task serving a blocking RPC client in another process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_server_task_answers_a_blocking_client_process() {
+    let (ours, theirs) = Connection::pair(SocketKind::Stream).unwrap();
+    let mut kid = child("rpc-client", theirs.with_max_message_size(8 * MIB));
+    let mut conn = AsyncConnection::new(ours.with_max_message_size(8 * MIB)).unwrap();
+    let served = tokio::spawn(async move {
+        let mut n = 0;
+        loop {
+            let req = match conn.recv_request().await {
+                Ok(r) => r,
+                Err(RecvError::Disconnected) => return n,
+                Err(e) => panic!("{e}"),
+            };
+            let reply: Vec<u8> = req.bytes().iter().map(|b| b.wrapping_add(1)).collect();
+            conn.reply(req.id(), reply).await.unwrap();
+            n += 1;
+        }
+    });
+    let n = timeout(LONG, served).await.expect("the client finishes in time").unwrap();
+    assert_eq!(n, 300);
+    assert_eq!(kid.code_within(LONG), 0, "the client saw a wrong answer");
 }
