@@ -52,6 +52,7 @@ use crate::error::{CallError, Fault, FrameError, RecvError, ReplyError, SendErro
 use crate::link::{frame_fds, Frame};
 use crate::message::Message;
 use crate::sys::{Deadline, PeerCred};
+use crate::unix::Listener;
 use crate::wire::Kind;
 
 /// A shared descriptor, as tokio registers it.
@@ -231,6 +232,58 @@ impl AsyncConnection {
                     }
                 }
                 r => return r,
+            }
+        }
+    }
+}
+
+/// A [`Listener`] whose `accept` is `async`: each accepted connection comes
+/// as an [`AsyncConnection`] (with the peer's kernel credentials).
+#[derive(Debug)]
+pub struct AsyncListener {
+    inner: AsyncFd<Listener>,
+}
+
+impl AsyncListener {
+    /// Registers `listener` with the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Io`] when the reactor refuses it.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn new(listener: Listener) -> crate::Result<AsyncListener> {
+        // SAFETY: the `Listener` owns its descriptor and never replaces or
+        // closes it while it lives, and the `AsyncFd` owns the listener:
+        // the descriptor stays open and the same for the `AsyncFd`'s life.
+        let inner = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(AsyncListener { inner })
+    }
+
+    /// The listener back (it leaves the reactor).
+    pub fn into_inner(self) -> Listener {
+        self.inner.into_inner()
+    }
+
+    /// The listener underneath (path, kind, limits).
+    pub fn get_ref(&self) -> &Listener {
+        self.inner.get_ref()
+    }
+
+    /// Waits for the next connection. Cancel-safe.
+    ///
+    /// # Errors
+    ///
+    /// As [`Listener::accept`].
+    pub async fn accept(&self) -> crate::Result<AsyncConnection> {
+        loop {
+            let mut ready = self.inner.readable().await?;
+            match self.inner.get_ref().try_accept()? {
+                Some(conn) => return AsyncConnection::new(conn),
+                None => ready.clear_ready(),
             }
         }
     }

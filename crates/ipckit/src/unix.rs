@@ -171,6 +171,12 @@ impl AsFd for Listener {
     }
 }
 
+impl std::os::fd::AsRawFd for Listener {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
         if self.owns_path {

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ipckit::aio::{AsyncClient, AsyncConnection};
+use ipckit::aio::{AsyncClient, AsyncConnection, AsyncListener};
 use ipckit::rpc::{Client, Server};
 use ipckit::spawn::{self, Inherit};
 use ipckit::CallError;
@@ -26,6 +26,17 @@ const MIB: usize = 1 << 20;
 #[test]
 fn child_main() {
     let Ok(role) = std::env::var(ROLE) else { return };
+    if let Some(path) = role.strip_prefix("connect:") {
+        // Connect to an async server by path, make 50 calls, exit 0 if all were right.
+        let conn = ipckit::unix::connect(path, SocketKind::Stream).unwrap();
+        let client = Client::new(conn).with_timeout(LONG);
+        for i in 0..50u32 {
+            let got = client.call(i.to_le_bytes().to_vec()).unwrap();
+            let want = [i.to_le_bytes().to_vec(), std::process::id().to_le_bytes().to_vec()].concat();
+            assert_eq!(got.bytes(), &want[..], "call {i}");
+        }
+        std::process::exit(0);
+    }
     let mut conn: Connection = spawn::inherited("conn").unwrap();
     match role.as_str() {
         // Echo every message back, reversed, until the parent hangs up.
@@ -295,4 +306,50 @@ async fn async_server_task_answers_a_blocking_client_process() {
     let n = timeout(LONG, served).await.expect("the client finishes in time").unwrap();
     assert_eq!(n, 300);
     assert_eq!(kid.code_within(LONG), 0, "the client saw a wrong answer");
+}
+
+/// An async server on a UNIX socket path: one task per accepted client
+/// process; each reply carries the pid the kernel reported for that
+/// connection (`SO_PEERCRED`), which the client checks against its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_listener_serves_client_processes_with_their_credentials() {
+    let dir = std::env::temp_dir().join(format!("ipckit-aio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("srv.sock");
+    let listener =
+        AsyncListener::new(ipckit::unix::Listener::bind(&path, SocketKind::Stream).unwrap()).unwrap();
+    let mut kids = Vec::new();
+    for _ in 0..3 {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+            .env(ROLE, format!("connect:{}", path.display()));
+        kids.push(Kid(cmd.spawn().unwrap()));
+    }
+    let server = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let mut conn = listener.accept().await.unwrap();
+            let pid = conn.peer_cred().expect("a socket has credentials").pid;
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0;
+                while let Ok(req) = conn.recv_request().await {
+                    let reply = [req.bytes().to_vec(), pid.to_le_bytes().to_vec()].concat();
+                    conn.reply(req.id(), reply).await.unwrap();
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        total
+    });
+    let total = timeout(LONG, server).await.expect("served in time").unwrap();
+    assert_eq!(total, 150);
+    for mut k in kids {
+        assert_eq!(k.code_within(LONG), 0, "a client saw a wrong answer");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
