@@ -44,6 +44,7 @@ mod forms;
 pub mod aio;
 mod channel;
 mod connection;
+pub mod endpoint;
 mod error;
 pub mod event;
 pub mod fifo;

@@ -55,7 +55,7 @@ impl Deadline {
     }
 
     /// The `poll(2)` timeout left, or `None` to wait forever.
-    fn remaining(self) -> Option<Timespec> {
+    pub(crate) fn remaining(self) -> Option<Timespec> {
         match self {
             Deadline::Now => Some(Timespec { tv_sec: 0, tv_nsec: 0 }),
             Deadline::Never => None,
