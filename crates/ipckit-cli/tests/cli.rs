@@ -131,7 +131,19 @@ fn the_tour_runs_every_scene_with_real_processes() {
     assert_says(&run, "call(\"a circle\") -> \"drew a circle for pid");
     assert_says(&run, "one signal to the group stopped all 3 children");
 
-    assert_says(&run, "tour complete: 7 scene(s)");
+    // Scene 8: microkernel endpoints.
+    assert_says(&run, "recv: \"alice: hello\" through the capability with badge 1 (alice)");
+    assert_says(&run, "call(\"bob: hello\") -> \"hello bob, your badge is 2\"");
+    assert_says(&run, "-> \"answered by the worker, pid");
+    assert_eq!(
+        run.stdout.matches("refused (call failed: capabilities need the grant right)").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+    assert_says(&run, "recv says Disconnected");
+
+    assert_says(&run, "tour complete: 8 scene(s)");
     let scratch = run
         .stdout
         .lines()

@@ -15,6 +15,7 @@
 //! | semaphore | [`semaphore`] | P/V around a critical section; a holder killed inside, its P undone |
 //! | drawing | [`drawing`] | the naming server: a service registers "draw", an allowed client draws, another uid is refused |
 //! | signals | [`signals`] | handlers for SIGIO and SIGUSR1 with the sender's pid; one signal stops a process group |
+//! | endpoint | [`endpoint`] | microkernel IPC: badged capabilities, call/reply, a reply capability answered by another process, grant refused |
 //!
 //! Support: [`child`] (spawning, waiting with a timeout, killing and reaping),
 //! [`narrate`] (the tagged output), [`procfs`] (what `/proc` says about a process),
@@ -25,6 +26,7 @@
 
 mod child;
 mod drawing;
+mod endpoint;
 mod fifo;
 mod narrate;
 mod pipe;
@@ -68,6 +70,8 @@ enum Scene {
     Drawing,
     /// Signals: handlers for SIGIO and SIGUSR1; one signal stops a process group.
     Signals,
+    /// Microkernel endpoints: badged capabilities, call/reply, a reply capability handed to a worker.
+    Endpoint,
 }
 
 /// The parts a tour child can play (`ipckit __tour-child <role>`).
@@ -148,6 +152,13 @@ pub enum ChildRole {
         /// The file to create when ready.
         ready: PathBuf,
     },
+    /// Calls the endpoint through the inherited capability "cap" as NAME.
+    EndpointClient {
+        /// The client's name.
+        name: String,
+    },
+    /// Answers a call with the inherited reply capability "reply".
+    EndpointWorker,
 }
 
 /// Runs the tour: each chosen scene in turn, in a fresh scratch directory.
@@ -179,6 +190,7 @@ pub fn run(args: &TourArgs) -> Result<()> {
             Scene::Semaphore => semaphore::run(5, &scratch),
             Scene::Drawing => drawing::run(6, &scratch),
             Scene::Signals => signals::run(7, &scratch),
+            Scene::Endpoint => endpoint::run(8),
         };
         let name = format!("{scene:?}").to_lowercase();
         result.map_err(|e| crate::error::Failure::new(format!("tour scene {name:?} failed: {e}")))?;
@@ -219,5 +231,7 @@ pub fn run_child(role: ChildRole) -> Result<()> {
         ChildRole::DrawStranger { socket } => drawing::stranger(&socket),
         ChildRole::SignalSender { pid } => signals::sender(pid),
         ChildRole::GroupMember { ready } => signals::member(&ready),
+        ChildRole::EndpointClient { name } => endpoint::client(&name),
+        ChildRole::EndpointWorker => endpoint::worker(),
     }
 }
