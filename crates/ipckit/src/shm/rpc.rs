@@ -961,6 +961,16 @@ impl RequestLoan<'_> {
     /// As [`RpcClient::call`].
     #[inline]
     pub fn call_into(self, len: usize, out: &mut Vec<u8>, timeout: Duration) -> Result<(), CallError> {
+        let (client, seq) = self.publish(len)?;
+        client.finish(seq, out, Due::After(timeout)).map_err(CallError::from_fault)
+    }
+}
+
+impl<'a> RequestLoan<'a> {
+    /// Publishes the slot's first `len` bytes as the request: the client
+    /// and the call's number, to wait for the reply with.
+    #[inline]
+    fn publish(self, len: usize) -> Result<(&'a mut RpcClient, u32), CallError> {
         let RequestLoan { client, seq } = self;
         if len > client.layout.cap {
             return Err(CallError::TooLarge { len, max: client.layout.cap });
@@ -972,11 +982,9 @@ impl RequestLoan<'_> {
             seq,
             at(header, SERVER_SLEEPY - HEADER_LEN),
         );
-        client.finish(seq, out, Due::After(timeout)).map_err(CallError::from_fault)
+        Ok((client, seq))
     }
-}
 
-impl<'a> RequestLoan<'a> {
     /// As [`RequestLoan::call_into`], but the reply is read in place (zero
     /// copy): the view lives until the client's next call.
     ///
@@ -984,17 +992,7 @@ impl<'a> RequestLoan<'a> {
     ///
     /// As [`RpcClient::call`].
     pub fn call_view(self, len: usize, timeout: Duration) -> Result<ReplyView<'a>, CallError> {
-        let RequestLoan { client, seq } = self;
-        if len > client.layout.cap {
-            return Err(CallError::TooLarge { len, max: client.layout.cap });
-        }
-        let map: &Mapping = client.seg.mapping();
-        let (header, line) = lines(map);
-        Slot::request(map, line, &client.layout).publish_in_place(
-            len,
-            seq,
-            at(header, SERVER_SLEEPY - HEADER_LEN),
-        );
+        let (client, seq) = self.publish(len)?;
         client.unfinished = true;
         let mut due = Due::After(timeout);
         let map: &Mapping = client.seg.mapping();
