@@ -136,6 +136,16 @@ impl Endpoint {
         Ok(Cap { conn: theirs, timeout: DEFAULT_TIMEOUT })
     }
 
+    /// Revokes every capability minted with `badge`: their holders' next
+    /// calls and sends fail with `Disconnected`, and no message of theirs
+    /// is received any more. Returns how many were revoked.
+    pub fn revoke(&mut self, badge: u64) -> usize {
+        let before = self.minted.len();
+        self.minted.retain(|m| m.badge != badge);
+        self.next = 0;
+        before - self.minted.len()
+    }
+
     /// How many minted capabilities still have a holder.
     pub fn capabilities(&self) -> usize {
         self.minted.len()

@@ -277,3 +277,22 @@ fn a_flooding_holder_cannot_stall_the_server() {
     assert_eq!(ep.capabilities(), 0, "the flooder lost its capability (and the good one left)");
     flooder.join().unwrap();
 }
+
+/// Revoking a badge cuts its holders off at once; others keep working.
+#[test]
+fn revoking_a_badge_cuts_its_holders_off() {
+    let mut ep = Endpoint::new();
+    let mut doomed = ep.mint(13, Rights::SEND).unwrap();
+    let mut kept = ep.mint(14, Rights::SEND).unwrap();
+    assert_eq!(ep.revoke(13), 1);
+    assert_eq!(ep.revoke(13), 0);
+    let t = Instant::now();
+    let r = doomed.call_timeout("still allowed?", Duration::from_secs(60));
+    assert!(matches!(r, Err(CallError::Disconnected)), "{r:?}");
+    assert!(t.elapsed() < LONG);
+    let caller = thread::spawn(move || kept.call("and me?").unwrap());
+    let got = ep.recv_timeout(LONG).unwrap();
+    assert_eq!(got.badge, 14);
+    got.reply.unwrap().reply("yes").unwrap();
+    assert_eq!(caller.join().unwrap().bytes(), b"yes");
+}
