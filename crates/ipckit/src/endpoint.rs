@@ -14,12 +14,13 @@
 //!   cannot forge one, and a holder cannot raise its rights. A capability
 //!   is a descriptor, so it can be copied ([`Cap::try_clone`], same badge),
 //!   inherited by a child ([`crate::spawn::Inherit`]) or sent in a message.
-//! - [`Cap::call`] sends a request together with a fresh **one-shot reply
-//!   capability** ([`ReplyCap`]: the other end of a new socket pair) and
-//!   waits on it. The server answers with [`ReplyCap::reply`], which
+//! - [`Cap::call`] sends a request and waits for the answer of its
+//!   **one-shot reply capability** ([`ReplyCap`]), which the server gets with
+//!   the request. The server answers with [`ReplyCap::reply`], which
 //!   consumes it, or hands the reply capability to another process (it is
-//!   transferable) to answer for it. A server that dies, or drops the reply
-//!   capability unanswered, ends the call at once with `Disconnected`.
+//!   transferable) to answer for it. A server that dies, drops the reply
+//!   capability unanswered, or revokes the capability ends the call at once
+//!   with `Disconnected`.
 //! - [`Cap::send`] is the synchronous one-way send: it returns once the
 //!   server has *received* the message (a rendezvous, as in seL4), not when
 //!   it was buffered.
@@ -35,12 +36,16 @@
 //!   addressed by [`CPtr`]s (small integers), and received capabilities are
 //!   installed into it, as in a microkernel's CNode.
 //!
-//! Fast path: a call to a server blocked in `recv` is one socket write that
-//! wakes it and one write back; Linux does not let a process hand its time
-//! slice to another, so "control straight to the receiver" is the kernel's
-//! wake-up of the blocked server (measured in `cargo bench --bench
-//! roundtrip` as the UNIX stream round trip). For the lowest latency between
-//! two processes that can spin, use [`crate::shm::rpc`].
+//! Fast path: a reply capability is a token naming the call on the
+//! capability's own socket, so a call is one write each way on one socket
+//! (measured by `ipckit bench --filter endpoint`: the same round trip as a
+//! plain [`Connection`]). Only when a reply capability moves to another
+//! process does it become a socket of its own: the caller is told (a
+//! redirect on its socket, with the new socket's other end) and waits
+//! there. Linux does not let a process hand its time slice to another, so
+//! "control straight to the receiver" is the kernel's wake-up of the server
+//! blocked in `recv`; for the lowest latency between two processes that can
+//! spin, use [`crate::shm::rpc`].
 //!
 //! ```
 //! use ipckit::endpoint::{Endpoint, Rights};
@@ -54,14 +59,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rustix::event::{poll, PollFd, PollFlags};
 
 use crate::connection::Connection;
 use crate::error::{CallError, Error, Fault, RecvError, ReplyError, Result, SendError};
+use crate::link::{Reader, Writer};
 use crate::message::{Handle, Message, Transferable};
 use crate::sys::{Deadline, SocketKind};
+use crate::wire::Kind;
 
 /// What a capability allows, fixed when it is minted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,21 +87,66 @@ impl Rights {
     }
 }
 
-/// The first byte of a message on a capability's socket.
+// A frame on a capability's socket starts with a kind byte and a call
+// number (8 bytes, little-endian), then the payload.
+/// Holder to endpoint: a one-way send (number 0).
 const OP_SEND: u8 = 1;
+/// Holder to endpoint: a call.
 const OP_CALL: u8 = 2;
-/// The first byte of the endpoint's answer: to a send (on the capability's
-/// socket) or to a call (on its reply socket).
+/// Endpoint to holder: a send was received (payload: `OK` or `REFUSED`).
+const ACK: u8 = 0x10;
+/// Endpoint to holder: the answer to call `n`.
+const REPLY: u8 = 0x11;
+/// Endpoint to holder: call `n` refused (payload: why).
+const REFUSE: u8 = 0x12;
+/// Endpoint to holder: call `n`'s reply capability was dropped unanswered.
+const DROPPED: u8 = 0x13;
+/// Endpoint to holder: call `n` will be answered on the socket attached
+/// (its reply capability went to another process).
+const REDIRECT: u8 = 0x14;
+/// Status bytes of an `ACK`, and of an answer on a redirected socket.
 const OK: u8 = 0;
 const REFUSED: u8 = 1;
+/// Bytes before the payload.
+const HEAD: usize = 9;
 
 /// The timeout of [`Cap::call`] and [`Cap::send`] (as [`crate::rpc`]).
 pub const DEFAULT_TIMEOUT: Duration = crate::rpc::DEFAULT_TIMEOUT;
 
+/// `kind`, `n`, then `msg`'s payload (its handles stay with it).
+fn framed(kind: u8, n: u64, mut msg: Message) -> Message {
+    let mut head = [0u8; HEAD];
+    head[0] = kind;
+    head[1..].copy_from_slice(&n.to_le_bytes());
+    msg.data.splice(0..0, head);
+    msg
+}
+
+/// The kind and number of a frame, and the message without them; `None`
+/// for a frame too short to have them.
+fn unframed(mut msg: Message) -> Option<(u8, u64, Message)> {
+    if msg.data.len() < HEAD {
+        return None;
+    }
+    let kind = msg.data[0];
+    let n = u64::from_le_bytes(msg.data[1..HEAD].try_into().expect("8 bytes"));
+    msg.data.drain(..HEAD);
+    Some((kind, n, msg))
+}
+
+/// The writing half of a minted capability's socket, shared by the
+/// endpoint (answers to sends) and the reply capabilities of its calls.
+type SharedWriter = Arc<Mutex<Writer>>;
+
+fn lock(w: &SharedWriter) -> MutexGuard<'_, Writer> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One minted capability, as the endpoint sees it.
 #[derive(Debug)]
 struct Minted {
-    conn: Connection,
+    reader: Reader,
+    writer: SharedWriter,
     badge: u64,
     rights: Rights,
 }
@@ -132,16 +185,27 @@ impl Endpoint {
     /// [`Error::Io`] when the kernel refuses a socket pair (descriptor limit).
     pub fn mint(&mut self, badge: u64, rights: Rights) -> Result<Cap> {
         let (ours, theirs) = Connection::pair(SocketKind::Stream)?;
-        self.minted.push(Minted { conn: ours, badge, rights });
-        Ok(Cap { conn: theirs, timeout: DEFAULT_TIMEOUT })
+        let Connection { reader, writer, .. } = ours;
+        self.minted.push(Minted { reader, writer: Arc::new(Mutex::new(writer)), badge, rights });
+        Ok(Cap { conn: theirs, timeout: DEFAULT_TIMEOUT, next: 1 })
     }
 
     /// Revokes every capability minted with `badge`: their holders' next
-    /// calls and sends fail with `Disconnected`, and no message of theirs
-    /// is received any more. Returns how many were revoked.
+    /// calls and sends fail with `Disconnected` (also a call waiting for an
+    /// answer), and no message of theirs is received any more. Returns how
+    /// many were revoked.
     pub fn revoke(&mut self, badge: u64) -> usize {
         let before = self.minted.len();
-        self.minted.retain(|m| m.badge != badge);
+        self.minted.retain(|m| {
+            if m.badge == badge {
+                // Shut the socket down, not just close our descriptor: reply
+                // capabilities of its calls may still hold the writer.
+                lock(&m.writer).abandon();
+                false
+            } else {
+                true
+            }
+        });
         self.next = 0;
         before - self.minted.len()
     }
@@ -197,7 +261,7 @@ impl Endpoint {
             }
             // A frame already buffered needs no waiting.
             let n = self.minted.len();
-            let ready = (0..n).map(|k| (self.next + k) % n).find(|&i| self.minted[i].conn.reader.has_frame());
+            let ready = (0..n).map(|k| (self.next + k) % n).find(|&i| self.minted[i].reader.has_frame());
             let i = match ready {
                 Some(i) => i,
                 None => match self.wait(deadline)? {
@@ -206,11 +270,18 @@ impl Endpoint {
                 },
             };
             self.next = (i + 1) % n;
-            match self.minted[i].conn.recv_inner(Deadline::Now) {
-                Ok(msg) => {
-                    if let Some(r) = self.take(i, msg) {
+            match self.minted[i].reader.recv(Deadline::Now) {
+                Ok(frame) if frame.kind == Kind::Data => {
+                    if let Some(r) = self.take(i, frame.msg) {
                         return Ok(r);
                     }
+                }
+                Ok(_) => {
+                    tracing::warn!(
+                        badge = self.minted[i].badge,
+                        "dropping a capability whose holder sent a foreign frame"
+                    );
+                    self.drop_cap(i);
                 }
                 Err(Fault::Timeout) => {}
                 Err(Fault::Disconnected) => {
@@ -220,20 +291,23 @@ impl Endpoint {
                     // A holder that sends garbage loses its capability; the
                     // endpoint goes on serving the others.
                     tracing::warn!(error = ?e, badge = self.minted[i].badge, "dropping a capability whose holder sent a bad frame");
-                    self.minted.swap_remove(i);
+                    self.drop_cap(i);
                 }
             }
         }
     }
 
+    /// Takes capability `i` away from its holder.
+    fn drop_cap(&mut self, i: usize) {
+        let m = self.minted.swap_remove(i);
+        lock(&m.writer).abandon();
+    }
+
     /// Polls every capability's socket until one is readable or `deadline`.
     fn wait(&self, deadline: Deadline) -> std::result::Result<Option<usize>, Fault> {
         loop {
-            let mut fds: Vec<PollFd<'_>> = self
-                .minted
-                .iter()
-                .map(|m| PollFd::from_borrowed_fd(m.conn.reader.fd(), PollFlags::IN))
-                .collect();
+            let mut fds: Vec<PollFd<'_>> =
+                self.minted.iter().map(|m| PollFd::from_borrowed_fd(m.reader.fd(), PollFlags::IN)).collect();
             match poll(&mut fds, deadline.remaining().as_ref()) {
                 Ok(0) if deadline.expired() => return Ok(None),
                 Ok(0) => {}
@@ -248,57 +322,52 @@ impl Endpoint {
         }
     }
 
-    /// Answers a send on capability `i`, never waiting: a sender waits for
-    /// each answer before it sends again, so its socket has room; one that
-    /// has none floods the endpoint without reading, and loses the
-    /// capability rather than stall the server.
-    fn ack(&mut self, i: usize, status: u8) {
-        if let Err(e) = self.minted[i].conn.try_send(vec![status]) {
-            tracing::debug!(error = %e, badge = self.minted[i].badge, "a sender that does not read its answers: capability dropped");
-            self.minted.swap_remove(i);
+    /// Writes a frame to capability `i`'s holder without waiting: a holder
+    /// waits for each answer before it sends again, so its socket has room;
+    /// one that has none floods the endpoint without reading, and loses the
+    /// capability rather than stall the server. `false` when it was dropped.
+    fn answer(&mut self, i: usize, kind: u8, n: u64, payload: &[u8]) -> bool {
+        let msg = framed(kind, n, Message::new(payload.to_vec()));
+        let r = lock(&self.minted[i].writer).send(Kind::Data, 0, &msg, Deadline::Now);
+        if let Err(e) = r {
+            tracing::debug!(error = ?e, badge = self.minted[i].badge, "a holder that does not read its answers: capability dropped");
+            self.drop_cap(i);
+            return false;
         }
+        true
     }
 
-    /// Checks one message from capability `i`; `None` when it was refused.
-    fn take(&mut self, i: usize, mut msg: Message) -> Option<Received> {
-        let Minted { badge, rights, .. } = self.minted[i];
-        let op = msg.data.first().copied();
-        let (reply, user_handles) = match op {
-            Some(OP_CALL) => {
-                // The first handle is the reply capability.
-                if msg.handles.is_empty() {
-                    tracing::warn!(badge, "a call without a reply capability: dropped");
-                    return None;
-                }
-                let reply = Connection::from_handle(msg.handles.remove(0)).ok().map(|conn| ReplyCap { conn });
-                if reply.is_none() {
-                    tracing::warn!(badge, "a call whose reply capability is not a connection: dropped");
-                    return None;
-                }
-                (reply, !msg.handles.is_empty())
-            }
-            Some(OP_SEND) => (None, !msg.handles.is_empty()),
-            _ => {
-                tracing::warn!(badge, "a message without an operation: dropped");
-                return None;
-            }
+    /// Checks one message from capability `i`; `None` when it was refused
+    /// or malformed.
+    fn take(&mut self, i: usize, msg: Message) -> Option<Received> {
+        let (badge, rights) = (self.minted[i].badge, self.minted[i].rights);
+        let Some((op, n, message)) = unframed(msg) else {
+            tracing::warn!(badge, "a frame too short for an operation: dropped");
+            return None;
         };
-        if user_handles && !rights.contains(Rights::GRANT) {
+        if op != OP_SEND && op != OP_CALL {
+            tracing::warn!(badge, op, "an unknown operation: dropped");
+            return None;
+        }
+        if !message.handles.is_empty() && !rights.contains(Rights::GRANT) {
             // Capabilities through a capability without the grant right:
-            // refused, and the sender is told.
-            msg.handles.clear();
-            match reply {
-                Some(r) => drop(r.answer(REFUSED, b"capabilities need the grant right")),
-                None => self.ack(i, REFUSED),
+            // refused, and the sender is told (the handles are closed here).
+            let why = b"capabilities need the grant right";
+            if op == OP_SEND {
+                self.answer(i, ACK, 0, &[REFUSED]);
+            } else {
+                self.answer(i, REFUSE, n, why);
             }
             return None;
         }
-        if op == Some(OP_SEND) {
+        let reply = if op == OP_CALL {
+            Some(ReplyCap { to: ReplyTo::Caller { writer: self.minted[i].writer.clone(), n } })
+        } else {
             // The sender waits for this: it is received now.
-            self.ack(i, OK);
-        }
-        msg.data.remove(0);
-        Some(Received { badge, rights, message: msg, reply })
+            self.answer(i, ACK, 0, &[OK]);
+            None
+        };
+        Some(Received { badge, rights, message, reply })
     }
 }
 
@@ -307,6 +376,8 @@ impl Endpoint {
 pub struct Cap {
     conn: Connection,
     timeout: Duration,
+    /// The next call's number.
+    next: u64,
 }
 
 impl Cap {
@@ -322,22 +393,25 @@ impl Cap {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] (descriptor limit); [`Error::BadHandle`] while a
-    /// message is half read.
+    /// [`Error::Io`] (descriptor limit).
     pub fn try_clone(&self) -> Result<Cap> {
         let fd = self.conn.reader.fd().try_clone_to_owned()?;
-        Ok(Cap { conn: Connection::from_fd(fd, SocketKind::Stream)?, timeout: self.timeout })
+        Ok(Cap {
+            conn: Connection::from_fd(fd, SocketKind::Stream)?,
+            timeout: self.timeout,
+            next: self.next + (1 << 32),
+        })
     }
 
-    /// Calls the endpoint: sends `request` with a one-shot reply capability
-    /// and waits, at most the capability's timeout, for the answer.
+    /// Calls the endpoint: sends `request` and waits, at most the
+    /// capability's timeout, for the answer of its one-shot reply capability.
     ///
     /// # Errors
     ///
     /// [`CallError::Timeout`]; [`CallError::Disconnected`] when the server
-    /// is gone or dropped the reply capability unanswered;
-    /// [`CallError::Io`] of kind `PermissionDenied` when the request
-    /// carried capabilities through one without the grant right.
+    /// is gone, dropped the reply capability unanswered, or revoked this
+    /// capability; [`CallError::Io`] of kind `PermissionDenied` when the
+    /// request carried capabilities through one without the grant right.
     pub fn call(&mut self, request: impl Into<Message>) -> std::result::Result<Message, CallError> {
         self.call_timeout(request, self.timeout)
     }
@@ -353,14 +427,52 @@ impl Cap {
         timeout: Duration,
     ) -> std::result::Result<Message, CallError> {
         let deadline = Deadline::after(timeout);
-        let io = |e: Error| CallError::Io(std::io::Error::other(e.to_string()));
-        let (mut mine, theirs) = Connection::pair(SocketKind::Stream).map_err(io)?;
-        let mut msg = framed(OP_CALL, request.into());
-        msg.handles.insert(0, theirs.into_handle().map_err(io)?);
-        self.conn.writer.send(crate::wire::Kind::Data, 0, &msg, deadline).map_err(CallError::from_fault)?;
+        let n = self.next;
+        self.next += 1;
+        let msg = framed(OP_CALL, n, request.into());
+        self.conn.writer.send(Kind::Data, 0, &msg, deadline).map_err(CallError::from_fault)?;
         drop(msg);
-        let answer = mine.recv_inner(deadline).map_err(CallError::from_fault)?;
-        unframe(answer).map_err(CallError::Io)
+        loop {
+            let frame = self.conn.recv_inner(deadline).map_err(CallError::from_fault)?;
+            let Some((kind, m, mut answer)) = unframed(frame) else {
+                return Err(CallError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a malformed answer",
+                )));
+            };
+            if m != n || kind == ACK {
+                // An answer to a call (or send) that gave up earlier.
+                continue;
+            }
+            return match kind {
+                REPLY => Ok(answer),
+                REFUSE => Err(CallError::Io(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    String::from_utf8_lossy(answer.bytes()).into_owned(),
+                ))),
+                DROPPED => Err(CallError::Disconnected),
+                REDIRECT => {
+                    let mut other: Connection =
+                        answer.take().map_err(|e| CallError::Io(std::io::Error::other(e.to_string())))?;
+                    let got = other.recv_inner(deadline).map_err(CallError::from_fault)?;
+                    match got.bytes().first() {
+                        Some(&OK) => {
+                            let mut got = got;
+                            got.data.remove(0);
+                            Ok(got)
+                        }
+                        _ => Err(CallError::Io(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "a malformed answer",
+                        ))),
+                    }
+                }
+                _ => Err(CallError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a malformed answer",
+                ))),
+            };
+        }
     }
 
     /// Sends `msg` one way and waits until the server has received it (a
@@ -374,24 +486,32 @@ impl Cap {
     /// carried capabilities through one without the grant right.
     pub fn send(&mut self, msg: impl Into<Message>) -> std::result::Result<(), SendError<Message>> {
         let deadline = Deadline::after(self.timeout);
-        let msg = framed(OP_SEND, msg.into());
-        if let Err(f) = self.conn.writer.send(crate::wire::Kind::Data, 0, &msg, deadline) {
-            return Err(SendError::from_fault(f, unframed(msg)));
+        let msg = framed(OP_SEND, 0, msg.into());
+        if let Err(f) = self.conn.writer.send(Kind::Data, 0, &msg, deadline) {
+            let (_, _, back) = unframed(msg).expect("framed here");
+            return Err(SendError::from_fault(f, back));
         }
-        match self.conn.recv_inner(deadline) {
-            Ok(ack) if ack.bytes() == [OK] => Ok(()),
-            Ok(_) => Err(SendError::Io {
-                source: std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    "capabilities need the grant right",
-                ),
-                msg: Message::new(Vec::new()),
-            }),
-            Err(Fault::Timeout) => Err(SendError::Io {
-                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "not received in time"),
-                msg: Message::new(Vec::new()),
-            }),
-            Err(f) => Err(SendError::from_fault(f, Message::new(Vec::new()))),
+        let io = |kind, what: &str| SendError::Io {
+            source: std::io::Error::new(kind, what),
+            msg: Message::new(Vec::new()),
+        };
+        loop {
+            match self.conn.recv_inner(deadline) {
+                Ok(frame) => match unframed(frame) {
+                    Some((ACK, _, ack)) if ack.bytes() == [OK] => return Ok(()),
+                    Some((ACK, _, _)) => {
+                        return Err(io(
+                            std::io::ErrorKind::PermissionDenied,
+                            "capabilities need the grant right",
+                        ))
+                    }
+                    // An answer to a call that gave up earlier.
+                    Some(_) => {}
+                    None => return Err(io(std::io::ErrorKind::InvalidData, "a malformed answer")),
+                },
+                Err(Fault::Timeout) => return Err(io(std::io::ErrorKind::TimedOut, "not received in time")),
+                Err(f) => return Err(SendError::from_fault(f, Message::new(Vec::new()))),
+            }
         }
     }
 }
@@ -402,15 +522,29 @@ impl Transferable for Cap {
     }
 
     fn from_handle(handle: Handle) -> Result<Self> {
-        Ok(Cap { conn: Connection::from_handle(handle)?, timeout: DEFAULT_TIMEOUT })
+        Ok(Cap { conn: Connection::from_handle(handle)?, timeout: DEFAULT_TIMEOUT, next: 1 })
     }
 }
 
+/// Where a reply capability's answer goes.
+#[derive(Debug)]
+enum ReplyTo {
+    /// Back on the caller's capability socket, as call `n`'s reply (the
+    /// fast path: no socket is made for it).
+    Caller { writer: SharedWriter, n: u64 },
+    /// On a socket of its own (the capability travelled to another process).
+    Socket(Connection),
+    /// Answered (or moved away).
+    Done,
+}
+
 /// A one-shot reply capability: answers one call, once. Transferable (a
-/// server may hand a call to another process to answer).
+/// server may hand a call to another process to answer: the caller is then
+/// told to wait on a socket of its own). Dropped unanswered, it ends the
+/// call with `Disconnected`.
 #[derive(Debug)]
 pub struct ReplyCap {
-    conn: Connection,
+    to: ReplyTo,
 }
 
 impl ReplyCap {
@@ -418,61 +552,63 @@ impl ReplyCap {
     ///
     /// # Errors
     ///
-    /// [`ReplyError::Disconnected`] when the caller gave up or died.
-    pub fn reply(self, answer: impl Into<Message>) -> std::result::Result<(), ReplyError> {
-        let msg = framed(OK, answer.into());
-        let mut conn = self.conn;
-        conn.send_timeout(msg, DEFAULT_TIMEOUT).map_err(|e| match e {
-            crate::SendTimeoutError::Timeout(_) => ReplyError::Timeout,
-            crate::SendTimeoutError::Disconnected(_) => ReplyError::Disconnected,
-            crate::SendTimeoutError::TooLarge { len, max, .. } => ReplyError::TooLarge { len, max },
-            crate::SendTimeoutError::Io { source, .. } => ReplyError::Io(source),
-        })
+    /// [`ReplyError::Disconnected`] when the caller gave up or died;
+    /// [`ReplyError::Timeout`] when it does not read its socket.
+    pub fn reply(mut self, answer: impl Into<Message>) -> std::result::Result<(), ReplyError> {
+        match std::mem::replace(&mut self.to, ReplyTo::Done) {
+            ReplyTo::Caller { writer, n } => lock(&writer)
+                .send(Kind::Data, 0, &framed(REPLY, n, answer.into()), Deadline::after(DEFAULT_TIMEOUT))
+                .map_err(ReplyError::from_fault),
+            ReplyTo::Socket(mut conn) => {
+                let mut msg = answer.into();
+                msg.data.insert(0, OK);
+                conn.writer
+                    .send(Kind::Data, 0, &msg, Deadline::after(DEFAULT_TIMEOUT))
+                    .map_err(ReplyError::from_fault)
+            }
+            ReplyTo::Done => Err(ReplyError::Disconnected),
+        }
     }
+}
 
-    fn answer(self, status: u8, text: &[u8]) -> std::result::Result<(), ReplyError> {
-        let mut conn = self.conn;
-        conn.send_timeout([&[status][..], text].concat(), DEFAULT_TIMEOUT)
-            .map_err(|_| ReplyError::Disconnected)
+impl Drop for ReplyCap {
+    fn drop(&mut self) {
+        // Unanswered: tell the caller at once (a socket of its own just closes).
+        if let ReplyTo::Caller { writer, n } = std::mem::replace(&mut self.to, ReplyTo::Done) {
+            let _ = lock(&writer).send(
+                Kind::Data,
+                0,
+                &framed(DROPPED, n, Message::new(Vec::new())),
+                Deadline::Now,
+            );
+        }
     }
 }
 
 impl Transferable for ReplyCap {
-    fn into_handle(self) -> Result<Handle> {
-        self.conn.into_handle()
+    fn into_handle(mut self) -> Result<Handle> {
+        match std::mem::replace(&mut self.to, ReplyTo::Done) {
+            ReplyTo::Caller { writer, n } => {
+                // The caller waits on one end of a new socket pair; the other
+                // end is the capability that travels.
+                let (callers, ours) = Connection::pair(SocketKind::Stream)?;
+                let redirect = framed(REDIRECT, n, Message::new(Vec::new()).with(callers)?);
+                lock(&writer).send(Kind::Data, 0, &redirect, Deadline::after(DEFAULT_TIMEOUT)).map_err(
+                    |f| {
+                        Error::BadHandle(format!(
+                            "the caller cannot be told where its answer comes from: {f:?}"
+                        ))
+                    },
+                )?;
+                ours.into_handle()
+            }
+            ReplyTo::Socket(conn) => conn.into_handle(),
+            ReplyTo::Done => Err(Error::BadHandle("a used reply capability".into())),
+        }
     }
 
     fn from_handle(handle: Handle) -> Result<Self> {
-        Ok(ReplyCap { conn: Connection::from_handle(handle)? })
-    }
-}
-
-/// `op` followed by the payload, with the message's handles.
-fn framed(op: u8, mut msg: Message) -> Message {
-    msg.data.insert(0, op);
-    msg
-}
-
-/// The message `framed` made, given back without its operation byte.
-fn unframed(mut msg: Message) -> Message {
-    if !msg.data.is_empty() {
-        msg.data.remove(0);
-    }
-    msg
-}
-
-/// An answer from the endpoint: its status byte, then the payload.
-fn unframe(mut msg: Message) -> std::io::Result<Message> {
-    match msg.data.first().copied() {
-        Some(OK) => {
-            msg.data.remove(0);
-            Ok(msg)
-        }
-        Some(REFUSED) => Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            String::from_utf8_lossy(&msg.data[1..]).into_owned(),
-        )),
-        _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "a malformed answer")),
+        Ok(ReplyCap { to: ReplyTo::Socket(Connection::from_handle(handle)?) })
     }
 }
 

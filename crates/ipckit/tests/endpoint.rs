@@ -247,7 +247,8 @@ fn a_flooding_holder_cannot_stall_the_server() {
     let flooder = thread::spawn(move || {
         // Sends, never reading an answer, until the endpoint hangs up.
         for _ in 0..1_000_000 {
-            if raw.send_timeout(vec![1u8, 0], Duration::from_secs(2)).is_err() {
+            // A well-formed send (operation 1, number 0), answers never read.
+            if raw.send_timeout(vec![1u8, 0, 0, 0, 0, 0, 0, 0, 0], Duration::from_secs(2)).is_err() {
                 return;
             }
         }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use ipckit::endpoint::{Cap, Endpoint, Rights};
 use ipckit::event::{Event, EventMode};
 use ipckit::naming::{EmbeddedServer, NameClient, Policy, ServerConfig};
 use ipckit::shm::channel::{Config, ShmChannel, ShmReceiver, ShmSender};
@@ -101,6 +102,14 @@ pub const ALL: &[Mechanism] = &[
     ),
     m("ipckit-seqpacket", Class::Blocking, 65536, true, true, "Connection::pair(SeqPacket) send/recv"),
     m("raw-tcp", Class::Blocking, MIB, true, true, "TCP over 127.0.0.1, TCP_NODELAY, fixed size"),
+    m(
+        "ipckit-endpoint",
+        Class::Blocking,
+        MIB,
+        true,
+        false,
+        "microkernel endpoint: Cap::call with a one-shot reply capability, Endpoint::reply_recv",
+    ),
     m(
         "ipckit-shm-rpc-spin",
         Class::Polling,
@@ -384,6 +393,18 @@ pub fn open(mech: &Mechanism, size: usize, cpu: Option<usize>) -> Result<Session
             };
             kit.pass("conn", child).context("passing the connection")?;
             Some(Box::new(Conn(parent)))
+        }
+        "ipckit-endpoint" => {
+            // The child owns the endpoint and sends a capability back.
+            let (parent, child) = Connection::pair(SocketKind::Stream).context("ipckit socket pair")?;
+            kit.pass("conn", child).context("passing the connection")?;
+            pending = Some(Box::new(move |_| {
+                let mut parent = parent;
+                let mut msg = parent.recv_timeout(IO_TIMEOUT).context("the child's capability")?;
+                let cap: Cap = msg.take().context("taking the capability")?;
+                Ok(Box::new(EndpointLink(cap.with_timeout(IO_TIMEOUT))) as Box<dyn Link>)
+            }));
+            None
         }
         "ipckit-shm-rpc-spin" | "ipckit-shm-rpc-block" => {
             name = unique("rpc");
@@ -760,6 +781,24 @@ impl Link for Conn {
 
     fn send(&mut self, msg: &[u8]) -> Result<()> {
         self.0.send_timeout(msg, IO_TIMEOUT).map_err(|e| crate::error::Failure::new(e.to_string()))
+    }
+}
+
+/// A call through a microkernel-style capability (the reply comes on a
+/// fresh one-shot reply socket each time).
+struct EndpointLink(Cap);
+
+impl Link for EndpointLink {
+    fn round_trip(&mut self, msg: &mut [u8]) -> Result<()> {
+        let reply = self.0.call(msg.to_vec()).context("endpoint call")?;
+        if reply.bytes().len() != msg.len() {
+            fail!("reply of {} bytes, not {}", reply.bytes().len(), msg.len());
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, _msg: &[u8]) -> Result<()> {
+        fail!("request-response only")
     }
 }
 
@@ -1181,6 +1220,23 @@ pub fn run_child(args: &ChildArgs) -> Result<()> {
                 let Ok(msg) = conn.recv() else { return Ok(()) };
                 if msg.bytes().first() == Some(&ECHO) && conn.send(msg).is_err() {
                     return Ok(());
+                }
+            }
+        }
+        "ipckit-endpoint" => {
+            let mut conn: Connection = spawn::inherited("conn").context("inherited connection")?;
+            let mut ep = Endpoint::new();
+            let cap = ep.mint(1, Rights::SEND).context("minting")?;
+            conn.send(ipckit::Message::new(Vec::new()).with(cap).context("attaching the capability")?)
+                .map_err(|e| crate::error::Failure::new(e.to_string()))?;
+            ready()?;
+            let Ok(mut got) = ep.recv() else { return Ok(()) };
+            loop {
+                let Some(reply) = got.reply.take() else { return Ok(()) };
+                let echo = got.message.into_bytes();
+                match ep.reply_recv(reply, echo) {
+                    Ok(next) => got = next,
+                    Err(_) => return Ok(()),
                 }
             }
         }
