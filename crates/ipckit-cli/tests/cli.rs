@@ -132,8 +132,10 @@ fn the_tour_runs_every_scene_with_real_processes() {
     assert_says(&run, "one signal to the group stopped all 3 children");
 
     // Scene 8: microkernel endpoints.
+    // (Which call the worker answers depends on the order the calls arrive.)
     assert_says(&run, "recv: \"alice: hello\" through the capability with badge 1 (alice)");
-    assert_says(&run, "call(\"bob: hello\") -> \"hello bob, your badge is 2\"");
+    assert_says(&run, "recv: \"bob: hello\" through the capability with badge 2 (bob)");
+    assert_eq!(run.stdout.matches(", your badge is ").count(), 3, "{}", run.stdout);
     assert_says(&run, "-> \"answered by the worker, pid");
     assert_eq!(
         run.stdout.matches("refused (call failed: capabilities need the grant right)").count(),
