@@ -167,18 +167,15 @@ fn child_main() {
                 }
             }
         }
-        // Serve echo-reversed (a "slow" request after 500 ms) until told to quit;
+        // Serve echo-reversed (a "slow" request after 500 ms) until killed;
         // tag each reply with this process's pid.
         "serve" => {
             let mut server = nats.rpc_server(parts[2]).unwrap();
             println!("ready");
             let me = std::process::id().to_le_bytes();
             loop {
-                let req = server.recv_timeout(LONG).unwrap();
-                if req.bytes() == b"quit" {
-                    req.reply("bye").unwrap();
-                    break;
-                }
+                // Idle for LONG: the test is over (it kills us when done).
+                let Ok(req) = server.recv_timeout(LONG) else { break };
                 if req.bytes() == b"slow" {
                     thread::sleep(Duration::from_millis(500));
                 }
@@ -324,9 +321,8 @@ fn rpc_across_processes_with_timeouts_and_no_responders() {
     assert_eq!(by.len(), 2, "both servers of the service took calls");
     let r = client.call_timeout("slow", Duration::from_millis(100));
     assert!(matches!(r, Err(CallError::Timeout)), "{r:?}");
-    for _ in 0..2 {
-        assert_eq!(client.call("quit").unwrap().bytes(), b"bye");
-    }
+    // (No "quit" call: a queue group may hand it to a server that has just
+    // exited, and core NATS drops it; the servers are killed instead.)
     drop(kids);
     // Connecting to nothing fails promptly.
     let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
