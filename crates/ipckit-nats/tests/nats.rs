@@ -155,12 +155,12 @@ fn child_main() {
     let parts: Vec<&str> = role.split('|').collect();
     let nats = Nats::connect(parts[1]).unwrap();
     match parts[0] {
-        // Take messages (u32 ids) until none came for 1.5 s; print each.
+        // Take messages (u32 ids) until none came for 4 s; print each.
         "recv" => {
             let mb = nats.mailbox(parts[2], &MailboxConfig::default()).unwrap();
             println!("ready");
             loop {
-                match mb.recv_typed_timeout::<u32>(Duration::from_millis(1500)) {
+                match mb.recv_typed_timeout::<u32>(Duration::from_secs(4)) {
                     Ok(id) => println!("got {id}"),
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(e) => panic!("{e}"),
