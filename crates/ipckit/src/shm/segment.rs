@@ -20,8 +20,8 @@ const MAGIC: u64 = u64::from_le_bytes(*b"IPCKSHM1");
 /// long queue texts in an arena on the lock-free ring; 4 since the semaphores'
 /// lock-free path (a busy bit in each value word); 5 since queue receivers no
 /// longer write ring slots (a slot is free for the next lap once the head has
-/// passed it).
-const VERSION: u32 = 5;
+/// passed it); 6 since a queue's list counters left its lock's cache line.
+const VERSION: u32 = 6;
 /// Bytes of ipckit's header at the start of every segment; the user area follows.
 pub const HEADER_LEN: usize = 64;
 /// The largest segment ipckit creates (1 TiB).

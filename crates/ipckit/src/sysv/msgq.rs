@@ -35,8 +35,6 @@ const LOCK: usize = Q;
 const LOCK_WAITERS: usize = Q + 4;
 const NCHUNKS: usize = Q + 8;
 const NSLOTS: usize = Q + 12;
-/// Messages (low 32 bits) and bytes (high 32) in the locked list.
-const LISTW: usize = Q + 16;
 const HEAD: usize = Q + 24;
 const TAIL: usize = Q + 28;
 const FREE: usize = Q + 32;
@@ -59,6 +57,11 @@ const BOOT: usize = Q + 120;
 const HEADW: usize = Q + 128;
 const RTIME: usize = Q + 136;
 const LRPID: usize = Q + 144;
+/// Messages (low 32 bits) and bytes (high 32) in the locked list: on the
+/// receivers' line, not the lock's, so that a sender reading the queue's
+/// counts pulls one line away from the receiver, and never the lock's
+/// (the receiver's lock CAS and unlocking swap would wait for it).
+const LISTW: usize = Q + 152;
 /// Ring tail position and bytes ever sent.
 const TAILW: usize = Q + 192;
 const STIME: usize = Q + 200;
@@ -75,6 +78,10 @@ const ROOM_WAITERS: usize = Q + 268;
 /// 12.2-14.4 M with 16 or 32; 2 and 4 were slower (the line was still
 /// being read), and the round trip (an empty queue) is unchanged.
 const AHEAD: u32 = 16;
+/// A sender waiting for room while spinning skips this many spins
+/// (`pause`s, ~14 ns each on the bench's CPU) per receive it still waits
+/// for before it looks at the receivers' counters again.
+const ROOM_SKIP: u32 = 3;
 /// The CPU (+ 1; 0: none yet) a receiver, and a sender, last waited on.
 const MSG_CPU: usize = Q + 272;
 const ROOM_CPU: usize = Q + 276;
@@ -286,6 +293,9 @@ pub struct MessageQueue {
     spin: Spin,
     /// The adaptive yield, for a partner on the same CPU.
     yielding: Yield,
+    /// A receiver's pause before it first looks for a message that is
+    /// not there yet.
+    backoff: Backoff,
 }
 
 /// When a durable queue's changes are written to its file.
@@ -428,6 +438,7 @@ impl MessageQueue {
             view: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             spin: Spin::new(),
             yielding: Yield::new(),
+            backoff: Backoff::default(),
         }
     }
 
@@ -549,6 +560,16 @@ impl MessageQueue {
                 "queue permission denied",
             )))
         }
+    }
+
+    /// The lock, if it is free now (the uncontended case: one CAS, no
+    /// waiting, nothing to repair); `None` otherwise.
+    #[inline]
+    fn try_lock(&self) -> Option<Guard<'_>> {
+        let m = self.map();
+        let lock = RobustLock { word: u32_at(m, LOCK), waiters: u32_at(m, LOCK_WAITERS) };
+        lock.word.compare_exchange(0, sys::pid(), Ordering::Acquire, Ordering::Relaxed).ok()?;
+        Some(Guard { q: self, lock, wake: std::cell::Cell::new(0), quick: std::cell::Cell::new(false) })
     }
 
     fn lock(&self, deadline: Deadline) -> Result<Guard<'_>, Fault> {
@@ -773,17 +794,19 @@ impl MessageQueue {
                     continue;
                 }
             }
-            // Under the claim, nobody else moves the tail from `tpos`.
+            // Under the claim, nobody else moves the tail from `tpos` (a
+            // sender moves it only from the position it holds the claim
+            // of), so once it is still `t`, `t` stays the tail until this
+            // store: the admission above was exact, and the move needs no
+            // locked instruction. (The claim's CAS is ordered before it,
+            // as are the slot's header stores: a receiver that sees the
+            // tail past `tpos` sees the claim.)
             if tailw.load(Ordering::Acquire) != t {
                 ring.unclaim(tpos);
                 continue;
             }
             ring.describe(tpos, mtype, len, 0);
-            let next = pack(tpos.wrapping_add(1), tbytes.wrapping_add(len as u32));
-            if tailw.compare_exchange(t, next, Ordering::SeqCst, Ordering::Acquire).is_err() {
-                ring.unclaim(tpos);
-                continue;
-            }
+            tailw.store(pack(tpos.wrapping_add(1), tbytes.wrapping_add(len as u32)), Ordering::Release);
             if len > INLINE {
                 // The tail's move allotted it arena bytes `tbytes..`; the
                 // slot is ours to fill (a receiver reaching it waits).
@@ -883,6 +906,7 @@ impl MessageQueue {
             };
             match pushed {
                 Pushed::Sent => {
+                    self.backoff.sent();
                     self.durable_commit();
                     self.notify_after_barrier(Ev::Msg);
                     return Ok(());
@@ -897,13 +921,30 @@ impl MessageQueue {
                     // single receive would pull the receivers' line over
                     // once per message. (Asleep, any change wakes us.)
                     let batch = (self.slots / 8).max(1);
-                    let room = || {
+                    // And look only now and then: every look pulls the
+                    // receivers' line (`HEADW`) and the lock's (`LISTW`)
+                    // away from the receiver, which then has to fetch
+                    // them back for its next receive (1 -> 1, queue full:
+                    // the receiver spent a third of its time there).
+                    let mut skip = 0u32;
+                    let room = move || {
+                        if skip > 0 {
+                            skip -= 1;
+                            return false;
+                        }
                         let h = u64_at(m, HEADW).load(Ordering::Relaxed);
-                        unpack(h).0.wrapping_sub(unpack(seen[1]).0) >= batch
+                        let taken = unpack(h).0.wrapping_sub(unpack(seen[1]).0);
+                        if taken >= batch
                             || (h != seen[1] && data.len() > INLINE)
                             || u64_at(m, LISTW).load(Ordering::Relaxed) != seen[2]
                             || u32_at(m, QBYTES).load(Ordering::Relaxed) as u64 != seen[3] >> 1
                             || u32_at(m, REMOVED).load(Ordering::Relaxed) != 0
+                        {
+                            return true;
+                        }
+                        // About the time the receivers take for what is missing.
+                        skip = (batch - taken) * ROOM_SKIP;
+                        false
                     };
                     self.wait_change(Ev::Room, || self.snap() == seen, deadline, room)?;
                 }
@@ -1068,8 +1109,28 @@ impl MessageQueue {
         // A receive that does not wait also waits out a sender that moved
         // the tail and is filling the head slot (see `Ring::head`).
         let mut quick = deadline != Deadline::Now;
+        let mut first = true;
+        let answer = self.backoff.answer();
         loop {
-            let g = self.lock(deadline)?;
+            let g = match self.try_lock() {
+                Some(g) => g,
+                None => self.lock(deadline)?,
+            };
+            if first {
+                // The common case first, without the general path's
+                // bookkeeping (it falls through to it for anything else).
+                first = false;
+                let streaming = self.backoff.queued.load(Ordering::Relaxed);
+                if let Some(found) = g.take_head(select, max_len, out, streaming) {
+                    if !streaming {
+                        self.backoff.queued.store(true, Ordering::Relaxed);
+                    }
+                    return Ok(found);
+                }
+                if streaming {
+                    self.backoff.queued.store(false, Ordering::Relaxed);
+                }
+            }
             g.quick.set(quick);
             g.check(Access::Read)?;
             if let Some(found) = g.take(select, max_len, deadline, out)? {
@@ -1092,7 +1153,21 @@ impl MessageQueue {
             // not the tail, until it is published: a sender's claim is
             // not waited on (looking again then would only pull the line
             // away from the sender filling it).
-            let published = || unpack(ring.word(hpos).load(Ordering::Relaxed)).0 == hpos.wrapping_add(1);
+            //
+            // A sender streaming faster than we receive is right behind
+            // us: each look at its slot while it fills it costs it a fetch
+            // of the line back. So after a wait that a look or two ended
+            // (the sender was busy filling that slot), the next wait
+            // starts with a pause that lets it run ahead and fill a batch
+            // undisturbed, which we then take at our own pace; a wait that
+            // takes longer (a round trip: the other side is not streaming)
+            // shrinks the pause back to nothing (see `Backoff`).
+            let pause = self.backoff.start(answer);
+            let looks = std::cell::Cell::new(0u32);
+            let published = || {
+                looks.set(looks.get() + 1);
+                unpack(ring.word(hpos).load(Ordering::Relaxed)).0 == hpos.wrapping_add(1)
+            };
             let arrived = || {
                 published()
                     || u64_at(m, LISTW).load(Ordering::Relaxed) != list
@@ -1106,6 +1181,10 @@ impl MessageQueue {
             // Spun out or woken without a message at the head: look at the
             // tail too on the next round (see `Ring::head`).
             quick = published();
+            // Only a wait that the message at the head ended tells how far
+            // ahead its sender was (not one that a change of the list ended,
+            // as a round trip's partner taking a drained request does).
+            self.backoff.adapt(pause, if quick { looks.get() } else { u32::MAX });
         }
     }
 
@@ -1250,6 +1329,77 @@ impl Out<'_> {
                 v
             }
             Out::Buf(b) => &mut b[..keep],
+        }
+    }
+}
+
+/// How long a receiver that finds the ring empty waits before it looks at
+/// the head slot (in `pause`s, ~14 ns each on the bench's VM), adapted to
+/// what the last waits found: a message at the first look or two (a
+/// sender streaming right behind: pause longer next time, up to
+/// [`Backoff::MAX`]), or only after many looks (a message that was not on
+/// its way: a round trip's reply, a sender that paused; shrink).
+#[derive(Debug, Default)]
+struct Backoff {
+    pauses: AtomicU32,
+    /// This handle sent a message since its last wait for one: the
+    /// message awaited now is most likely an answer to it (a round trip,
+    /// whose latency a pause would only add to), not part of a stream.
+    sent: std::sync::atomic::AtomicBool,
+    /// The last receive found its message at the head at once: messages
+    /// are queued behind it, most likely.
+    queued: std::sync::atomic::AtomicBool,
+}
+
+impl Backoff {
+    /// At most ~1 us: a sender streaming 64-byte messages fills a few
+    /// dozen slots meanwhile, an eighth of the smallest ring's.
+    const MAX: u32 = 64;
+
+    /// Records a send through this handle.
+    fn sent(&self) {
+        if !self.sent.load(Ordering::Relaxed) {
+            self.sent.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this handle sent since its last receive (and forgets it):
+    /// then this receive most likely waits for an answer.
+    fn answer(&self) -> bool {
+        let sent = self.sent.load(Ordering::Relaxed);
+        if sent {
+            self.sent.store(false, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Pauses (only where spinning pays, and not for a round trip's
+    /// answer); returns how many it paused (`u32::MAX`: none, for an answer).
+    fn start(&self, answer: bool) -> u32 {
+        if answer {
+            return u32::MAX;
+        }
+        let n = self.pauses.load(Ordering::Relaxed);
+        if n > 0 && spin_pays() {
+            for _ in 0..n {
+                std::hint::spin_loop();
+            }
+        }
+        n
+    }
+
+    /// After a wait that paused `paused` and then looked `looks` times.
+    fn adapt(&self, paused: u32, looks: u32) {
+        if paused == u32::MAX {
+            return;
+        }
+        let next = match looks {
+            0..=2 => (paused * 2).clamp(4, Self::MAX),
+            3..=8 => paused,
+            _ => paused / 4,
+        };
+        if next != paused {
+            self.pauses.store(next, Ordering::Relaxed);
         }
     }
 }

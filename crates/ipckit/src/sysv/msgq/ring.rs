@@ -22,7 +22,8 @@
 //!   ever sent (high 32), moved by one CAS that is also the admission check;
 //! - `HEADW` (the receivers' line): ring head position and bytes ever taken
 //!   out of the ring (received or drained);
-//! - `LISTW` (the lock's line): messages and bytes in the locked list.
+//! - `LISTW` (on the receivers' line too, written under the lock): messages
+//!   and bytes in the locked list.
 //!
 //! Messages in the queue = `tail - head + list`, bytes = `sent - taken +
 //! list bytes`. A sender keeps a private copy of the last `HEADW`/`LISTW` it
@@ -134,7 +135,7 @@ impl<'a> Ring<'a> {
         self.u32_at(pos, S_CHAIN).load(Ordering::Relaxed)
     }
 
-    fn mtype(&self, pos: u32) -> i64 {
+    pub(super) fn mtype(&self, pos: u32) -> i64 {
         self.m.u64_at(self.off(pos, S_TYPE)).expect("slot inside the mapping").load(Ordering::Relaxed) as i64
     }
 
