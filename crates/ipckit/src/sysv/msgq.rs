@@ -569,7 +569,13 @@ impl MessageQueue {
         let m = self.map();
         let lock = RobustLock { word: u32_at(m, LOCK), waiters: u32_at(m, LOCK_WAITERS) };
         lock.word.compare_exchange(0, sys::pid(), Ordering::Acquire, Ordering::Relaxed).ok()?;
-        Some(Guard { q: self, lock, wake: std::cell::Cell::new(0), quick: std::cell::Cell::new(false) })
+        Some(Guard {
+            q: self,
+            lock,
+            wake: std::cell::Cell::new(0),
+            quick: std::cell::Cell::new(false),
+            passed: std::cell::Cell::new(0),
+        })
     }
 
     fn lock(&self, deadline: Deadline) -> Result<Guard<'_>, Fault> {
@@ -577,7 +583,13 @@ impl MessageQueue {
         let lock = RobustLock { word: u32_at(m, LOCK), waiters: u32_at(m, LOCK_WAITERS) };
         let taken = lock.lock(deadline)?;
         // Every receive that finds nothing reads the tail (`Guard::tail`).
-        let g = Guard { q: self, lock, wake: std::cell::Cell::new(0), quick: std::cell::Cell::new(false) };
+        let g = Guard {
+            q: self,
+            lock,
+            wake: std::cell::Cell::new(0),
+            quick: std::cell::Cell::new(false),
+            passed: std::cell::Cell::new(0),
+        };
         if taken == Taken::FromTheDead {
             g.repair(false);
         }
@@ -811,9 +823,9 @@ impl MessageQueue {
                 // The tail's move allotted it arena bytes `tbytes..`; the
                 // slot is ours to fill (a receiver reaching it waits).
                 self.arena().write(tbytes, data);
-                ring.publish(tpos, &[]);
+                ring.publish(tpos, &[], false);
             } else {
-                ring.publish(tpos, data);
+                ring.publish(tpos, data, in_ring == 0);
             }
             self.sent_by(me);
             return Pushed::Sent;
@@ -1139,7 +1151,8 @@ impl MessageQueue {
             // What the receive found: the head slot (the next message
             // there changes its word: a sender claims it, then publishes
             // it) and the list. A slot published since is taken at once.
-            let hpos = g.headw().0;
+            // (With the head passed over, what comes after it.)
+            let hpos = g.headw().0.wrapping_add(g.passed.get());
             let list = u64_at(m, LISTW).load(Ordering::Relaxed);
             let head = ring.word(hpos).load(Ordering::Acquire);
             drop(g);

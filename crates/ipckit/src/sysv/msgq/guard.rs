@@ -28,6 +28,10 @@ pub(super) struct Guard<'a> {
     /// Whether an empty-looking head slot is trusted without reading the
     /// senders' counter (see [`super::ring::Ring::head`]).
     pub(super) quick: std::cell::Cell<bool>,
+    /// Ring positions past the head that [`Guard::take`] looked at and
+    /// left where they are (0, or 1: a lone head message the receive did
+    /// not select); a receiver then waits for the position after them.
+    pub(super) passed: std::cell::Cell<u32>,
 }
 
 /// How many slots past the head a receiver taking the head prefetches for
@@ -492,6 +496,15 @@ impl Guard<'_> {
             Head::Empty => Ok(None),
             head @ Head::Ready { mtype, .. } if select.matches_first(mtype) => {
                 self.pop(select, max_len, head, out).map(Some)
+            }
+            Head::Ready { .. } if unpack(self.tail()).0 == self.headw().0.wrapping_add(1) => {
+                // The ring's only message, and not selected: nothing
+                // matches. Left in the ring (drained into the list, the
+                // receiver it is meant for would take it from there, on
+                // the slow path: a round trip's request, seen by the
+                // requester waiting for the reply).
+                self.passed.set(1);
+                Ok(None)
             }
             _ => {
                 self.drain_all(deadline)?;

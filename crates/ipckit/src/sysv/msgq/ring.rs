@@ -285,10 +285,16 @@ impl<'a> Ring<'a> {
     /// swap is `SeqCst` (a full barrier on x86, where it costs what a
     /// plain store and a fence would): the caller reads the sleeper count
     /// right after it, without a fence of its own.
-    pub(super) fn publish(&self, pos: u32, data: &[u8]) {
+    pub(super) fn publish(&self, pos: u32, data: &[u8], demote: bool) {
         if !data.is_empty() {
             self.m.write(self.off(pos, S_DATA), data);
         }
         self.word(pos).swap(pack(pos.wrapping_add(1), 0), Ordering::SeqCst);
+        if demote {
+            self.m.demote(self.off(pos, 0));
+            if S_DATA + data.len() > 64 {
+                self.m.demote(self.off(pos, 64));
+            }
+        }
     }
 }

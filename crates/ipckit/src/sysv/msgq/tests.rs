@@ -365,7 +365,7 @@ fn a_claim_made_between_the_receivers_two_looks_is_seen() {
         unpack(u64_at(q.map(), TAILW).load(Ordering::SeqCst)).0
     };
     assert_eq!(q.ring().head(hpos, sender, 1 << 20, false), Ok(Head::Filling(me)));
-    q.ring().publish(hpos, b"abc");
+    q.ring().publish(hpos, b"abc", false);
     assert_eq!(q.try_recv(Select::ANY, 8).unwrap(), (5, b"abc".to_vec()));
     assert_eq!(counts(&q), (0, 0));
     q.remove().unwrap();
