@@ -226,22 +226,28 @@ pub struct QueueSet {
 /// # How it is fast
 ///
 /// Senders append texts of up to 104 bytes to a lock-free ring in the
-/// queue's segment (one CAS on the senders' counter, one on the slot); a
-/// receiver holds the queue's robust lock, which in the one-receiver case
-/// never leaves its CPU, and takes the ring's head directly when its
-/// selection matches it and nothing older waits in the locked list.
-/// Otherwise it moves the ring's messages, in order, to the list and
-/// selects there, as `msgrcv` does. Longer texts take the same lock-free
+/// queue's segment (one CAS that claims the slot, a plain store that moves
+/// the senders' counter, a publishing swap); a receiver holds the queue's
+/// robust lock, which in the one-receiver case never leaves its CPU, and
+/// takes the ring's head directly when its selection matches it and
+/// nothing older waits in the locked list. A head it does not select is
+/// left where it is when it is the ring's only message (a round trip's
+/// request, seen by the requester waiting for the reply). Otherwise it
+/// moves the ring's messages, in order, to the list and selects there, as
+/// `msgrcv` does. Longer texts take the same lock-free
 /// path: the ring slot holds the type and length, the text goes in one
 /// contiguous run of a circular byte arena at the position the senders'
-/// byte counter gives it (the CAS that admits the message allots its
-/// bytes; the head's counter moving past it frees them), so a 4 KiB text is
+/// byte counter gives it (the counter's move that admits the message
+/// allots its bytes; the head's counter moving past it frees them), so a 4 KiB text is
 /// one copy in and one copy out. The counts (`msg_qnum`,
 /// `msg_cbytes`) are exact: senders and receivers keep their counters on
 /// separate cache lines and read each other's only when their cached view
 /// says the queue is full. A party about to sleep first spins a little
 /// (adaptively, and only with more than one CPU online); a wake-up costs a
-/// `futex` call only when somebody sleeps.
+/// `futex` call only when somebody sleeps. A receiver that keeps finding
+/// the ring empty just before a streaming sender fills the next slot
+/// pauses before it looks (adaptively), so that the sender fills a batch
+/// of slots without the receiver pulling their lines away mid-write.
 ///
 /// # Crashes
 ///
@@ -825,6 +831,9 @@ impl MessageQueue {
                 self.arena().write(tbytes, data);
                 ring.publish(tpos, &[], false);
             } else {
+                // The ring was empty (by our view, which only ever
+                // overestimates what is queued): a receiver may be
+                // waiting for just this message.
                 ring.publish(tpos, data, in_ring == 0);
             }
             self.sent_by(me);

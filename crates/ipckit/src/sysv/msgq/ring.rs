@@ -19,7 +19,8 @@
 //! # Counters
 //!
 //! - `TAILW` (the senders' line): ring tail position (low 32 bits) and bytes
-//!   ever sent (high 32), moved by one CAS that is also the admission check;
+//!   ever sent (high 32), moved only by the sender holding the claim on the
+//!   tail's slot (so with a plain store), after the admission check;
 //! - `HEADW` (the receivers' line): ring head position and bytes ever taken
 //!   out of the ring (received or drained);
 //! - `LISTW` (on the receivers' line too, written under the lock): messages
@@ -55,9 +56,12 @@
 //! receiver copies the text out before it moves the head.)
 //!
 //! A sender: claims the slot (CAS from the free word it found to `(pos,
-//! pid)`), writes the length and type, moves `TAILW` (CAS, with the byte
-//! count), writes the text (into the slot or the arena), publishes
-//! (`(pos + 1, 0)`). Long and short texts take the same lock-free path.
+//! pid)`), checks that `TAILW` still says `pos` (then nobody else can move
+//! it: a sender moves the tail only from the position whose slot it has
+//! claimed, and the claim is ours), writes the length and type, moves
+//! `TAILW` (a store, with the byte count), writes the text (into the slot
+//! or the arena), publishes (`(pos + 1, 0)`). Long and short texts take
+//! the same lock-free path.
 //!
 //! # Deaths
 //!
@@ -284,7 +288,12 @@ impl<'a> Ring<'a> {
     /// Writes the inline text and publishes the slot. The publishing
     /// swap is `SeqCst` (a full barrier on x86, where it costs what a
     /// plain store and a fence would): the caller reads the sleeper count
-    /// right after it, without a fence of its own.
+    /// right after it, without a fence of its own. With `demote` (the ring
+    /// was empty: a receiver is most likely waiting for this message), the
+    /// slot's lines are pushed to the shared cache for the receiver's CPU
+    /// to find there (see [`Mapping::demote`]); not while streaming, where
+    /// it slowed 1 -> 1 down by half (the receiver reads the lines later,
+    /// and the demoted lines cost this CPU to evict).
     pub(super) fn publish(&self, pos: u32, data: &[u8], demote: bool) {
         if !data.is_empty() {
             self.m.write(self.off(pos, S_DATA), data);

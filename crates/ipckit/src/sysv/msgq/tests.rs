@@ -370,3 +370,79 @@ fn a_claim_made_between_the_receivers_two_looks_is_seen() {
     assert_eq!(counts(&q), (0, 0));
     q.remove().unwrap();
 }
+
+/// The one-pass receive of the ring's head (`Guard::take_head`) takes only
+/// what it may: a text longer than the buffer, a head behind older messages
+/// in the list, a forged length go to the general path, which answers as
+/// before.
+#[test]
+fn the_fast_receive_leaves_what_it_cannot_take_to_the_general_path() {
+    let q = queue("fast");
+    let long = text(3, 100);
+    q.send(1, &long).unwrap();
+    let mut small = [0u8; 10];
+    let got = q.try_recv_into(Select::ANY, &mut small);
+    assert!(matches!(got, Err(TryRecvError::Frame(FrameError::TooLarge { len: 100, max: 10 }))), "{got:?}");
+    assert_eq!(counts(&q), (1, 100), "a message too long for the buffer stays queued");
+    assert_eq!(q.try_recv_into(Select::ANY.truncating(), &mut small).unwrap(), (1, 10));
+    assert_eq!(&small, &long[..10]);
+    assert_eq!(counts(&q), (0, 0));
+    // Two messages: a receive of type 2 drains the ring, type 1 waits in
+    // the list; a message sent then is at the ring's head, but the list's
+    // is older.
+    q.send(1, b"older").unwrap();
+    q.send(2, b"picked").unwrap();
+    assert_eq!(q.try_recv(Select::of(2), 64).unwrap(), (2, b"picked".to_vec()));
+    assert_eq!(u64_at(q.map(), LISTW).load(Ordering::Relaxed) as u32, 1, "type 1 went to the list");
+    q.send(3, b"newer").unwrap();
+    assert_eq!(q.try_recv(Select::ANY, 64).unwrap(), (1, b"older".to_vec()));
+    assert_eq!(q.try_recv(Select::ANY, 64).unwrap(), (3, b"newer".to_vec()));
+    // A forged length over the maximum at the head: an error, not a read.
+    q.send(4, b"forged").unwrap();
+    let (hpos, _) = unpack(u64_at(q.map(), HEADW).load(Ordering::Acquire));
+    q.ring().describe(hpos, 4, 1 << 20, 0);
+    let got = q.try_recv(Select::ANY, 1 << 24);
+    assert!(matches!(got, Err(TryRecvError::Frame(_))), "{got:?}");
+    q.remove().unwrap();
+}
+
+/// A receive that does not select the ring's only message leaves it in the
+/// ring (no drain into the list) and waits for the next position: a
+/// message sent later wakes it, also asleep, and the one passed over is
+/// still there for its own receiver, also one that takes it meanwhile.
+#[test]
+fn a_lone_head_not_selected_stays_in_the_ring_and_is_waited_past() {
+    let q = queue("lone");
+    q.send(1, b"request").unwrap();
+    let headw = u64_at(q.map(), HEADW).load(Ordering::Acquire);
+    assert!(matches!(q.try_recv(Select::of(2), 64), Err(TryRecvError::Empty)));
+    assert_eq!(u64_at(q.map(), HEADW).load(Ordering::Acquire), headw, "the head did not move");
+    assert_eq!(u64_at(q.map(), LISTW).load(Ordering::Acquire), 0, "nothing was drained");
+    assert_eq!(counts(&q), (1, 7));
+    let name = q.name().to_owned();
+    for take_meanwhile in [false, true] {
+        let replier = {
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let q = MessageQueue::open(&name, Access::ReadWrite).unwrap();
+                // Long enough for the waiter to have gone to sleep.
+                std::thread::sleep(Duration::from_millis(100));
+                if take_meanwhile {
+                    assert_eq!(
+                        q.recv_timeout(Select::of(1), 64, Duration::from_secs(5)).unwrap().1,
+                        b"request"
+                    );
+                }
+                q.send(2, b"reply").unwrap();
+            })
+        };
+        let got = q.recv_timeout(Select::of(2), 64, Duration::from_secs(10)).unwrap();
+        assert_eq!(got, (2, b"reply".to_vec()));
+        replier.join().unwrap();
+        if !take_meanwhile {
+            assert_eq!(counts(&q), (1, 7), "the request is still queued");
+        }
+    }
+    assert_eq!(counts(&q), (0, 0));
+    q.remove().unwrap();
+}
