@@ -98,6 +98,36 @@ const C_LEN: usize = 16;
 const C_ORIG: usize = 20;
 const C_FROM: usize = 24;
 
+/// The longest sleep of a receiver whose `membarrier` the kernel refused
+/// (it cannot be sure that a sender publishing without a fence saw it).
+const FENCELESS_NAP: Duration = Duration::from_millis(1);
+
+/// Whether this process may publish ring slots without a fence: it is
+/// registered for `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, which
+/// every receiver issues before it sleeps (see `Ring::publish`). Asked
+/// once per process (a forked child registers again: the pid changes).
+fn light_publish() -> bool {
+    use rustix::thread::{membarrier, membarrier_query, MembarrierCommand};
+    /// The pid that registered (0: none), and whether it could.
+    static REGISTERED: AtomicU64 = AtomicU64::new(0);
+    let me = sys::pid();
+    let r = REGISTERED.load(Ordering::Relaxed);
+    if r as u32 == me {
+        return r >> 32 != 0;
+    }
+    let ok = membarrier_query().contains_command(MembarrierCommand::GlobalExpedited)
+        && membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok();
+    REGISTERED.store(pack(me, u32::from(ok)), Ordering::Relaxed);
+    ok
+}
+
+/// A receiver about to sleep: a full barrier on every CPU that runs a
+/// process registered by [`light_publish`]. Whether the kernel did it.
+fn sys_membarrier() -> bool {
+    use rustix::thread::{membarrier, MembarrierCommand};
+    membarrier(MembarrierCommand::GlobalExpedited).is_ok()
+}
+
 /// How long a party waits on a sender that is filling a slot before it
 /// asks whether that sender is still alive.
 const NAP: Duration = Duration::from_millis(10);
@@ -672,6 +702,14 @@ impl MessageQueue {
         let c = word.load(Ordering::SeqCst);
         waiters.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
+        // A receiver's half of the asymmetric fence that senders publish
+        // without (see `Ring::publish`): a sender that did not see our
+        // count has its message visible to `unchanged` below. Should the
+        // kernel refuse it, the sleep is bounded instead.
+        let mut cap = None;
+        if matches!(ev, Ev::Msg) && !sys_membarrier() {
+            cap = Some(FENCELESS_NAP);
+        }
         if unchanged() {
             // No periodic wake-up without a deadline: nothing a sleeper
             // waits for depends on another process staying alive (a dead
@@ -680,11 +718,11 @@ impl MessageQueue {
             // removal wakes everybody. A kernel timer per sleep would cost
             // a good part of a one-CPU round trip.
             match deadline {
-                Deadline::Never => sys::futex_wait(word, c, None),
+                Deadline::Never => sys::futex_wait(word, c, cap),
                 Deadline::At(at) => {
                     let left = at.saturating_duration_since(Instant::now());
                     if !left.is_zero() {
-                        sys::futex_wait(word, c, Some(left));
+                        sys::futex_wait(word, c, Some(cap.map_or(left, |c| c.min(left))));
                     }
                 }
                 Deadline::Now => {}
@@ -741,6 +779,9 @@ impl MessageQueue {
         let m = self.map();
         let ring = self.ring();
         let me = sys::pid();
+        // Asked before anything is claimed: the first call of a process
+        // makes system calls (a sender killed in them holds no slot).
+        let light = light_publish();
         let tailw = u64_at(m, TAILW);
         let mut qbytes = u64::from(u32_at(m, QBYTES).load(Ordering::Acquire));
         if len > INLINE {
@@ -829,12 +870,12 @@ impl MessageQueue {
                 // The tail's move allotted it arena bytes `tbytes..`; the
                 // slot is ours to fill (a receiver reaching it waits).
                 self.arena().write(tbytes, data);
-                ring.publish(tpos, &[], false);
+                ring.publish(tpos, &[], false, light);
             } else {
                 // The ring was empty (by our view, which only ever
                 // overestimates what is queued): a receiver may be
                 // waiting for just this message.
-                ring.publish(tpos, data, in_ring == 0);
+                ring.publish(tpos, data, in_ring == 0, light);
             }
             self.sent_by(me);
             return Pushed::Sent;

@@ -285,20 +285,33 @@ impl<'a> Ring<'a> {
             .store(mtype as u64, Ordering::Relaxed);
     }
 
-    /// Writes the inline text and publishes the slot. The publishing
-    /// swap is `SeqCst` (a full barrier on x86, where it costs what a
-    /// plain store and a fence would): the caller reads the sleeper count
-    /// right after it, without a fence of its own. With `demote` (the ring
+    /// Writes the inline text and publishes the slot. The caller reads the
+    /// sleeper count right after, and that read must not pass the
+    /// publishing write (Dekker's pattern with a receiver that announces
+    /// itself, then looks at the slot, then sleeps): so the publishing
+    /// write is a `SeqCst` swap (a full barrier), unless `light`: then a
+    /// plain store, and the barrier is the receiver's: it issues
+    /// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` before it looks, which
+    /// runs a full barrier on every CPU running a process registered for it,
+    /// as a `light` caller is (see `light_publish`): a sender that read the
+    /// count before the receiver's announcement had its store visible by
+    /// the receiver's look. Sleeping is the rare path; sending is the
+    /// common one (the swap was a fifth of a streaming sender's time). With `demote` (the ring
     /// was empty: a receiver is most likely waiting for this message), the
     /// slot's lines are pushed to the shared cache for the receiver's CPU
     /// to find there (see [`Mapping::demote`]); not while streaming, where
     /// it slowed 1 -> 1 down by half (the receiver reads the lines later,
     /// and the demoted lines cost this CPU to evict).
-    pub(super) fn publish(&self, pos: u32, data: &[u8], demote: bool) {
+    pub(super) fn publish(&self, pos: u32, data: &[u8], demote: bool, light: bool) {
         if !data.is_empty() {
             self.m.write(self.off(pos, S_DATA), data);
         }
-        self.word(pos).swap(pack(pos.wrapping_add(1), 0), Ordering::SeqCst);
+        let published = pack(pos.wrapping_add(1), 0);
+        if light {
+            self.word(pos).store(published, Ordering::Release);
+        } else {
+            self.word(pos).swap(published, Ordering::SeqCst);
+        }
         if demote {
             self.m.demote(self.off(pos, 0));
             if S_DATA + data.len() > 64 {

@@ -365,7 +365,7 @@ fn a_claim_made_between_the_receivers_two_looks_is_seen() {
         unpack(u64_at(q.map(), TAILW).load(Ordering::SeqCst)).0
     };
     assert_eq!(q.ring().head(hpos, sender, 1 << 20, false), Ok(Head::Filling(me)));
-    q.ring().publish(hpos, b"abc", false);
+    q.ring().publish(hpos, b"abc", false, false);
     assert_eq!(q.try_recv(Select::ANY, 8).unwrap(), (5, b"abc".to_vec()));
     assert_eq!(counts(&q), (0, 0));
     q.remove().unwrap();
@@ -444,5 +444,45 @@ fn a_lone_head_not_selected_stays_in_the_ring_and_is_waited_past() {
         }
     }
     assert_eq!(counts(&q), (0, 0));
+    q.remove().unwrap();
+}
+
+/// Senders publish without a fence when the kernel has `membarrier`
+/// (`Ring::publish`); a receiver issues the fence before it sleeps. A
+/// ping-pong whose every other send comes just as the receiver goes to
+/// sleep (after a pause of varying length) would lose a wake-up if either
+/// half were missing: the receive's timeout would then expire.
+#[test]
+fn no_wake_up_is_lost_between_a_fenceless_send_and_a_receiver_going_to_sleep() {
+    let q = queue("fence");
+    let name = q.name().to_owned();
+    const ROUNDS: u32 = 600;
+    let echo = std::thread::spawn(move || {
+        let q = MessageQueue::open(&name, Access::ReadWrite).unwrap();
+        for i in 0..ROUNDS {
+            let (_, ping) = q.recv_timeout(Select::of(1), 64, Duration::from_secs(10)).unwrap();
+            // Spin for a while, or sleep (1 to 300 us), before answering.
+            let pause = Duration::from_micros(u64::from(1 + (i * 37) % 300));
+            if i % 2 == 0 {
+                let t0 = std::time::Instant::now();
+                while t0.elapsed() < pause {
+                    std::hint::spin_loop();
+                }
+            } else {
+                std::thread::sleep(pause);
+            }
+            q.send(2, &ping).unwrap();
+        }
+    });
+    for i in 0..ROUNDS {
+        q.send(1, &i.to_le_bytes()).unwrap();
+        let (_, pong) = q.recv_timeout(Select::of(2), 64, Duration::from_secs(10)).unwrap();
+        assert_eq!(pong, i.to_le_bytes());
+    }
+    echo.join().unwrap();
+    assert!(
+        light_publish() || !sys_membarrier(),
+        "membarrier works here, so senders publish without a fence"
+    );
     q.remove().unwrap();
 }
