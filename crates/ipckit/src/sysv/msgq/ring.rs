@@ -296,18 +296,23 @@ impl<'a> Ring<'a> {
     /// as a `light` caller is (see `light_publish`): a sender that read the
     /// count before the receiver's announcement had its store visible by
     /// the receiver's look. Sleeping is the rare path; sending is the
-    /// common one (the swap was a fifth of a streaming sender's time). With `demote` (the ring
-    /// was empty: a receiver is most likely waiting for this message), the
-    /// slot's lines are pushed to the shared cache for the receiver's CPU
-    /// to find there (see [`Mapping::demote`]); not while streaming, where
-    /// it slowed 1 -> 1 down by half (the receiver reads the lines later,
-    /// and the demoted lines cost this CPU to evict).
+    /// common one (the swap was a fifth of a streaming sender's time).
+    ///
+    /// With `demote` (the ring was empty: a receiver is most likely waiting
+    /// for this message), the publishing write is the swap (the message is
+    /// in the line before it is demoted), and the slot's lines are pushed
+    /// to the shared cache for the receiver's CPU to find there (see
+    /// [`Mapping::demote`]); not while streaming, where it slowed 1 -> 1
+    /// down by half (the receiver reads the lines later, and the demoted
+    /// lines cost this CPU to evict).
     pub(super) fn publish(&self, pos: u32, data: &[u8], demote: bool, light: bool) {
         if !data.is_empty() {
             self.m.write(self.off(pos, S_DATA), data);
         }
         let published = pack(pos.wrapping_add(1), 0);
-        if light {
+        // A demoted line must hold the message already: a store still in
+        // the store buffer would fetch it back after the demotion.
+        if light && !demote {
             self.word(pos).store(published, Ordering::Release);
         } else {
             self.word(pos).swap(published, Ordering::SeqCst);
