@@ -52,6 +52,11 @@ const MAXCAP: usize = Q + 96;
 /// Bytes in the long texts' arena (`msgq/arena.rs`).
 const ARENA: usize = Q + 100;
 const CTIME: usize = Q + 104;
+/// Nonzero once a sender published a slot without a fence (see
+/// `Ring::publish`): receivers then issue the fence's other half before
+/// they sleep. (Until then they need not: a queue used only for round
+/// trips, whose answers keep the fence, never pays for it.)
+const LIGHT: usize = Q + 112;
 const BOOT: usize = Q + 120;
 /// Ring head position and bytes taken out of the ring.
 const HEADW: usize = Q + 128;
@@ -707,7 +712,7 @@ impl MessageQueue {
         // count has its message visible to `unchanged` below. Should the
         // kernel refuse it, the sleep is bounded instead.
         let mut cap = None;
-        if matches!(ev, Ev::Msg) && !sys_membarrier() {
+        if matches!(ev, Ev::Msg) && u32_at(m, LIGHT).load(Ordering::SeqCst) != 0 && !sys_membarrier() {
             cap = Some(FENCELESS_NAP);
         }
         if unchanged() {
@@ -779,9 +784,13 @@ impl MessageQueue {
         let m = self.map();
         let ring = self.ring();
         let me = sys::pid();
-        // Asked before anything is claimed: the first call of a process
-        // makes system calls (a sender killed in them holds no slot).
-        let light = light_publish();
+        // Whether this handle may publish without a fence: not an answer
+        // (a handle that received since its last send: a receiver most
+        // likely waits for it, and a fence on its own side is cheaper than
+        // making every sleeper fence). Asked before anything is claimed:
+        // the first call of a process makes system calls (a sender killed
+        // in them holds no slot).
+        let may_light = !self.backoff.got.load(Ordering::Relaxed) && light_publish();
         let tailw = u64_at(m, TAILW);
         let mut qbytes = u64::from(u32_at(m, QBYTES).load(Ordering::Acquire));
         if len > INLINE {
@@ -863,6 +872,16 @@ impl MessageQueue {
             if tailw.load(Ordering::Acquire) != t {
                 ring.unclaim(tpos);
                 continue;
+            }
+            // Without a fence only while streaming (messages queued, by our
+            // view): then the receivers are told first, once (the flag's
+            // RMW is a full barrier before any fenceless publish).
+            let light = may_light && in_ring > 0;
+            if light {
+                let flag = u32_at(m, LIGHT);
+                if flag.load(Ordering::Relaxed) == 0 {
+                    flag.fetch_or(1, Ordering::SeqCst);
+                }
             }
             ring.describe(tpos, mtype, len, 0);
             tailw.store(pack(tpos.wrapping_add(1), tbytes.wrapping_add(len as u32)), Ordering::Release);
@@ -1187,6 +1206,7 @@ impl MessageQueue {
                     if !streaming {
                         self.backoff.queued.store(true, Ordering::Relaxed);
                     }
+                    self.backoff.got();
                     return Ok(found);
                 }
                 if streaming {
@@ -1196,6 +1216,7 @@ impl MessageQueue {
             g.quick.set(quick);
             g.check(Access::Read)?;
             if let Some(found) = g.take(select, max_len, deadline, out)? {
+                self.backoff.got();
                 return Ok(found);
             }
             // What the receive found: the head slot (the next message
@@ -1412,6 +1433,9 @@ struct Backoff {
     /// The last receive found its message at the head at once: messages
     /// are queued behind it, most likely.
     queued: std::sync::atomic::AtomicBool,
+    /// This handle received a message since its last send: its next send
+    /// is most likely an answer, which a receiver waits for.
+    got: std::sync::atomic::AtomicBool,
 }
 
 impl Backoff {
@@ -1423,6 +1447,16 @@ impl Backoff {
     fn sent(&self) {
         if !self.sent.load(Ordering::Relaxed) {
             self.sent.store(true, Ordering::Relaxed);
+        }
+        if self.got.load(Ordering::Relaxed) {
+            self.got.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a receive through this handle.
+    fn got(&self) {
+        if !self.got.load(Ordering::Relaxed) {
+            self.got.store(true, Ordering::Relaxed);
         }
     }
 
