@@ -262,7 +262,9 @@ pub struct QueueSet {
 ///
 /// Senders append texts of up to 104 bytes to a lock-free ring in the
 /// queue's segment (one CAS that claims the slot, a plain store that moves
-/// the senders' counter, a publishing swap); a receiver holds the queue's
+/// the senders' counter, a publishing swap, or, for a sender streaming
+/// where the kernel has `membarrier`, a plain store whose fence receivers
+/// supply before they sleep: see `Ring::publish`); a receiver holds the queue's
 /// robust lock, which in the one-receiver case never leaves its CPU, and
 /// takes the ring's head directly when its selection matches it and
 /// nothing older waits in the locked list. A head it does not select is
@@ -1246,7 +1248,9 @@ impl MessageQueue {
             // undisturbed, which we then take at our own pace; a wait that
             // takes longer (a round trip: the other side is not streaming)
             // shrinks the pause back to nothing (see `Backoff`).
-            let pause = self.backoff.start(answer);
+            // (Nor when the last wait ended by yielding: the sender shares
+            // our CPU, and cannot fill anything while we pause.)
+            let pause = self.backoff.start(answer || self.yielding.helps());
             let looks = std::cell::Cell::new(0u32);
             let published = || {
                 looks.set(looks.get() + 1);

@@ -290,7 +290,10 @@ impl<'a> Ring<'a> {
     /// publishing write (Dekker's pattern with a receiver that announces
     /// itself, then looks at the slot, then sleeps): so the publishing
     /// write is a `SeqCst` swap (a full barrier), unless `light`: then a
-    /// plain store, and the barrier is the receiver's: it issues
+    /// plain store, and the barrier is the receiver's: on a queue whose
+    /// `LIGHT` flag is set (a `light` caller set it, with a full barrier,
+    /// before its first such store; a receiver that read it unset before
+    /// sleeping was seen by that barrier's side), it issues
     /// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` before it looks, which
     /// runs a full barrier on every CPU running a process registered for it,
     /// as a `light` caller is (see `light_publish`): a sender that read the
