@@ -22,8 +22,10 @@ const MAGIC: u64 = u64::from_le_bytes(*b"IPCKSHM1");
 /// longer write ring slots (a slot is free for the next lap once the head has
 /// passed it); 6 since a two-slot RPC request lies contiguously from inside
 /// the exchange line (zero-copy requests, a server hold word) and an
-/// in-flight loan's descriptor carries its generation.
-const VERSION: u32 = 6;
+/// in-flight loan's descriptor carries its generation; 7 since a queue's
+/// list counters left its lock's cache line (and a flag word marks queues
+/// with fence-free senders).
+const VERSION: u32 = 7;
 /// Bytes of ipckit's header at the start of every segment; the user area follows.
 pub const HEADER_LEN: usize = 64;
 /// The largest segment ipckit creates (1 TiB).

@@ -125,7 +125,6 @@ impl Mapping {
     /// a CPU without the instruction executes it as a no-op (its encoding is
     /// in the reserved-hint space), and out of bounds it does nothing.
     #[inline]
-    #[allow(dead_code)] // not on any path of main yet; a queue experiment uses it
     pub(crate) fn demote(&self, off: usize) {
         #[cfg(target_arch = "x86_64")]
         if let Some(p) = self.check(off, 1, 1) {

@@ -35,8 +35,6 @@ const LOCK: usize = Q;
 const LOCK_WAITERS: usize = Q + 4;
 const NCHUNKS: usize = Q + 8;
 const NSLOTS: usize = Q + 12;
-/// Messages (low 32 bits) and bytes (high 32) in the locked list.
-const LISTW: usize = Q + 16;
 const HEAD: usize = Q + 24;
 const TAIL: usize = Q + 28;
 const FREE: usize = Q + 32;
@@ -54,11 +52,21 @@ const MAXCAP: usize = Q + 96;
 /// Bytes in the long texts' arena (`msgq/arena.rs`).
 const ARENA: usize = Q + 100;
 const CTIME: usize = Q + 104;
+/// Nonzero once a sender published a slot without a fence (see
+/// `Ring::publish`): receivers then issue the fence's other half before
+/// they sleep. (Until then they need not: a queue used only for round
+/// trips, whose answers keep the fence, never pays for it.)
+const LIGHT: usize = Q + 112;
 const BOOT: usize = Q + 120;
 /// Ring head position and bytes taken out of the ring.
 const HEADW: usize = Q + 128;
 const RTIME: usize = Q + 136;
 const LRPID: usize = Q + 144;
+/// Messages (low 32 bits) and bytes (high 32) in the locked list: on the
+/// receivers' line, not the lock's, so that a sender reading the queue's
+/// counts pulls one line away from the receiver, and never the lock's
+/// (the receiver's lock CAS and unlocking swap would wait for it).
+const LISTW: usize = Q + 152;
 /// Ring tail position and bytes ever sent.
 const TAILW: usize = Q + 192;
 const STIME: usize = Q + 200;
@@ -75,6 +83,10 @@ const ROOM_WAITERS: usize = Q + 268;
 /// 12.2-14.4 M with 16 or 32; 2 and 4 were slower (the line was still
 /// being read), and the round trip (an empty queue) is unchanged.
 const AHEAD: u32 = 16;
+/// A sender waiting for room while spinning skips this many spins
+/// (`pause`s, ~14 ns each on the bench's CPU) per receive it still waits
+/// for before it looks at the receivers' counters again.
+const ROOM_SKIP: u32 = 3;
 /// The CPU (+ 1; 0: none yet) a receiver, and a sender, last waited on.
 const MSG_CPU: usize = Q + 272;
 const ROOM_CPU: usize = Q + 276;
@@ -90,6 +102,36 @@ const C_LEN: usize = 16;
 /// The ring position a drained message came from, and whether it did (1).
 const C_ORIG: usize = 20;
 const C_FROM: usize = 24;
+
+/// The longest sleep of a receiver whose `membarrier` the kernel refused
+/// (it cannot be sure that a sender publishing without a fence saw it).
+const FENCELESS_NAP: Duration = Duration::from_millis(1);
+
+/// Whether this process may publish ring slots without a fence: it is
+/// registered for `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, which
+/// every receiver issues before it sleeps (see `Ring::publish`). Asked
+/// once per process (a forked child registers again: the pid changes).
+fn light_publish() -> bool {
+    use rustix::thread::{membarrier, membarrier_query, MembarrierCommand};
+    /// The pid that registered (0: none), and whether it could.
+    static REGISTERED: AtomicU64 = AtomicU64::new(0);
+    let me = sys::pid();
+    let r = REGISTERED.load(Ordering::Relaxed);
+    if r as u32 == me {
+        return r >> 32 != 0;
+    }
+    let ok = membarrier_query().contains_command(MembarrierCommand::GlobalExpedited)
+        && membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok();
+    REGISTERED.store(pack(me, u32::from(ok)), Ordering::Relaxed);
+    ok
+}
+
+/// A receiver about to sleep: a full barrier on every CPU that runs a
+/// process registered by [`light_publish`]. Whether the kernel did it.
+fn sys_membarrier() -> bool {
+    use rustix::thread::{membarrier, MembarrierCommand};
+    membarrier(MembarrierCommand::GlobalExpedited).is_ok()
+}
 
 /// How long a party waits on a sender that is filling a slot before it
 /// asks whether that sender is still alive.
@@ -219,22 +261,30 @@ pub struct QueueSet {
 /// # How it is fast
 ///
 /// Senders append texts of up to 104 bytes to a lock-free ring in the
-/// queue's segment (one CAS on the senders' counter, one on the slot); a
-/// receiver holds the queue's robust lock, which in the one-receiver case
-/// never leaves its CPU, and takes the ring's head directly when its
-/// selection matches it and nothing older waits in the locked list.
-/// Otherwise it moves the ring's messages, in order, to the list and
-/// selects there, as `msgrcv` does. Longer texts take the same lock-free
+/// queue's segment (one CAS that claims the slot, a plain store that moves
+/// the senders' counter, a publishing swap, or, for a sender streaming
+/// where the kernel has `membarrier`, a plain store whose fence receivers
+/// supply before they sleep: see `Ring::publish`); a receiver holds the queue's
+/// robust lock, which in the one-receiver case never leaves its CPU, and
+/// takes the ring's head directly when its selection matches it and
+/// nothing older waits in the locked list. A head it does not select is
+/// left where it is when it is the ring's only message (a round trip's
+/// request, seen by the requester waiting for the reply). Otherwise it
+/// moves the ring's messages, in order, to the list and selects there, as
+/// `msgrcv` does. Longer texts take the same lock-free
 /// path: the ring slot holds the type and length, the text goes in one
 /// contiguous run of a circular byte arena at the position the senders'
-/// byte counter gives it (the CAS that admits the message allots its
-/// bytes; the head's counter moving past it frees them), so a 4 KiB text is
+/// byte counter gives it (the counter's move that admits the message
+/// allots its bytes; the head's counter moving past it frees them), so a 4 KiB text is
 /// one copy in and one copy out. The counts (`msg_qnum`,
 /// `msg_cbytes`) are exact: senders and receivers keep their counters on
 /// separate cache lines and read each other's only when their cached view
 /// says the queue is full. A party about to sleep first spins a little
 /// (adaptively, and only with more than one CPU online); a wake-up costs a
-/// `futex` call only when somebody sleeps.
+/// `futex` call only when somebody sleeps. A receiver that keeps finding
+/// the ring empty just before a streaming sender fills the next slot
+/// pauses before it looks (adaptively), so that the sender fills a batch
+/// of slots without the receiver pulling their lines away mid-write.
 ///
 /// # Crashes
 ///
@@ -286,6 +336,9 @@ pub struct MessageQueue {
     spin: Spin,
     /// The adaptive yield, for a partner on the same CPU.
     yielding: Yield,
+    /// A receiver's pause before it first looks for a message that is
+    /// not there yet.
+    backoff: Backoff,
 }
 
 /// When a durable queue's changes are written to its file.
@@ -428,6 +481,7 @@ impl MessageQueue {
             view: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             spin: Spin::new(),
             yielding: Yield::new(),
+            backoff: Backoff::default(),
         }
     }
 
@@ -551,12 +605,34 @@ impl MessageQueue {
         }
     }
 
+    /// The lock, if it is free now (the uncontended case: one CAS, no
+    /// waiting, nothing to repair); `None` otherwise.
+    #[inline]
+    fn try_lock(&self) -> Option<Guard<'_>> {
+        let m = self.map();
+        let lock = RobustLock { word: u32_at(m, LOCK), waiters: u32_at(m, LOCK_WAITERS) };
+        lock.word.compare_exchange(0, sys::pid(), Ordering::Acquire, Ordering::Relaxed).ok()?;
+        Some(Guard {
+            q: self,
+            lock,
+            wake: std::cell::Cell::new(0),
+            quick: std::cell::Cell::new(false),
+            passed: std::cell::Cell::new(0),
+        })
+    }
+
     fn lock(&self, deadline: Deadline) -> Result<Guard<'_>, Fault> {
         let m = self.map();
         let lock = RobustLock { word: u32_at(m, LOCK), waiters: u32_at(m, LOCK_WAITERS) };
         let taken = lock.lock(deadline)?;
         // Every receive that finds nothing reads the tail (`Guard::tail`).
-        let g = Guard { q: self, lock, wake: std::cell::Cell::new(0), quick: std::cell::Cell::new(false) };
+        let g = Guard {
+            q: self,
+            lock,
+            wake: std::cell::Cell::new(0),
+            quick: std::cell::Cell::new(false),
+            passed: std::cell::Cell::new(0),
+        };
         if taken == Taken::FromTheDead {
             g.repair(false);
         }
@@ -633,6 +709,14 @@ impl MessageQueue {
         let c = word.load(Ordering::SeqCst);
         waiters.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
+        // A receiver's half of the asymmetric fence that senders publish
+        // without (see `Ring::publish`): a sender that did not see our
+        // count has its message visible to `unchanged` below. Should the
+        // kernel refuse it, the sleep is bounded instead.
+        let mut cap = None;
+        if matches!(ev, Ev::Msg) && u32_at(m, LIGHT).load(Ordering::SeqCst) != 0 && !sys_membarrier() {
+            cap = Some(FENCELESS_NAP);
+        }
         if unchanged() {
             // No periodic wake-up without a deadline: nothing a sleeper
             // waits for depends on another process staying alive (a dead
@@ -641,11 +725,11 @@ impl MessageQueue {
             // removal wakes everybody. A kernel timer per sleep would cost
             // a good part of a one-CPU round trip.
             match deadline {
-                Deadline::Never => sys::futex_wait(word, c, None),
+                Deadline::Never => sys::futex_wait(word, c, cap),
                 Deadline::At(at) => {
                     let left = at.saturating_duration_since(Instant::now());
                     if !left.is_zero() {
-                        sys::futex_wait(word, c, Some(left));
+                        sys::futex_wait(word, c, Some(cap.map_or(left, |c| c.min(left))));
                     }
                 }
                 Deadline::Now => {}
@@ -702,6 +786,13 @@ impl MessageQueue {
         let m = self.map();
         let ring = self.ring();
         let me = sys::pid();
+        // Whether this handle may publish without a fence: not an answer
+        // (a handle that received since its last send: a receiver most
+        // likely waits for it, and a fence on its own side is cheaper than
+        // making every sleeper fence). Asked before anything is claimed:
+        // the first call of a process makes system calls (a sender killed
+        // in them holds no slot).
+        let may_light = !self.backoff.got.load(Ordering::Relaxed) && light_publish();
         let tailw = u64_at(m, TAILW);
         let mut qbytes = u64::from(u32_at(m, QBYTES).load(Ordering::Acquire));
         if len > INLINE {
@@ -773,24 +864,39 @@ impl MessageQueue {
                     continue;
                 }
             }
-            // Under the claim, nobody else moves the tail from `tpos`.
+            // Under the claim, nobody else moves the tail from `tpos` (a
+            // sender moves it only from the position it holds the claim
+            // of), so once it is still `t`, `t` stays the tail until this
+            // store: the admission above was exact, and the move needs no
+            // locked instruction. (The claim's CAS is ordered before it,
+            // as are the slot's header stores: a receiver that sees the
+            // tail past `tpos` sees the claim.)
             if tailw.load(Ordering::Acquire) != t {
                 ring.unclaim(tpos);
                 continue;
             }
-            ring.describe(tpos, mtype, len, 0);
-            let next = pack(tpos.wrapping_add(1), tbytes.wrapping_add(len as u32));
-            if tailw.compare_exchange(t, next, Ordering::SeqCst, Ordering::Acquire).is_err() {
-                ring.unclaim(tpos);
-                continue;
+            // Without a fence only while streaming (messages queued, by our
+            // view): then the receivers are told first, once (the flag's
+            // RMW is a full barrier before any fenceless publish).
+            let light = may_light && in_ring > 0;
+            if light {
+                let flag = u32_at(m, LIGHT);
+                if flag.load(Ordering::Relaxed) == 0 {
+                    flag.fetch_or(1, Ordering::SeqCst);
+                }
             }
+            ring.describe(tpos, mtype, len, 0);
+            tailw.store(pack(tpos.wrapping_add(1), tbytes.wrapping_add(len as u32)), Ordering::Release);
             if len > INLINE {
                 // The tail's move allotted it arena bytes `tbytes..`; the
                 // slot is ours to fill (a receiver reaching it waits).
                 self.arena().write(tbytes, data);
-                ring.publish(tpos, &[]);
+                ring.publish(tpos, &[], false, light);
             } else {
-                ring.publish(tpos, data);
+                // The ring was empty (by our view, which only ever
+                // overestimates what is queued): a receiver may be
+                // waiting for just this message.
+                ring.publish(tpos, data, in_ring == 0, light);
             }
             self.sent_by(me);
             return Pushed::Sent;
@@ -883,6 +989,7 @@ impl MessageQueue {
             };
             match pushed {
                 Pushed::Sent => {
+                    self.backoff.sent();
                     self.durable_commit();
                     self.notify_after_barrier(Ev::Msg);
                     return Ok(());
@@ -897,13 +1004,30 @@ impl MessageQueue {
                     // single receive would pull the receivers' line over
                     // once per message. (Asleep, any change wakes us.)
                     let batch = (self.slots / 8).max(1);
-                    let room = || {
+                    // And look only now and then: every look pulls the
+                    // receivers' line (`HEADW`) and the lock's (`LISTW`)
+                    // away from the receiver, which then has to fetch
+                    // them back for its next receive (1 -> 1, queue full:
+                    // the receiver spent a third of its time there).
+                    let mut skip = 0u32;
+                    let room = move || {
+                        if skip > 0 {
+                            skip -= 1;
+                            return false;
+                        }
                         let h = u64_at(m, HEADW).load(Ordering::Relaxed);
-                        unpack(h).0.wrapping_sub(unpack(seen[1]).0) >= batch
+                        let taken = unpack(h).0.wrapping_sub(unpack(seen[1]).0);
+                        if taken >= batch
                             || (h != seen[1] && data.len() > INLINE)
                             || u64_at(m, LISTW).load(Ordering::Relaxed) != seen[2]
                             || u32_at(m, QBYTES).load(Ordering::Relaxed) as u64 != seen[3] >> 1
                             || u32_at(m, REMOVED).load(Ordering::Relaxed) != 0
+                        {
+                            return true;
+                        }
+                        // About the time the receivers take for what is missing.
+                        skip = (batch - taken) * ROOM_SKIP;
+                        false
                     };
                     self.wait_change(Ev::Room, || self.snap() == seen, deadline, room)?;
                 }
@@ -1068,17 +1192,40 @@ impl MessageQueue {
         // A receive that does not wait also waits out a sender that moved
         // the tail and is filling the head slot (see `Ring::head`).
         let mut quick = deadline != Deadline::Now;
+        let mut first = true;
+        let answer = self.backoff.answer();
         loop {
-            let g = self.lock(deadline)?;
+            let g = match self.try_lock() {
+                Some(g) => g,
+                None => self.lock(deadline)?,
+            };
+            if first {
+                // The common case first, without the general path's
+                // bookkeeping (it falls through to it for anything else).
+                first = false;
+                let streaming = self.backoff.queued.load(Ordering::Relaxed);
+                if let Some(found) = g.take_head(select, max_len, out, streaming) {
+                    if !streaming {
+                        self.backoff.queued.store(true, Ordering::Relaxed);
+                    }
+                    self.backoff.got();
+                    return Ok(found);
+                }
+                if streaming {
+                    self.backoff.queued.store(false, Ordering::Relaxed);
+                }
+            }
             g.quick.set(quick);
             g.check(Access::Read)?;
             if let Some(found) = g.take(select, max_len, deadline, out)? {
+                self.backoff.got();
                 return Ok(found);
             }
             // What the receive found: the head slot (the next message
             // there changes its word: a sender claims it, then publishes
             // it) and the list. A slot published since is taken at once.
-            let hpos = g.headw().0;
+            // (With the head passed over, what comes after it.)
+            let hpos = g.headw().0.wrapping_add(g.passed.get());
             let list = u64_at(m, LISTW).load(Ordering::Relaxed);
             let head = ring.word(hpos).load(Ordering::Acquire);
             drop(g);
@@ -1092,7 +1239,23 @@ impl MessageQueue {
             // not the tail, until it is published: a sender's claim is
             // not waited on (looking again then would only pull the line
             // away from the sender filling it).
-            let published = || unpack(ring.word(hpos).load(Ordering::Relaxed)).0 == hpos.wrapping_add(1);
+            //
+            // A sender streaming faster than we receive is right behind
+            // us: each look at its slot while it fills it costs it a fetch
+            // of the line back. So after a wait that a look or two ended
+            // (the sender was busy filling that slot), the next wait
+            // starts with a pause that lets it run ahead and fill a batch
+            // undisturbed, which we then take at our own pace; a wait that
+            // takes longer (a round trip: the other side is not streaming)
+            // shrinks the pause back to nothing (see `Backoff`).
+            // (Nor when the last wait ended by yielding: the sender shares
+            // our CPU, and cannot fill anything while we pause.)
+            let pause = self.backoff.start(answer || self.yielding.helps());
+            let looks = std::cell::Cell::new(0u32);
+            let published = || {
+                looks.set(looks.get() + 1);
+                unpack(ring.word(hpos).load(Ordering::Relaxed)).0 == hpos.wrapping_add(1)
+            };
             let arrived = || {
                 published()
                     || u64_at(m, LISTW).load(Ordering::Relaxed) != list
@@ -1106,6 +1269,10 @@ impl MessageQueue {
             // Spun out or woken without a message at the head: look at the
             // tail too on the next round (see `Ring::head`).
             quick = published();
+            // Only a wait that the message at the head ended tells how far
+            // ahead its sender was (not one that a change of the list ended,
+            // as a round trip's partner taking a drained request does).
+            self.backoff.adapt(pause, if quick { looks.get() } else { u32::MAX });
         }
     }
 
@@ -1250,6 +1417,90 @@ impl Out<'_> {
                 v
             }
             Out::Buf(b) => &mut b[..keep],
+        }
+    }
+}
+
+/// How long a receiver that finds the ring empty waits before it looks at
+/// the head slot (in `pause`s, ~14 ns each on the bench's VM), adapted to
+/// what the last waits found: a message at the first look or two (a
+/// sender streaming right behind: pause longer next time, up to
+/// [`Backoff::MAX`]), or only after many looks (a message that was not on
+/// its way: a round trip's reply, a sender that paused; shrink).
+#[derive(Debug, Default)]
+struct Backoff {
+    pauses: AtomicU32,
+    /// This handle sent a message since its last wait for one: the
+    /// message awaited now is most likely an answer to it (a round trip,
+    /// whose latency a pause would only add to), not part of a stream.
+    sent: std::sync::atomic::AtomicBool,
+    /// The last receive found its message at the head at once: messages
+    /// are queued behind it, most likely.
+    queued: std::sync::atomic::AtomicBool,
+    /// This handle received a message since its last send: its next send
+    /// is most likely an answer, which a receiver waits for.
+    got: std::sync::atomic::AtomicBool,
+}
+
+impl Backoff {
+    /// At most ~1 us: a sender streaming 64-byte messages fills a few
+    /// dozen slots meanwhile, an eighth of the smallest ring's.
+    const MAX: u32 = 64;
+
+    /// Records a send through this handle.
+    fn sent(&self) {
+        if !self.sent.load(Ordering::Relaxed) {
+            self.sent.store(true, Ordering::Relaxed);
+        }
+        if self.got.load(Ordering::Relaxed) {
+            self.got.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a receive through this handle.
+    fn got(&self) {
+        if !self.got.load(Ordering::Relaxed) {
+            self.got.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this handle sent since its last receive (and forgets it):
+    /// then this receive most likely waits for an answer.
+    fn answer(&self) -> bool {
+        let sent = self.sent.load(Ordering::Relaxed);
+        if sent {
+            self.sent.store(false, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Pauses (only where spinning pays, and not for a round trip's
+    /// answer); returns how many it paused (`u32::MAX`: none, for an answer).
+    fn start(&self, answer: bool) -> u32 {
+        if answer {
+            return u32::MAX;
+        }
+        let n = self.pauses.load(Ordering::Relaxed);
+        if n > 0 && spin_pays() {
+            for _ in 0..n {
+                std::hint::spin_loop();
+            }
+        }
+        n
+    }
+
+    /// After a wait that paused `paused` and then looked `looks` times.
+    fn adapt(&self, paused: u32, looks: u32) {
+        if paused == u32::MAX {
+            return;
+        }
+        let next = match looks {
+            0..=2 => (paused * 2).clamp(4, Self::MAX),
+            3..=8 => paused,
+            _ => paused / 4,
+        };
+        if next != paused {
+            self.pauses.store(next, Ordering::Relaxed);
         }
     }
 }

@@ -14,7 +14,7 @@ use proptest::prelude::*;
 
 use super::harness::{param, report, spawn, what, Named};
 
-// ipckit's header, layout version 6 (see `shm/segment.rs`).
+// ipckit's header, layout version 7 (see `shm/segment.rs`).
 const H_MAGIC: u64 = 0;
 const H_VERSION: u64 = 8;
 const H_KIND: u64 = 12;
@@ -59,7 +59,8 @@ fn a_corrupted_header_is_refused() {
         ("version 3 (an older build)", H_VERSION, &3u32.to_le_bytes(), "version"),
         ("version 4 (an older build)", H_VERSION, &4u32.to_le_bytes(), "version"),
         ("version 5 (an older build)", H_VERSION, &5u32.to_le_bytes(), "version"),
-        ("version 7", H_VERSION, &7u32.to_le_bytes(), "version"),
+        ("version 6 (an older build)", H_VERSION, &6u32.to_le_bytes(), "version"),
+        ("version 8", H_VERSION, &8u32.to_le_bytes(), "version"),
         ("version 0", H_VERSION, &0u32.to_le_bytes(), "version"),
         ("unknown kind", H_KIND, &7u32.to_le_bytes(), "kind"),
         ("another kind", H_KIND, &1u32.to_le_bytes(), "kind"),

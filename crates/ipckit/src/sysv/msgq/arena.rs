@@ -4,14 +4,14 @@
 //!
 //! # Where a text lives
 //!
-//! A sender's `TAILW` CAS (see `ring.rs`) moves the bytes-ever-sent counter
-//! from `b` to `b + len`; a long text sent with that CAS lives at arena
+//! A sender's `TAILW` move (see `ring.rs`) takes the bytes-ever-sent counter
+//! from `b` to `b + len`; a long text sent with that move lives at arena
 //! bytes `b .. b + len`, modulo the arena's size `A` (a power of two, so
 //! the position survives the 32-bit counter wrapping; a text that crosses
 //! the end goes in two pieces). The receiver that takes the message out of
 //! the ring (received, or drained into the locked list, which copies it
 //! into chunks) finds it at `HEADW`'s byte counter, and moving `HEADW` past
-//! it frees it. So the allocation is the CAS that admits the message: no
+//! it frees it. So the allocation is the move that admits the message: no
 //! lock, no free list, no offset stored in shared memory that could be
 //! forged.
 //!

@@ -28,11 +28,18 @@ pub(super) struct Guard<'a> {
     /// Whether an empty-looking head slot is trusted without reading the
     /// senders' counter (see [`super::ring::Ring::head`]).
     pub(super) quick: std::cell::Cell<bool>,
+    /// Ring positions past the head that [`Guard::take`] looked at and
+    /// left where they are (0, or 1: a lone head message the receive did
+    /// not select); a receiver then waits for the position after them.
+    pub(super) passed: std::cell::Cell<u32>,
 }
 
 /// How many slots past the head a receiver taking the head prefetches for
 /// reading (1 -> 1 pinned, 6 runs each: median 12.2 -> 13.0 M msg/s; 4 and
-/// 8 gained nothing; a hint only, it changes no memory).
+/// 8 gained nothing; a hint only, it changes no memory). Only while
+/// messages are queued behind the head: in a round trip that slot is the
+/// next one the other side claims, and a copy here would cost its claim a
+/// fetch of the line.
 const RAHEAD: u32 = 2;
 
 impl Drop for Guard<'_> {
@@ -337,7 +344,6 @@ impl Guard<'_> {
         }
         let keep = len.min(max_len);
         let (hpos, hbytes) = self.headw();
-        self.q.ring().prefetch_slot_read(hpos.wrapping_add(RAHEAD));
         self.read_head(hpos, hbytes, len, out.room(keep))?;
         // Commit by moving the head, which frees a long text's arena bytes
         // and the slot for the next lap (receivers never write a slot; a
@@ -345,6 +351,45 @@ impl Guard<'_> {
         self.put64(HEADW, hpos.wrapping_add(1), hbytes.wrapping_add(len as u32));
         self.received();
         Ok((mtype, keep))
+    }
+
+    /// The common receive in one pass: the list is empty and the ring's
+    /// head is published, picked by `select` and no longer than `max_len`:
+    /// takes it as [`Guard::pop`] does. `None` (nothing changed) for
+    /// anything else, which the general path ([`Guard::take`]) handles,
+    /// errors included. With `streaming` (the last receive found its
+    /// message queued), the slot [`RAHEAD`] positions on is prefetched.
+    #[inline]
+    pub(super) fn take_head(
+        &self,
+        select: Select,
+        max_len: usize,
+        out: &mut Out<'_>,
+        streaming: bool,
+    ) -> Option<(i64, usize)> {
+        if select.mtype < 0 || self.get64(LISTW).0 != 0 || self.q.check(Access::Read).is_err() {
+            return None;
+        }
+        let ring = self.q.ring();
+        let (hpos, hbytes) = self.headw();
+        if unpack(ring.word(hpos).load(Ordering::Acquire)).0 != hpos.wrapping_add(1) {
+            return None;
+        }
+        let len = ring.len(hpos) as usize;
+        if len > max_len || len > self.get(MAXMSG) as usize || ring.chain(hpos) != 0 {
+            return None;
+        }
+        let mtype = ring.mtype(hpos);
+        if !select.matches_first(mtype) {
+            return None;
+        }
+        if streaming {
+            ring.prefetch_slot_read(hpos.wrapping_add(RAHEAD));
+        }
+        self.read_head(hpos, hbytes, len, out.room(len)).ok()?;
+        self.put64(HEADW, hpos.wrapping_add(1), hbytes.wrapping_add(len as u32));
+        self.received();
+        Some((mtype, len))
     }
 
     /// Copies the first `out.len()` bytes of the `len`-byte text at the
@@ -451,6 +496,15 @@ impl Guard<'_> {
             Head::Empty => Ok(None),
             head @ Head::Ready { mtype, .. } if select.matches_first(mtype) => {
                 self.pop(select, max_len, head, out).map(Some)
+            }
+            Head::Ready { .. } if unpack(self.tail()).0 == self.headw().0.wrapping_add(1) => {
+                // The ring's only message, and not selected: nothing
+                // matches. Left in the ring (drained into the list, the
+                // receiver it is meant for would take it from there, on
+                // the slow path: a round trip's request, seen by the
+                // requester waiting for the reply).
+                self.passed.set(1);
+                Ok(None)
             }
             _ => {
                 self.drain_all(deadline)?;

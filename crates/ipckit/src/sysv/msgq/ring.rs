@@ -19,10 +19,12 @@
 //! # Counters
 //!
 //! - `TAILW` (the senders' line): ring tail position (low 32 bits) and bytes
-//!   ever sent (high 32), moved by one CAS that is also the admission check;
+//!   ever sent (high 32), moved only by the sender holding the claim on the
+//!   tail's slot (so with a plain store), after the admission check;
 //! - `HEADW` (the receivers' line): ring head position and bytes ever taken
 //!   out of the ring (received or drained);
-//! - `LISTW` (the lock's line): messages and bytes in the locked list.
+//! - `LISTW` (on the receivers' line too, written under the lock): messages
+//!   and bytes in the locked list.
 //!
 //! Messages in the queue = `tail - head + list`, bytes = `sent - taken +
 //! list bytes`. A sender keeps a private copy of the last `HEADW`/`LISTW` it
@@ -54,9 +56,12 @@
 //! receiver copies the text out before it moves the head.)
 //!
 //! A sender: claims the slot (CAS from the free word it found to `(pos,
-//! pid)`), writes the length and type, moves `TAILW` (CAS, with the byte
-//! count), writes the text (into the slot or the arena), publishes
-//! (`(pos + 1, 0)`). Long and short texts take the same lock-free path.
+//! pid)`), checks that `TAILW` still says `pos` (then nobody else can move
+//! it: a sender moves the tail only from the position whose slot it has
+//! claimed, and the claim is ours), writes the length and type, moves
+//! `TAILW` (a store, with the byte count), writes the text (into the slot
+//! or the arena), publishes (`(pos + 1, 0)`). Long and short texts take
+//! the same lock-free path.
 //!
 //! # Deaths
 //!
@@ -134,7 +139,7 @@ impl<'a> Ring<'a> {
         self.u32_at(pos, S_CHAIN).load(Ordering::Relaxed)
     }
 
-    fn mtype(&self, pos: u32) -> i64 {
+    pub(super) fn mtype(&self, pos: u32) -> i64 {
         self.m.u64_at(self.off(pos, S_TYPE)).expect("slot inside the mapping").load(Ordering::Relaxed) as i64
     }
 
@@ -280,14 +285,46 @@ impl<'a> Ring<'a> {
             .store(mtype as u64, Ordering::Relaxed);
     }
 
-    /// Writes the inline text and publishes the slot. The publishing
-    /// swap is `SeqCst` (a full barrier on x86, where it costs what a
-    /// plain store and a fence would): the caller reads the sleeper count
-    /// right after it, without a fence of its own.
-    pub(super) fn publish(&self, pos: u32, data: &[u8]) {
+    /// Writes the inline text and publishes the slot. The caller reads the
+    /// sleeper count right after, and that read must not pass the
+    /// publishing write (Dekker's pattern with a receiver that announces
+    /// itself, then looks at the slot, then sleeps): so the publishing
+    /// write is a `SeqCst` swap (a full barrier), unless `light`: then a
+    /// plain store, and the barrier is the receiver's: on a queue whose
+    /// `LIGHT` flag is set (a `light` caller set it, with a full barrier,
+    /// before its first such store; a receiver that read it unset before
+    /// sleeping was seen by that barrier's side), it issues
+    /// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` before it looks, which
+    /// runs a full barrier on every CPU running a process registered for it,
+    /// as a `light` caller is (see `light_publish`): a sender that read the
+    /// count before the receiver's announcement had its store visible by
+    /// the receiver's look. Sleeping is the rare path; sending is the
+    /// common one (the swap was a fifth of a streaming sender's time).
+    ///
+    /// With `demote` (the ring was empty: a receiver is most likely waiting
+    /// for this message), the publishing write is the swap (the message is
+    /// in the line before it is demoted), and the slot's lines are pushed
+    /// to the shared cache for the receiver's CPU to find there (see
+    /// [`Mapping::demote`]); not while streaming, where it slowed 1 -> 1
+    /// down by half (the receiver reads the lines later, and the demoted
+    /// lines cost this CPU to evict).
+    pub(super) fn publish(&self, pos: u32, data: &[u8], demote: bool, light: bool) {
         if !data.is_empty() {
             self.m.write(self.off(pos, S_DATA), data);
         }
-        self.word(pos).swap(pack(pos.wrapping_add(1), 0), Ordering::SeqCst);
+        let published = pack(pos.wrapping_add(1), 0);
+        // A demoted line must hold the message already: a store still in
+        // the store buffer would fetch it back after the demotion.
+        if light && !demote {
+            self.word(pos).store(published, Ordering::Release);
+        } else {
+            self.word(pos).swap(published, Ordering::SeqCst);
+        }
+        if demote {
+            self.m.demote(self.off(pos, 0));
+            if S_DATA + data.len() > 64 {
+                self.m.demote(self.off(pos, 64));
+            }
+        }
     }
 }

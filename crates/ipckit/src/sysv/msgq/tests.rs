@@ -365,8 +365,123 @@ fn a_claim_made_between_the_receivers_two_looks_is_seen() {
         unpack(u64_at(q.map(), TAILW).load(Ordering::SeqCst)).0
     };
     assert_eq!(q.ring().head(hpos, sender, 1 << 20, false), Ok(Head::Filling(me)));
-    q.ring().publish(hpos, b"abc");
+    q.ring().publish(hpos, b"abc", false, false);
     assert_eq!(q.try_recv(Select::ANY, 8).unwrap(), (5, b"abc".to_vec()));
     assert_eq!(counts(&q), (0, 0));
+    q.remove().unwrap();
+}
+
+/// The one-pass receive of the ring's head (`Guard::take_head`) takes only
+/// what it may: a text longer than the buffer, a head behind older messages
+/// in the list, a forged length go to the general path, which answers as
+/// before.
+#[test]
+fn the_fast_receive_leaves_what_it_cannot_take_to_the_general_path() {
+    let q = queue("fast");
+    let long = text(3, 100);
+    q.send(1, &long).unwrap();
+    let mut small = [0u8; 10];
+    let got = q.try_recv_into(Select::ANY, &mut small);
+    assert!(matches!(got, Err(TryRecvError::Frame(FrameError::TooLarge { len: 100, max: 10 }))), "{got:?}");
+    assert_eq!(counts(&q), (1, 100), "a message too long for the buffer stays queued");
+    assert_eq!(q.try_recv_into(Select::ANY.truncating(), &mut small).unwrap(), (1, 10));
+    assert_eq!(&small, &long[..10]);
+    assert_eq!(counts(&q), (0, 0));
+    // Two messages: a receive of type 2 drains the ring, type 1 waits in
+    // the list; a message sent then is at the ring's head, but the list's
+    // is older.
+    q.send(1, b"older").unwrap();
+    q.send(2, b"picked").unwrap();
+    assert_eq!(q.try_recv(Select::of(2), 64).unwrap(), (2, b"picked".to_vec()));
+    assert_eq!(u64_at(q.map(), LISTW).load(Ordering::Relaxed) as u32, 1, "type 1 went to the list");
+    q.send(3, b"newer").unwrap();
+    assert_eq!(q.try_recv(Select::ANY, 64).unwrap(), (1, b"older".to_vec()));
+    assert_eq!(q.try_recv(Select::ANY, 64).unwrap(), (3, b"newer".to_vec()));
+    // A forged length over the maximum at the head: an error, not a read.
+    q.send(4, b"forged").unwrap();
+    let (hpos, _) = unpack(u64_at(q.map(), HEADW).load(Ordering::Acquire));
+    q.ring().describe(hpos, 4, 1 << 20, 0);
+    let got = q.try_recv(Select::ANY, 1 << 24);
+    assert!(matches!(got, Err(TryRecvError::Frame(_))), "{got:?}");
+    q.remove().unwrap();
+}
+
+/// A receive that does not select the ring's only message leaves it in the
+/// ring (no drain into the list) and waits for the next position: a
+/// message sent later wakes it, also asleep, and the one passed over is
+/// still there for its own receiver, also one that takes it meanwhile.
+#[test]
+fn a_lone_head_not_selected_stays_in_the_ring_and_is_waited_past() {
+    let q = queue("lone");
+    q.send(1, b"request").unwrap();
+    let headw = u64_at(q.map(), HEADW).load(Ordering::Acquire);
+    assert!(matches!(q.try_recv(Select::of(2), 64), Err(TryRecvError::Empty)));
+    assert_eq!(u64_at(q.map(), HEADW).load(Ordering::Acquire), headw, "the head did not move");
+    assert_eq!(u64_at(q.map(), LISTW).load(Ordering::Acquire), 0, "nothing was drained");
+    assert_eq!(counts(&q), (1, 7));
+    let name = q.name().to_owned();
+    for take_meanwhile in [false, true] {
+        let replier = {
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let q = MessageQueue::open(&name, Access::ReadWrite).unwrap();
+                // Long enough for the waiter to have gone to sleep.
+                std::thread::sleep(Duration::from_millis(100));
+                if take_meanwhile {
+                    assert_eq!(
+                        q.recv_timeout(Select::of(1), 64, Duration::from_secs(5)).unwrap().1,
+                        b"request"
+                    );
+                }
+                q.send(2, b"reply").unwrap();
+            })
+        };
+        let got = q.recv_timeout(Select::of(2), 64, Duration::from_secs(10)).unwrap();
+        assert_eq!(got, (2, b"reply".to_vec()));
+        replier.join().unwrap();
+        if !take_meanwhile {
+            assert_eq!(counts(&q), (1, 7), "the request is still queued");
+        }
+    }
+    assert_eq!(counts(&q), (0, 0));
+    q.remove().unwrap();
+}
+
+/// A streaming sender publishes without a fence when the kernel has
+/// `membarrier` (`Ring::publish`); a receiver then issues the fence before
+/// it sleeps. Bursts of two messages, each after a pause of varying length
+/// (spun or slept, 1 to 300 us), so that the receiver has often just gone
+/// to sleep when the next burst comes: a lost wake-up would leave it asleep
+/// until its receive's timeout.
+#[test]
+fn no_wake_up_is_lost_between_a_fenceless_send_and_a_receiver_going_to_sleep() {
+    let q = queue("fence");
+    let name = q.name().to_owned();
+    const BURSTS: u32 = 600;
+    let sender = std::thread::spawn(move || {
+        // Its own handle, which only sends (never an answer).
+        let q = MessageQueue::open(&name, Access::Write).unwrap();
+        for i in 0..BURSTS {
+            let pause = Duration::from_micros(u64::from(1 + (i * 37) % 300));
+            if i % 2 == 0 {
+                let t0 = std::time::Instant::now();
+                while t0.elapsed() < pause {
+                    std::hint::spin_loop();
+                }
+            } else {
+                std::thread::sleep(pause);
+            }
+            q.send(1, &(2 * i).to_le_bytes()).unwrap();
+            q.send(1, &(2 * i + 1).to_le_bytes()).unwrap();
+        }
+    });
+    for i in 0..2 * BURSTS {
+        let (_, got) = q.recv_timeout(Select::ANY, 64, Duration::from_secs(10)).unwrap();
+        assert_eq!(got, i.to_le_bytes());
+    }
+    sender.join().unwrap();
+    if light_publish() {
+        assert_ne!(u32_at(q.map(), LIGHT).load(Ordering::Relaxed), 0, "the sender published without a fence");
+    }
     q.remove().unwrap();
 }
