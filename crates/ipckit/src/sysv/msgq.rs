@@ -1292,9 +1292,12 @@ impl MessageQueue {
         let (hpos, hbytes) = unpack(t(HEADW));
         let (ln, lb) = unpack(t(LISTW));
         let (tpos, tbytes) = unpack(u64_at(m, TAILW).load(Ordering::Acquire));
+        // Slots whose sender died between moving the tail and publishing
+        // hold no message: not counted (receivers skip them).
+        let (dead, dead_bytes) = g.dead_claims(hpos, tpos);
         Ok(QueueStat {
-            messages: tpos.wrapping_sub(hpos) as usize + ln as usize,
-            bytes: tbytes.wrapping_sub(hbytes) as usize + lb as usize,
+            messages: (tpos.wrapping_sub(hpos) as usize + ln as usize).saturating_sub(dead),
+            bytes: (tbytes.wrapping_sub(hbytes) as usize + lb as usize).saturating_sub(dead_bytes),
             capacity: r(QBYTES) as usize,
             max_message: r(MAXMSG) as usize,
             last_sender: r(LSPID),

@@ -314,6 +314,30 @@ impl Guard<'_> {
         }
     }
 
+    /// Messages the tail counts that will never be published: slots in
+    /// `hpos..tpos` still claimed by a sender that died filling them
+    /// (receivers skip them when they reach them; `stat` leaves them out,
+    /// so a message is in the statistics exactly when it can be received).
+    /// `(messages, bytes)`; nothing for a span longer than the ring (a
+    /// corrupted counter, which receivers report).
+    pub(super) fn dead_claims(&self, hpos: u32, tpos: u32) -> (usize, usize) {
+        let ring = self.q.ring();
+        let span = tpos.wrapping_sub(hpos);
+        if span > ring.n {
+            return (0, 0);
+        }
+        let mut dead = (0, 0);
+        for k in 0..span {
+            let pos = hpos.wrapping_add(k);
+            let (seq, claim) = unpack(ring.word(pos).load(Ordering::Acquire));
+            if seq == pos && claim != 0 && !sys::process_alive(claim) {
+                dead.0 += 1;
+                dead.1 += ring.len(pos) as usize;
+            }
+        }
+        dead
+    }
+
     /// Skips the head slot, whose sender (`pid`) died before publishing it:
     /// the message was never sent; its bytes are given back.
     pub(super) fn skip(&self, hpos: u32, pid: u32) {
