@@ -98,8 +98,12 @@ const END: u8 = 0xEE;
 
 /// How long each sender sends in one throughput round.
 const SEND_TIME: Duration = Duration::from_millis(200);
-/// Throughput rounds per scenario and implementation (interleaved).
-const TPUT_ROUNDS: usize = 7;
+/// Throughput rounds per scenario and implementation (interleaved). Each
+/// round is a fresh queue and sender process, and the rate of one pinned
+/// pair moves by +-30 % from round to round with where its lines land (as
+/// the shared-memory floor does): 15 rounds make the median a property of
+/// the code rather than of one draw.
+const TPUT_ROUNDS: usize = 15;
 /// Least duration of one round-trip batch.
 const BATCH_TIME: Duration = Duration::from_millis(20);
 /// Round-trip batches per scenario and implementation (interleaved).
