@@ -74,7 +74,7 @@ const RTT_ROUNDS: usize = 21;
 const RTT_BATCH: Duration = Duration::from_millis(5);
 const RTT_WARMUP: usize = 2_000;
 /// c8 and f_loan_hdr are measured this many times each, alternating.
-const F_PAIRS: usize = 3;
+const F_PAIRS: usize = 9;
 /// Throughput: THR_REPS repetitions of about THR_BYTES each per size and implementation.
 const THR_REPS: usize = 7;
 const THR_BYTES: usize = 128 * MIB;
