@@ -323,6 +323,32 @@ impl<'a> Slot<'a> {
     }
 }
 
+/// Waits for a published request other than `last` (a request word being
+/// rewritten does not count). A client that is gone ends its session (its
+/// pid is cleared, so a new one may attach): `Disconnected`.
+#[inline]
+fn wait_request(
+    map: &Mapping,
+    req: &Slot<'_>,
+    mode: WaitMode,
+    due: &mut Due,
+    last: u32,
+) -> Result<u32, Fault> {
+    let client_gone = || {
+        let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
+        pid == 0 || sys::process_alive(pid)
+    };
+    let fresh = |w: u32| w != last && w & WRITING == 0;
+    match wait_until(req.state(), req.waiters(), mode, due, fresh, client_gone) {
+        Err(Fault::Disconnected) => {
+            let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
+            let _ = word(map, CLIENT_PID).compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
+            Err(Fault::Disconnected)
+        }
+        r => r,
+    }
+}
+
 fn alive(map: &Mapping, off: usize) -> bool {
     let pid = word(map, off).load(Ordering::Acquire);
     pid != 0 && sys::process_alive(pid)
@@ -415,24 +441,8 @@ impl RpcServer {
         let map: &Mapping = self.seg.mapping();
         let (_, line) = lines(map);
         let req = Slot::request(map, line, &self.layout);
-        // A client that is gone ends its session; a new one may attach.
-        let client_gone = || {
-            let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
-            pid == 0 || sys::process_alive(pid)
-        };
-        let last = self.last;
-        let fresh = |w: u32| w != last && w & WRITING == 0;
         loop {
-            let seen = match wait_until(req.state(), req.waiters(), self.mode, &mut due, fresh, client_gone) {
-                Ok(seen) => seen,
-                Err(Fault::Disconnected) => {
-                    let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
-                    let _ =
-                        word(map, CLIENT_PID).compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
-                    return Err(Fault::Disconnected);
-                }
-                Err(e) => return Err(e),
-            };
+            let seen = wait_request(map, &req, self.mode, &mut due, self.last)?;
             match req.take(seen, buf) {
                 Ok(true) => {
                     self.last = seen;
@@ -475,23 +485,8 @@ impl RpcServer {
         let (_, line) = lines(map);
         let req = Slot::request(map, line, &self.layout);
         let hold = word(map, self.layout.reply + HOLD);
-        let client_gone = || {
-            let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
-            pid == 0 || sys::process_alive(pid)
-        };
         loop {
-            let last = self.last;
-            let fresh = |w: u32| w != last && w & WRITING == 0;
-            let seen = match wait_until(req.state(), req.waiters(), self.mode, &mut due, fresh, client_gone) {
-                Ok(seen) => seen,
-                Err(Fault::Disconnected) => {
-                    let pid = word(map, CLIENT_PID).load(Ordering::Acquire);
-                    let _ =
-                        word(map, CLIENT_PID).compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
-                    return Err(Fault::Disconnected);
-                }
-                Err(e) => return Err(e),
-            };
+            let seen = wait_request(map, &req, self.mode, &mut due, self.last)?;
             let len = req.len.load(Ordering::Relaxed) as usize;
             if len > self.layout.cap {
                 self.last = seen;
