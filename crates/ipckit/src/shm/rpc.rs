@@ -565,13 +565,13 @@ impl RpcServer {
         }
         let map = self.seg.mapping();
         let req_at = self.layout.request + REQ_BYTES;
-        // SAFETY: the request (`req_len` > 0 only from a `RequestView`,
-        // which holds it and checked its length) and the reply area are
-        // disjoint: the request lies from byte 48 of the exchange line on,
-        // a small reply in bytes 24..40 of it, a large one in the reply
-        // slot's own area. The server owns the reply area until it
-        // publishes the reply (the client reads a reply only once its word
-        // holds the call's number, which the publish below stores).
+        // The request (`req_len` > 0 only from a `RequestView`, which holds
+        // it and checked its length) lies from byte 48 of the exchange line
+        // on, a small reply in bytes 24..40 of it, a large one in the reply
+        // slot's own area; the client reads a reply only once its word holds
+        // the call's number, which the publish below stores.
+        // SAFETY: the two areas are disjoint, and the server owns the reply
+        // area until it publishes the reply.
         let (req, rep) = unsafe {
             (
                 map.slice(req_at, req_len).expect("checked request length"),
@@ -670,10 +670,10 @@ impl Deref for RequestView<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         let s = self.server.as_deref().expect("a view is read before it is answered");
-        // SAFETY: the hold word says this server reads the request: a
-        // client following the protocol writes the slot only after seeing
-        // it cleared (`RpcClient::begin`), and `len` was checked against
-        // the slot size.
+        // A client following the protocol writes the slot only after seeing
+        // the hold cleared (`RpcClient::begin`).
+        // SAFETY: the hold word says this server reads the request, and
+        // `len` was checked against the slot size.
         unsafe { s.seg.mapping().slice(s.layout.request + REQ_BYTES, self.len) }
             .expect("the request area is inside the validated layout")
     }
@@ -1021,10 +1021,10 @@ impl Deref for ReplyView<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         let c = &*self.client;
+        // A server following the protocol writes the slot again only for the
+        // next call, which cannot be made while this view borrows the client.
         // SAFETY: the reply to this client's call was published (its word
-        // holds the call's number) and its length checked; a server
-        // following the protocol writes the slot again only for the next
-        // call, which cannot be made while this view borrows the client.
+        // holds the call's number) and its length checked.
         unsafe { c.seg.mapping().slice(reply_at(&c.layout, self.len), self.len) }
             .expect("the reply area is inside the validated layout")
     }
@@ -1034,10 +1034,10 @@ impl Deref for RequestLoan<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         let c = &*self.client;
+        // The server reads the slot only once a request is published (and
+        // no longer holds an earlier one, checked by `begin`).
         // SAFETY: the client owns the request slot between `begin` and the
-        // publication of its request: the server reads it only once it is
-        // published (and no longer holds an earlier one, checked by
-        // `begin`), so no process following the protocol writes it now.
+        // publication of its request: nobody following the protocol writes it.
         unsafe { c.seg.mapping().slice(c.layout.request + REQ_BYTES, c.layout.cap) }
             .expect("the request area is inside the validated layout")
     }

@@ -128,10 +128,9 @@ impl Mapping {
     pub(crate) fn demote(&self, off: usize) {
         #[cfg(target_arch = "x86_64")]
         if let Some(p) = self.check(off, 1, 1) {
-            // SAFETY: `cldemote` only moves a cache line between cache
-            // levels: it never faults, reads or writes nothing
-            // architecturally (a no-op where unsupported), and `p` is
-            // inside the mapping.
+            // `cldemote` is a no-op where unsupported (a reserved hint).
+            // SAFETY: it only moves a cache line between cache levels, never
+            // faults or reads or writes anything; `p` is inside the mapping.
             unsafe {
                 std::arch::asm!("cldemote byte ptr [{0}]", in(reg) p, options(nostack, preserves_flags, readonly));
             }
